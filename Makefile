@@ -1,0 +1,26 @@
+# `make test`: create .venv, install the package with its test extras, run the test-suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test install bench-stream clean
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+install: $(VENV)/.installed
+
+# torch is pinned first: with no torch installed, a bare `torch` requirement pulls a multi-GB CUDA build;
+# 2.13.0 is the CPU wheel a fresh machine has on disk (on a CUDA machine pip picks its CUDA build).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+bench-stream: $(VENV)/.installed
+	$(BIN)/python benchmarks/stream_memory.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,209 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""The ``"ahn"`` attention implementation: sinks + sliding-window attention plus the AHN read-out.
+
+Augmenting a base model uses only transformers' extension points:
+
+* ``AttentionInterface.register("ahn", ahn_attention_forward)``: the base's own attention module
+  computes q/k/v (with its biases, q/k norms and RoPE), updates the cache, then calls this function,
+  which attends over sinks + window and adds the memory read-out *before* the base ``o_proj``.
+* ``AttentionMaskInterface.register("ahn", ...)``: hands the raw 2D padding mask through, since the
+  sink+window pattern with per-row padding cannot be expressed by transformers' mask functions.
+* a forward pre-hook on each ``self_attn`` that stashes the layer's pre-normed input (the AHN gates
+  are computed from it) and the cache, which the attention function does not receive.
+
+Hub remote-code payload: flat, sibling imports only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface
+
+from .cache_ahn import SinkWindowLayer
+
+AHN_ATTENTION = "ahn"
+INNER_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class AhnLayerSpec:
+    """What the attention function needs to know about one layer (kept in ``self_attn.__dict__``,
+    not as a submodule, so the base's ``state_dict`` is unchanged).
+
+    ``memory`` is ``None`` for a layer kept at full attention. ``config`` is the live ``AhnConfig``:
+    changing ``config.sliding_window`` / ``config.num_sinks`` takes effect on the next fresh cache.
+    """
+
+    def __init__(self, memory, config, inner="sdpa"):
+        self.memory = memory
+        self.config = config
+        self.inner = inner
+
+
+def _eager_attention(module, query, key, value, mask, scaling, dropout):
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def _inner_attention(spec, module, query, key, value, mask, scaling, dropout):
+    """Softmax attention of the base with an explicit boolean mask ``[B, 1, q, kv]``."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    if spec.inner == "eager":
+        return _eager_attention(module, query, key, value, mask, scaling, dropout)
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
+
+
+def _check_mask(attention_mask):
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            "AHN attention takes a 2D padding mask [batch, tokens]; a custom 4D attention mask cannot be combined "
+            "with the sink + window pattern."
+        )
+    return attention_mask
+
+
+def _full_attention(spec, module, query, key, value, mask2d, scaling, dropout, sliding_window=None):
+    """A layer kept at full attention: causal (and the base's own window, if any) with padding."""
+    B, _, q_len, _ = query.shape
+    kv_len = key.shape[-2]
+    qidx = torch.arange(kv_len - q_len, kv_len, device=query.device)
+    kidx = torch.arange(kv_len, device=query.device)
+    rel = qidx[:, None] - kidx[None, :]
+    vis = rel >= 0
+    if sliding_window:
+        vis = vis & (rel < sliding_window)
+    vis = vis[None].expand(B, -1, -1)
+    if mask2d is not None:
+        if mask2d.shape[-1] < kv_len:
+            raise ValueError(
+                f"attention_mask covers {mask2d.shape[-1]} tokens but the layer sees {kv_len} (past + new): "
+                "pass a mask over all tokens seen so far, as generate() does."
+            )
+        vis = vis & mask2d[:, None, -kv_len:].to(device=query.device, dtype=torch.bool)
+    vis = vis | (rel == 0)[None]  # a pad query attends to itself, so no row is empty (no NaN)
+    return _inner_attention(spec, module, query, key, value, vis[:, None], scaling, dropout)
+
+
+def ahn_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention over ``[sinks, window, new]`` plus the AHN memory read-out, for one layer.
+
+    ``query`` ``[B, H, q, D]``; ``key``/``value`` as returned by the cache (``[B, Hkv, kv, D]``).
+    Returns ``(out [B, q, H, D], weights)`` like transformers' attention functions.
+    """
+    spec = module.__dict__.get("_ahn")
+    if spec is None:
+        raise RuntimeError(
+            "The 'ahn' attention implementation is active on a layer without AHN; build the model with "
+            "AhnForCausalLM.from_base(...) instead of setting attn_implementation='ahn' by hand."
+        )
+    hidden, cache = module.__dict__.pop("_ahn_ctx", (None, None))
+    mask2d = _check_mask(attention_mask)
+    if spec.memory is None:
+        return _full_attention(spec, module, query, key, value, mask2d, scaling, dropout, kwargs.get("sliding_window"))
+    if hidden is None:
+        raise RuntimeError("AHN pre-hook did not run: the layer input is missing.")
+
+    W, S = spec.config.sliding_window, spec.config.num_sinks
+    layer = cache.layers[module.layer_idx] if isinstance(cache, Cache) else None
+    if layer is None:  # no cache: the whole sequence at once (training, use_cache=False)
+        layer = SinkWindowLayer(S, W)
+        key, value = layer.update(key, value)
+    elif not isinstance(layer, SinkWindowLayer) or layer.pending is None:
+        raise RuntimeError(f"layer {module.layer_idx}: the cache layer is {type(layer).__name__}, not an AHN layer.")
+    elif (layer.sliding_window, layer.num_sinks) != (W, S):
+        raise ValueError(
+            f"This cache was built for sliding_window={layer.sliding_window}, num_sinks={layer.num_sinks} but the "
+            f"model now uses {W}, {S}: start a new cache after changing the window."
+        )
+
+    B, _, q_len, _ = query.shape
+    pending = layer.pending
+    start, n_old = pending["start"], pending["num_old"]
+    all_k, all_v = pending["keys"], pending["values"]
+    n_all = n_old + q_len
+    rpos_new = layer.real_positions(None if mask2d is None else mask2d[:, -q_len:], q_len)
+    rpos_all = torch.cat([layer.window_rpos, rpos_new], dim=-1)  # [B, n_all], -1 = pad
+
+    # Mask over [sink store (S), window + new (n_all)], per row.
+    dev = query.device
+    qidx = torch.arange(start, start + q_len, device=dev)
+    kidx = torch.arange(start - n_old, start + q_len, device=dev)
+    rel = (qidx[:, None] - kidx[None, :])[None]  # [1, q, n_all]
+    rp = rpos_all[:, None, :].to(dev)
+    vis = (rp >= 0) & (rel >= 0) & ((rel < W) | (rp < S))
+    vis = vis | (rel == 0)  # pad queries attend to themselves only
+    sink_vis = layer.sink_filled[:, None, :].to(dev).expand(B, q_len, S)
+    mask = torch.cat([sink_vis, vis], dim=-1)[:, None]
+    attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
+
+    # Memory: the token leaving the window at query i is slot i - W; it enters memory if it is real and no sink.
+    memory = spec.memory
+    gates_new = memory.write_gates(hidden)
+    n_ev = max(0, n_all - W)
+    state = layer.recurrent_state
+    if n_ev > 0 or state is not None:
+        gates_all = gates_new if layer.window_gates is None else torch.cat([layer.window_gates, gates_new], dim=1)
+        lead = q_len - n_ev  # queries with nothing to write (the window is not full yet)
+        k_w = F.pad(all_k[:, :, :n_ev], (0, 0, lead, 0))
+        v_w = F.pad(all_v[:, :, :n_ev], (0, 0, lead, 0))
+        g_w = F.pad(gates_all[:, :n_ev], (0, 0, 0, 0, lead, 0))
+        valid = F.pad(rpos_all[:, :n_ev] >= S, (lead, 0), value=False)
+        mem_out, state = memory(query, k_w, v_w, g_w, valid, hidden, state)
+        attn_out = attn_out + mem_out
+    layer.commit(rpos_new, gates_new, state)
+    return attn_out, attn_weights
+
+
+def _ahn_pre_hook(module, args, kwargs):
+    """Stash the layer input and the cache; turn an empty stock cache layer into an AHN one."""
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    cache = kwargs.get("past_key_values")
+    spec = module.__dict__.get("_ahn")
+    if spec is not None and spec.memory is not None and isinstance(cache, Cache):
+        idx = module.layer_idx
+        if cache.layer_class_to_replicate is not None:
+            while len(cache.layers) <= idx:
+                cache.layers.append(cache.layer_class_to_replicate())
+        layer = cache.layers[idx]
+        if not isinstance(layer, SinkWindowLayer):
+            if type(layer) is not DynamicLayer or layer.get_seq_length() > 0:
+                raise ValueError(
+                    f"layer {idx} has a {type(layer).__name__} holding tokens; AHN needs an AhnCache "
+                    "(or an empty DynamicCache) from the start of the sequence."
+                )
+            cache.layers[idx] = SinkWindowLayer(spec.config.num_sinks, spec.config.sliding_window)
+    module.__dict__["_ahn_ctx"] = (hidden, cache)
+
+
+AttentionInterface.register(AHN_ATTENTION, ahn_attention_forward)
+AttentionMaskInterface.register(AHN_ATTENTION, lambda *args, attention_mask=None, **kwargs: attention_mask)
+
+
+def attach_ahn(decoder, config, memories, inner="sdpa"):
+    """Install AHN on a base decoder (``Qwen2Model``/``LlamaModel``/...): ``memories`` maps layer index ->
+    ``AhnModule``; layers without one stay at full attention. Registers each memory as
+    ``decoder.layers[i].ahn`` so that its parameters are ``model.layers.{i}.ahn.fn.<param>``."""
+    if inner not in INNER_IMPLEMENTATIONS:
+        raise ValueError(f"inner attention must be one of {INNER_IMPLEMENTATIONS}, got {inner!r}")
+    for i, layer in enumerate(decoder.layers):
+        attn = layer.self_attn
+        mem = memories.get(i)
+        if mem is not None:
+            layer.ahn = mem
+        elif "ahn" in layer._modules:
+            del layer._modules["ahn"]
+        attn.__dict__["_ahn"] = AhnLayerSpec(mem.fn if mem is not None else None, config, inner)
+        if "_ahn_hook" not in attn.__dict__:
+            attn.__dict__["_ahn_hook"] = attn.register_forward_pre_hook(_ahn_pre_hook, with_kwargs=True)
+
+
+__all__ = ["AHN_ATTENTION", "AhnLayerSpec", "ahn_attention_forward", "attach_ahn"]

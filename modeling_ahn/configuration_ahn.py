@@ -1,0 +1,120 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""``AhnConfig``: a frozen base model's config plus the AHN settings (Hub remote-code payload)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .memory_ahn import canonical_ahn_type
+
+# Bases whose attention dispatches through transformers' attention interface with the same
+# (q, k, v after RoPE, cache-updated) contract, verified by the test-suite.
+SUPPORTED_BASE_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+
+# The paper's long-context inference setting (LV-Eval / InfiniteBench at 128k).
+DEFAULT_SLIDING_WINDOW = 32640
+DEFAULT_NUM_SINKS = 128
+DEFAULT_PREFILL_CHUNK_SIZE = 2048
+# Context length reported to tools that read `max_position_embeddings` (lm-eval); AHN itself has no limit.
+DEFAULT_EFFECTIVE_CONTEXT = 1_048_576
+
+
+def parse_layer_ids(value) -> list[int]:
+    """``[1, 3]``, ``"1,3"`` (the official ``fa_layer_ids``), ``""`` or ``None`` -> sorted list of ints."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            return sorted({int(p) for p in parts})
+        except ValueError:
+            raise ValueError(f"full_attention_layers must be integers, got {value!r}") from None
+    try:
+        ids = sorted({int(i) for i in value})
+    except (TypeError, ValueError):
+        raise ValueError(f"full_attention_layers must be a list of layer indices, got {value!r}") from None
+    return ids
+
+
+class AhnConfig(PreTrainedConfig):
+    r"""Configuration of an AHN model: a frozen decoder-only base plus one memory per AHN layer.
+
+    Args:
+        base_config: the base model's own config (Qwen2, Qwen3, Llama or Mistral). Nested under
+            ``base_config`` (not ``text_config``) so that tools reading ``text_config`` first, such as
+            lm-eval, see the AHN model's ``max_position_embeddings`` below, not the base's.
+        base_model_name_or_path / base_model_revision: where the frozen base weights come from.
+        ahn_type: ``"gdn"`` (GatedDeltaNet), ``"dn"`` (DeltaNet) or ``"mamba2"``; official names accepted.
+        sliding_window: ``W``, the number of most recent tokens each query attends to exactly
+            (including itself).
+        num_sinks: ``S``, the number of first tokens every query attends to (attention sinks).
+        full_attention_layers: layers kept at full attention, without AHN (official ``fa_layer_ids``).
+        prefill_chunk_size: a prompt longer than this is pre-filled in chunks of this many tokens, so
+            peak memory does not grow with its length; ``None`` pre-fills in one pass.
+        max_position_embeddings: the effective context length reported to tools. AHN has no hard limit;
+            the base's own limit stays in ``base_config.max_position_embeddings``.
+    """
+
+    model_type = "ahn"
+    sub_configs_defaults = {"base_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2", optional=True)}
+
+    base_config: dict | PreTrainedConfig | None = None
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    ahn_type: str = "gdn"
+    sliding_window: int = DEFAULT_SLIDING_WINDOW
+    num_sinks: int = DEFAULT_NUM_SINKS
+    full_attention_layers: list[int] | str | None = None
+    prefill_chunk_size: int | None = DEFAULT_PREFILL_CHUNK_SIZE
+    max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        fa_layer_ids = kwargs.pop("fa_layer_ids", None)
+        super().__post_init__(**kwargs)
+        if self.full_attention_layers is None and fa_layer_ids is not None:
+            self.full_attention_layers = fa_layer_ids
+        self.full_attention_layers = parse_layer_ids(self.full_attention_layers)
+        self.ahn_type = canonical_ahn_type(self.ahn_type)
+        self.validate_ahn()
+
+    def validate_ahn(self):
+        """Raise a ``ValueError`` naming the bad setting and how to fix it."""
+        W, S, C = self.sliding_window, self.num_sinks, self.prefill_chunk_size
+        if isinstance(W, bool) or not isinstance(W, int) or W < 1:
+            raise ValueError(f"sliding_window must be an integer >= 1 (tokens attended exactly), got {W!r}.")
+        if isinstance(S, bool) or not isinstance(S, int) or S < 0:
+            raise ValueError(f"num_sinks must be an integer >= 0 (attention-sink tokens), got {S!r}.")
+        if C is not None and (isinstance(C, bool) or not isinstance(C, int) or C < 1):
+            raise ValueError(f"prefill_chunk_size must be None or an integer >= 1, got {C!r}.")
+        base = self.base_config
+        if base is None:
+            return
+        if base.model_type not in SUPPORTED_BASE_MODEL_TYPES:
+            raise ValueError(
+                f"Unsupported base architecture {base.model_type!r}: AHN supports "
+                f"{', '.join(SUPPORTED_BASE_MODEL_TYPES)} (decoder-only models using transformers' attention "
+                "interface). Open an issue if you need another one."
+            )
+        n = base.num_hidden_layers
+        bad = [i for i in self.full_attention_layers if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"full_attention_layers {bad} are out of range: the base has {n} layers (0..{n - 1}).")
+
+    @property
+    def ahn_layers(self) -> list[int]:
+        """Indices of the layers that carry an AHN memory."""
+        full = set(self.full_attention_layers)
+        return [i for i in range(self.base_config.num_hidden_layers) if i not in full]
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        return self.base_config if self.base_config is not None else self
+
+    @classmethod
+    def from_base_config(cls, base_config: PreTrainedConfig, **kwargs) -> AhnConfig:
+        return cls(base_config=base_config, **kwargs)
+
+
+__all__ = ["AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids"]

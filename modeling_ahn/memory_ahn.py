@@ -1,0 +1,444 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""AHN memories: GatedDeltaNet (``gdn``), DeltaNet (``dn``) and Mamba2 (``mamba2``).
+
+Every memory folds the tokens that leave the sliding window into a fixed-size state, one
+``D x D`` matrix per attention head, and reads it with the current query (AHN_SPEC section 2).
+
+All three are a *gated linear recurrence* over a state ``S`` of shape ``[K, V]`` per head
+(the orientation of flash-linear-attention, ``o_t = S_t^T q_t``)::
+
+    S_t = exp(g_t) * S_{t-1} + k_t u_t^T
+    u_t = beta_t * (v_t - exp(g_t) * S_{t-1}^T k_t)      (delta rule: GDN, DN)
+    u_t = beta_t * v_t                                    (plain write: Mamba2, beta = dt, g = dt * A)
+    o_t = scale * S_t^T q_t
+
+A token that must not enter memory (a pad token, a sink, nothing evicted yet) has
+``beta = 0`` and ``g = 0``, which leaves the state exactly unchanged.
+
+This file is part of the Hub remote-code payload: flat, sibling imports only, optional CUDA
+kernels imported inside ``try`` blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # flash-linear-attention (CUDA/Triton); optional
+    from fla.ops.delta_rule import chunk_delta_rule as _fla_chunk_delta_rule
+    from fla.ops.delta_rule import fused_recurrent_delta_rule as _fla_recurrent_delta_rule
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as _fla_chunk_gated_delta_rule
+    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as _fla_recurrent_gated_delta_rule
+except Exception:  # ImportError, or triton missing on a CPU-only machine
+    _fla_chunk_delta_rule = _fla_recurrent_delta_rule = None
+    _fla_chunk_gated_delta_rule = _fla_recurrent_gated_delta_rule = None
+
+try:  # fla's scalar-decay linear attention: Mamba2's recurrence when mamba-ssm is not installed
+    from fla.ops.simple_gla import chunk_simple_gla as _fla_chunk_simple_gla
+except Exception:
+    _fla_chunk_simple_gla = None
+
+try:  # mamba-ssm SSD kernels (CUDA/Triton); optional
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _mamba_chunk_scan_combined
+except Exception:
+    _mamba_chunk_scan_combined = None
+
+
+AHN_TYPES = {"gdn": "GatedDeltaNet", "dn": "DeltaNet", "mamba2": "Mamba2"}
+_AHN_ALIASES = {
+    "gdn": "gdn",
+    "gateddeltanet": "gdn",
+    "gated_deltanet": "gdn",
+    "dn": "dn",
+    "deltanet": "dn",
+    "mamba2": "mamba2",
+}
+
+L2_EPS = 1e-6
+NORM_EPS = 1e-5
+
+# Which backend the memories use: "auto" (CUDA kernels when installed and the tensors are on CUDA,
+# else torch), "torch" (always the pure-PyTorch kernels) or "kernels" (CUDA kernels, error if missing).
+_BACKEND = {"value": "auto"}
+
+
+def set_memory_backend(backend: str) -> None:
+    """Choose the memory kernels: ``"auto"`` (default), ``"torch"`` or ``"kernels"``."""
+    if backend not in ("auto", "torch", "kernels"):
+        raise ValueError(f"memory backend must be 'auto', 'torch' or 'kernels', got {backend!r}")
+    _BACKEND["value"] = backend
+
+
+def get_memory_backend() -> str:
+    return _BACKEND["value"]
+
+
+def canonical_ahn_type(name: str) -> str:
+    """Map ``gdn``/``GatedDeltaNet``, ``dn``/``DeltaNet``, ``mamba2``/``Mamba2`` to the short name."""
+    key = str(name).strip().lower()
+    if key not in _AHN_ALIASES:
+        raise ValueError(
+            f"Unknown ahn_type {name!r}. Use one of 'gdn' (GatedDeltaNet), 'dn' (DeltaNet) or 'mamba2' (Mamba2)."
+        )
+    return _AHN_ALIASES[key]
+
+
+def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
+    """``x / sqrt(sum(x^2) + eps)`` over the last dimension (the release's kernels' numerics)."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """RMSNorm over the last dimension in float32."""
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure-PyTorch kernels. Layout: q, k [B, T, H, K]; v [B, T, H, V]; g, beta [B, T, H];
+# state [B, H, K, V] float32. All arithmetic in float32.
+# ----------------------------------------------------------------------------------------------
+
+
+def torch_recurrent_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True):
+    """Step-by-step form of the recurrence (used for decoding). Returns ``(o [B,T,H,V] fp32, state)``."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    q, k, v, beta = q.float(), k.float(), v.float(), beta.float()
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
+    outs = []
+    for t in range(T):
+        if g is not None:
+            S = S * g[:, t].float().exp()[..., None, None]
+        k_t = k[:, t]
+        if delta:
+            u = beta[:, t, :, None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k_t))
+        else:
+            u = beta[:, t, :, None] * v[:, t]
+        S = S + k_t[..., :, None] * u[..., None, :]
+        outs.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]) * scale)
+    o = torch.stack(outs, dim=1) if outs else v.new_zeros(B, 0, H, V)
+    return o, S
+
+
+def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=64):
+    """Chunked (parallel) form of the recurrence, exact up to float rounding.
+
+    Inside a chunk of ``C`` steps with cumulative log-decay ``c_i = sum_{j<=i} g_j``:
+    ``U = T (beta*V - (beta*exp(c)*K) S0)`` with ``T = (I + A)^-1``,
+    ``A_ij = beta_i exp(c_i - c_j) k_i.k_j`` for ``j < i`` (the WY form of the delta rule; ``U = beta*V``
+    without the delta rule), then ``O = (Q*exp(c)) S0 + (QK^T * exp(c_i - c_j))_{j<=i} U`` and
+    ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Returns ``(o [B,T,H,V] fp32, state)``.
+    """
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    C = chunk_size
+    S = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
+    if T == 0:
+        return v.new_zeros(B, 0, H, V, dtype=torch.float32), S
+    pad = (-T) % C
+    n = (T + pad) // C
+
+    def prep(x):  # [B, T, H, ...] -> [B, H, n, C, ...] float32, zero-padded in time
+        x = x.float().transpose(1, 2)
+        if pad:
+            x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+        return x.reshape(B, H, n, C, *x.shape[3:])
+
+    q, k, v, beta = prep(q), prep(k), prep(v), prep(beta)
+    gc = prep(g).cumsum(-1) if g is not None else torch.zeros_like(beta)
+    tril = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
+    diff = gc[..., :, None] - gc[..., None, :]
+    decay = torch.where(tril, diff, float("-inf")).exp()  # exp(c_i - c_j) for j <= i, else 0
+
+    if delta:
+        strictly_lower = torch.ones(C, C, dtype=torch.bool, device=k.device).tril(-1)
+        A = (beta[..., None] * (k @ k.transpose(-1, -2)) * decay).masked_fill(~strictly_lower, 0.0)
+        eye = torch.eye(C, dtype=A.dtype, device=A.device)
+        rhs = torch.cat([beta[..., None] * v, (beta * gc.exp())[..., None] * k], dim=-1)
+        sol = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+        w_value, w_key = sol[..., :V], sol[..., V:]  # U = w_value - w_key @ S0
+    else:
+        w_value = beta[..., None] * v
+
+    qk = (q @ k.transpose(-1, -2)) * decay  # [B,H,n,C,C], j <= i
+    q_decay = q * gc.exp()[..., None]
+    k_to_end = k * (gc[..., -1:] - gc).exp()[..., None]
+    chunk_decay = gc[..., -1].exp()  # [B,H,n]
+    outs = []
+    for i in range(n):
+        u = w_value[:, :, i] - w_key[:, :, i] @ S if delta else w_value[:, :, i]
+        outs.append(q_decay[:, :, i] @ S + qk[:, :, i] @ u)
+        S = S * chunk_decay[:, :, i, None, None] + k_to_end[:, :, i].transpose(-1, -2) @ u
+    o = torch.stack(outs, dim=2).reshape(B, H, n * C, V)[:, :, :T] * scale
+    return o.transpose(1, 2), S
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch: CUDA kernels when available, torch otherwise.
+# ----------------------------------------------------------------------------------------------
+
+
+def kernels_available(ahn_type: str) -> bool:
+    """Whether the optional CUDA kernels for this memory type are importable."""
+    if canonical_ahn_type(ahn_type) == "mamba2":
+        return _mamba_chunk_scan_combined is not None or _fla_chunk_simple_gla is not None
+    return _fla_chunk_gated_delta_rule is not None and _fla_chunk_delta_rule is not None
+
+
+def _use_kernels(ahn_type: str, x: torch.Tensor) -> bool:
+    backend = _BACKEND["value"]
+    if backend == "torch":
+        return False
+    ok = x.is_cuda and kernels_available(ahn_type)
+    if backend == "kernels" and not ok:
+        pkg = "mamba-ssm" if ahn_type == "mamba2" else "flash-linear-attention"
+        raise RuntimeError(
+            f"memory backend 'kernels' needs CUDA tensors and {pkg} installed "
+            f"(tensors on {x.device}); use set_memory_backend('auto') to fall back to torch."
+        )
+    return ok
+
+
+def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type):
+    """(Gated) delta rule over ``[B,T,H,D]`` inputs; ``g is None`` for DeltaNet."""
+    if _use_kernels(ahn_type, q):
+        dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        qq, kk, vv = q.to(dtype), k.to(dtype), v.to(dtype)
+        state = None if initial_state is None else initial_state.float()
+        recurrent = q.shape[1] == 1
+        if g is None:
+            fn = _fla_recurrent_delta_rule if recurrent else _fla_chunk_delta_rule
+            o, S = fn(qq, kk, vv, beta=beta.to(dtype), scale=scale, initial_state=state, output_final_state=True)
+        else:
+            fn = _fla_recurrent_gated_delta_rule if recurrent else _fla_chunk_gated_delta_rule
+            o, S = fn(
+                qq, kk, vv, g=g.float(), beta=beta.to(dtype), scale=scale, initial_state=state, output_final_state=True
+            )
+        return o.float(), S.float()
+    if q.shape[1] == 1:
+        return torch_recurrent_rule(q, k, v, g, beta, initial_state, scale, delta=True)
+    return torch_chunk_rule(q, k, v, g, beta, initial_state, scale, delta=True)
+
+
+def ssd_rule(q, k, v, dt, A, initial_state):
+    """Mamba2 / SSD: ``S = exp(dt*A) S + dt k v^T``, ``o = S^T q`` over ``[B,T,H,D]`` inputs.
+
+    On CUDA: mamba-ssm's SSD kernel if installed, else fla's ``chunk_simple_gla`` (the same recurrence with
+    ``k * dt`` as key and ``dt * A`` as log-decay). Decoding steps use the torch recurrence (one step).
+    """
+    if _use_kernels("mamba2", q) and q.shape[1] > 1:
+        dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        if _mamba_chunk_scan_combined is None:
+            state = None if initial_state is None else initial_state.float()
+            o, S = _fla_chunk_simple_gla(
+                q.to(dtype), (k.float() * dt.float()[..., None]).to(dtype), v.to(dtype), g=dt.float() * A.float(),
+                scale=1.0, initial_state=state, output_final_state=True,
+            )
+            return o.float(), S.float()
+        # mamba-ssm: x [B,T,H,P], dt [B,T,H], A [H], B/C [B,T,G,N] with G = H groups; state [B,H,P,N].
+        state = None if initial_state is None else initial_state.float().transpose(-1, -2).contiguous()
+        y, S = _mamba_chunk_scan_combined(
+            v.to(dtype),
+            dt.float(),
+            A.float(),
+            k.to(dtype),
+            q.to(dtype),
+            chunk_size=256,
+            initial_states=state,
+            return_final_states=True,
+        )
+        return y.float(), S.float().transpose(-1, -2)
+    g = dt.float() * A.float()
+    if q.shape[1] == 1:
+        return torch_recurrent_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
+    return torch_chunk_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules (official parameter names: model.layers.{i}.ahn.fn.<param>)
+# ----------------------------------------------------------------------------------------------
+
+
+class AhnRMSNorm(nn.Module):
+    """RMSNorm holding only ``weight`` (the official ``o_norm.weight`` / ``norm.weight``)."""
+
+    def __init__(self, size: int, eps: float = NORM_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class PerHeadLinear(nn.Module):
+    """``y[h] = x[h] @ weight[h]`` with ``weight`` of shape ``(H, D, D)`` (the official ``o_proj``)."""
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_heads, head_dim, head_dim))
+
+    def forward(self, x):  # [..., H, D]
+        return torch.einsum("...hd,hde->...he", x.to(self.weight.dtype), self.weight)
+
+
+class AhnMemory(nn.Module):
+    """Common interface of the three memories.
+
+    ``write_gates(x)``: per-token write gates from the token's pre-normed input, ``[B, T, G, H]`` float32.
+    They are cached with the window, so an evicted token needs no hidden state.
+    ``forward(query, keys, values, gates, valid, x_read, state)`` writes token ``i`` of
+    ``keys/values/gates`` (where ``valid``) and then reads the state with ``query`` ``i``.
+    """
+
+    ahn_type = ""
+    num_gates = 1
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
+
+    @property
+    def official_name(self) -> str:
+        return AHN_TYPES[self.ahn_type]
+
+    def _prepare(self, query, keys, values):
+        """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> ``[B,T,H,D]`` (KV heads repeated)."""
+        rep = query.shape[1] // keys.shape[1]
+        if rep > 1:
+            keys = keys.repeat_interleave(rep, dim=1)
+            values = values.repeat_interleave(rep, dim=1)
+        return query.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+
+
+class GatedDeltaNet(AhnMemory):
+    """AHN-GDN (spec 2.1): gated delta rule with per-head decay and a gated RMSNorm read-out."""
+
+    ahn_type = "gdn"
+    num_gates = 2  # beta, log-decay
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
+        super().__init__(hidden_size, num_heads, head_dim)
+        H = num_heads
+        self.b_proj = nn.Linear(hidden_size, H, bias=False)
+        self.a_proj = nn.Linear(hidden_size, H, bias=False)
+        self.g_proj = nn.Linear(hidden_size, H, bias=False)
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.D = nn.Parameter(torch.ones(H))  # stored by the release, unused
+        self.dt_bias = nn.Parameter(torch.empty(H))
+        self.o_norm = AhnRMSNorm(head_dim)
+        self.o_proj = PerHeadLinear(H, head_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        H = self.num_heads
+        for lin in (self.b_proj, self.a_proj, self.g_proj):
+            lin.reset_parameters()
+        self.A_log.copy_(torch.empty(H).uniform_(0, 16).log())
+        dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.D.fill_(1.0)
+        self.o_norm.weight.fill_(1.0)
+        self.o_proj.weight.zero_()
+
+    def write_gates(self, x):
+        beta = torch.sigmoid(self.b_proj(x).float())
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        return torch.stack([beta, g], dim=-2)
+
+    def forward(self, query, keys, values, gates, valid, x_read, state=None):
+        q, k, v = self._prepare(query, keys, values)
+        valid = valid.to(torch.float32)[..., None]
+        beta, g = gates[..., 0, :] * valid, gates[..., 1, :] * valid
+        o, state = delta_rule(l2norm(q.float()), l2norm(k.float()), v, g if self.ahn_type == "gdn" else None,
+                              beta, state, 1.0 / math.sqrt(self.head_dim), self.ahn_type)
+        gate = F.silu(self.g_proj(x_read).float())[..., None]  # one scalar per head
+        y = self.o_norm(o) * gate
+        return self.o_proj(y).to(query.dtype), state
+
+
+class DeltaNet(GatedDeltaNet):
+    """AHN-DN (spec 2.2): the delta rule without decay."""
+
+    ahn_type = "dn"
+    num_gates = 1
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
+        AhnMemory.__init__(self, hidden_size, num_heads, head_dim)
+        self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.g_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.o_norm = AhnRMSNorm(head_dim)
+        self.o_proj = PerHeadLinear(num_heads, head_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.b_proj.reset_parameters()
+        self.g_proj.reset_parameters()
+        self.o_norm.weight.fill_(1.0)
+        self.o_proj.weight.zero_()
+
+    def write_gates(self, x):
+        return torch.sigmoid(self.b_proj(x).float())[..., None, :]
+
+    def forward(self, query, keys, values, gates, valid, x_read, state=None):
+        zeros = torch.zeros_like(gates)
+        return super().forward(query, keys, values, torch.cat([gates, zeros], -2), valid, x_read, state)
+
+
+class Mamba2(AhnMemory):
+    """AHN-Mamba2 (spec 2.3): SSD recurrence, gate before a norm over all heads."""
+
+    ahn_type = "mamba2"
+    num_gates = 1  # dt
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
+        super().__init__(hidden_size, num_heads, head_dim)
+        H = num_heads
+        self.dt_proj = nn.Linear(hidden_size, H, bias=True)
+        self.g_proj = nn.Linear(hidden_size, H, bias=True)
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.dt_bias = nn.Parameter(torch.empty(H))
+        self.norm = AhnRMSNorm(H * head_dim)
+        self.o_proj = PerHeadLinear(H, head_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.dt_proj.reset_parameters()
+        self.g_proj.reset_parameters()
+        self.A_log.copy_(torch.arange(1, self.num_heads + 1, dtype=torch.float32).log())
+        self.dt_bias.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+        self.o_proj.weight.zero_()
+
+    def write_gates(self, x):
+        return F.softplus(self.dt_proj(x).float() + self.dt_bias.float())[..., None, :]
+
+    def forward(self, query, keys, values, gates, valid, x_read, state=None):
+        q, k, v = self._prepare(query, keys, values)
+        dt = gates[..., 0, :] * valid.to(torch.float32)[..., None]
+        o, state = ssd_rule(l2norm(q.float()), l2norm(k.float()), v.float(), dt, -self.A_log.float().exp(), state)
+        z = F.silu(self.g_proj(x_read).float())[..., None]
+        y = self.norm((o * z).flatten(-2)).unflatten(-1, (self.num_heads, self.head_dim))
+        return self.o_proj(y).to(query.dtype), state
+
+
+MEMORY_CLASSES = {"gdn": GatedDeltaNet, "dn": DeltaNet, "mamba2": Mamba2}
+
+
+def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int) -> AhnMemory:
+    return MEMORY_CLASSES[canonical_ahn_type(ahn_type)](hidden_size, num_heads, head_dim)
+
+
+class AhnModule(nn.Module):
+    """The per-layer container, ``model.layers.{i}.ahn``, holding the memory as ``fn``."""
+
+    def __init__(self, fn: AhnMemory):
+        super().__init__()
+        self.fn = fn

@@ -1,0 +1,98 @@
+"""Tiny random base models built in the tests (no network), and helpers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+import modeling_ahn  # noqa: E402,F401  (registers the "ahn" attention and Auto classes)
+
+VOCAB = 101
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def make_base_config(arch: str):
+    if arch == "qwen2":  # q/k/v projections carry biases
+        return Qwen2Config(**COMMON, num_key_value_heads=2)
+    if arch == "qwen3":  # per-head q/k RMSNorm, explicit head_dim
+        return Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=16)
+    if arch == "llama":  # GQA 4:1
+        return LlamaConfig(**COMMON, num_key_value_heads=1)
+    if arch == "mistral":
+        return MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=None)
+    raise ValueError(arch)
+
+
+def make_base(arch: str, seed: int = 0, attn_implementation: str = "sdpa"):
+    torch.manual_seed(seed)
+    cfg = make_base_config(arch)
+    cfg._attn_implementation = attn_implementation
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+    if arch == "qwen2":  # make the q/k/v biases non-trivial
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+@torch.no_grad()
+def randomize_ahn(model, seed: int = 1, scale: float = 0.3):
+    """Random non-zero AHN weights (a fresh AHN has o_proj = 0 and contributes nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    for module in model.ahn_modules().values():
+        for name, p in module.named_parameters():
+            if name.endswith("o_proj.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+            elif name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            elif name.endswith("bias") and "proj" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def make_ahn(arch="qwen2", ahn_type="gdn", sliding_window=5, num_sinks=2, seed=0, random_ahn=True, **kw):
+    model = modeling_ahn.AhnForCausalLM.from_base(
+        make_base(arch, seed), ahn_type=ahn_type, sliding_window=sliding_window, num_sinks=num_sinks, **kw
+    )
+    torch.manual_seed(seed + 123)
+    for module in model.ahn_modules().values():
+        module.fn.reset_parameters()
+    if random_ahn:
+        randomize_ahn(model, seed + 1)
+    return model.eval()
+
+
+ARCHS = ["qwen2", "qwen3", "llama"]
+AHN_TYPES = ["gdn", "dn", "mamba2"]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,120 @@
+"""Slow, independent references written straight from AHN_SPEC section 2: plain per-token loops,
+float64, one head at a time, state ``M`` as the spec writes it (``M k``, shape ``[D_v, D_k]``).
+Nothing here imports the package's kernels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _l2(x):
+    return x / torch.sqrt((x * x).sum() + 1e-6)
+
+
+def _rms(x, w, eps=1e-5):
+    return x / torch.sqrt((x * x).mean() + eps) * w
+
+
+def naive_memory(fn, ahn_type, q, k, v, x, valid_write):
+    """Per-token memory of one sequence, spec 2.1-2.3.
+
+    q, k, v: ``[T, H, D]`` (k/v already GQA-expanded); x: ``[T, hidden]`` the pre-normed inputs.
+    Step ``t`` writes token ``t`` of (k, v, x) if ``valid_write[t]``, then reads with ``q[t]`` and the
+    output gate from ``x_read[t]``; here the write and the read come from separate arrays, so the
+    caller passes the evicted token's data aligned to the query. Returns ``[T, H, D]`` float64.
+    ``x`` is a pair ``(x_write, x_read)``.
+    """
+    x_write, x_read = x
+    T, H, D = q.shape
+    p = {n: t.detach().double() for n, t in fn.named_parameters()}
+    q, k, v = q.double(), k.double(), v.double()
+    x_write, x_read = x_write.double(), x_read.double()
+    M = [torch.zeros(D, D, dtype=torch.float64) for _ in range(H)]
+    out = torch.zeros(T, H, D, dtype=torch.float64)
+    for t in range(T):
+        ys = []
+        for h in range(H):
+            if valid_write[t]:
+                kh, vh = _l2(k[t, h]), v[t, h]
+                if ahn_type in ("gdn", "dn"):
+                    beta = torch.sigmoid(p["b_proj.weight"][h] @ x_write[t])
+                    if ahn_type == "gdn":
+                        alpha = -torch.exp(p["A_log"][h]) * F.softplus(p["a_proj.weight"][h] @ x_write[t] + p["dt_bias"][h])
+                        M[h] = torch.exp(alpha) * M[h]
+                    M[h] = M[h] + beta * torch.outer(vh - M[h] @ kh, kh)
+                else:
+                    dt = F.softplus(p["dt_proj.weight"][h] @ x_write[t] + p["dt_proj.bias"][h] + p["dt_bias"][h])
+                    A = -torch.exp(p["A_log"][h])
+                    M[h] = torch.exp(dt * A) * M[h] + dt * torch.outer(vh, kh)
+            qh = _l2(q[t, h])
+            if ahn_type in ("gdn", "dn"):
+                o = M[h] @ qh / math.sqrt(D)
+                g = p["g_proj.weight"][h] @ x_read[t]
+                y = _rms(o, p["o_norm.weight"]) * F.silu(g)
+                out[t, h] = y @ p["o_proj.weight"][h]
+            else:
+                z = p["g_proj.weight"][h] @ x_read[t] + p["g_proj.bias"][h]
+                ys.append(M[h] @ qh * F.silu(z))
+        if ahn_type == "mamba2":
+            y = _rms(torch.cat(ys), p["norm.weight"]).view(H, D)
+            for h in range(H):
+                out[t, h] = y[h] @ p["o_proj.weight"][h]
+    return out
+
+
+def naive_ahn_layer(fn, ahn_type, q, k, v, x, window, sinks, scaling):
+    """One AHN layer for one unpadded sequence, token by token (spec section 2).
+
+    q: ``[H, T, D]``; k, v: ``[Hkv, T, D]``; x: ``[T, hidden]``. Returns the pre-``o_proj`` output
+    ``[T, H, D]`` float64 as ``(attention, memory)``: softmax attention over sinks + window, and the
+    memory read-out for the memory holding tokens ``S .. t-W``.
+    """
+    H, T, D = q.shape
+    rep = H // k.shape[0]
+    k = k.double().repeat_interleave(rep, 0)
+    v = v.double().repeat_interleave(rep, 0)
+    qd = q.double()
+    attn = torch.zeros(T, H, D, dtype=torch.float64)
+    for t in range(T):
+        keys = [j for j in range(t + 1) if t - j < window or j < sinks]
+        for h in range(H):
+            s = torch.stack([qd[h, t] @ k[h, j] for j in keys]) * scaling
+            w = torch.softmax(s, 0)
+            attn[t, h] = sum(w[i] * v[h, j] for i, j in enumerate(keys))
+    # memory: query t writes token e = t - W (if e >= S), then reads
+    e = torch.arange(T) - window
+    valid = e >= sinks
+    idx = e.clamp(min=0)
+    mem = naive_memory(
+        fn, ahn_type, q.transpose(0, 1), k[:, idx].transpose(0, 1), v[:, idx].transpose(0, 1), (x[idx], x), valid
+    )
+    return attn, mem
+
+
+class LayerRecorder:
+    """Record (query, key, value, hidden, output) of every call of the 'ahn' attention function."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __enter__(self):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        self._mapping = ALL_ATTENTION_FUNCTIONS
+        self._orig = ALL_ATTENTION_FUNCTIONS["ahn"]
+
+        def wrapped(module, query, key, value, attention_mask, **kwargs):
+            hidden = module.__dict__["_ahn_ctx"][0]
+            out, w = self._orig(module, query, key, value, attention_mask, **kwargs)
+            self.calls.append(dict(module=module, query=query, key=key, value=value, hidden=hidden, out=out,
+                                   scaling=kwargs.get("scaling")))
+            return out, w
+
+        ALL_ATTENTION_FUNCTIONS.register("ahn", wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        self._mapping.register("ahn", self._orig)

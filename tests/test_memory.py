@@ -1,0 +1,218 @@
+"""The memories against the spec: parameter names/shapes/init, naive per-token reference = chunked = step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modeling_ahn import memory_ahn
+from modeling_ahn.memory_ahn import build_memory, torch_chunk_rule, torch_recurrent_rule
+
+from .conftest import AHN_TYPES
+from .reference import naive_memory
+
+OFFICIAL_PARAMS = {
+    "gdn": {
+        "b_proj.weight": ("H", "hidden"),
+        "a_proj.weight": ("H", "hidden"),
+        "g_proj.weight": ("H", "hidden"),
+        "A_log": ("H",),
+        "D": ("H",),
+        "dt_bias": ("H",),
+        "o_norm.weight": ("D",),
+        "o_proj.weight": ("H", "D", "D"),
+    },
+    "dn": {
+        "b_proj.weight": ("H", "hidden"),
+        "g_proj.weight": ("H", "hidden"),
+        "o_norm.weight": ("D",),
+        "o_proj.weight": ("H", "D", "D"),
+    },
+    "mamba2": {
+        "dt_proj.weight": ("H", "hidden"),
+        "dt_proj.bias": ("H",),
+        "g_proj.weight": ("H", "hidden"),
+        "g_proj.bias": ("H",),
+        "A_log": ("H",),
+        "dt_bias": ("H",),
+        "norm.weight": ("HD",),
+        "o_proj.weight": ("H", "D", "D"),
+    },
+}
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_official_parameter_names_and_shapes(ahn_type):
+    hidden, H, D = 48, 3, 8
+    dims = {"H": H, "D": D, "hidden": hidden, "HD": H * D}
+    fn = build_memory(ahn_type, hidden, H, D)
+    got = {n: tuple(p.shape) for n, p in fn.named_parameters()}
+    want = {n: tuple(dims[d] for d in shape) for n, shape in OFFICIAL_PARAMS[ahn_type].items()}
+    assert got == want
+
+
+@pytest.mark.parametrize("name,expected", [("GatedDeltaNet", "gdn"), ("DeltaNet", "dn"), ("Mamba2", "mamba2"),
+                                           ("gdn", "gdn"), ("DN", "dn")])
+def test_official_names_accepted(name, expected):
+    assert memory_ahn.canonical_ahn_type(name) == expected
+
+
+def test_unknown_type_raises():
+    with pytest.raises(ValueError, match="Unknown ahn_type 'lstm'"):
+        memory_ahn.canonical_ahn_type("lstm")
+
+
+def test_initialisation_follows_spec():
+    torch.manual_seed(0)
+    H = 4096  # many heads: the init distributions become visible
+    gdn = build_memory("gdn", 8, H, 4)
+    assert torch.all(gdn.o_proj.weight == 0)
+    A = gdn.A_log.detach().exp()
+    assert 0 < A.min() and A.max() <= 16 and abs(A.mean().item() - 8) < 0.5  # U(0, 16)
+    dt = torch.nn.functional.softplus(gdn.dt_bias.detach())
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6 and dt.min() < 1.1e-3
+    log_dt = dt.log()  # log-uniform on [log 1e-3, log 1e-1]
+    assert abs(log_dt.mean().item() - (math.log(1e-3) + math.log(1e-1)) / 2) < 0.1
+    assert torch.all(gdn.D == 1) and torch.all(gdn.o_norm.weight == 1)
+
+    m2 = build_memory("mamba2", 8, 5, 4)
+    assert torch.allclose(m2.A_log.detach(), torch.log(torch.arange(1.0, 6.0)))
+    assert torch.all(m2.dt_bias == 1) and torch.all(m2.norm.weight == 1) and torch.all(m2.o_proj.weight == 0)
+    dn = build_memory("dn", 8, 5, 4)
+    assert torch.all(dn.o_proj.weight == 0)
+
+
+@pytest.mark.parametrize(
+    "hidden,H,D,layers,ahn_type,expected_m",
+    [
+        (2048, 16, 128, 36, "gdn", 12.98),  # Qwen2.5-3B
+        (2048, 16, 128, 36, "dn", 11.80),
+        (2048, 16, 128, 36, "mamba2", 11.87),
+        (3584, 28, 128, 28, "gdn", 21.28),  # Qwen2.5-7B
+    ],
+)
+def test_parameter_counts_match_the_release(hidden, H, D, layers, ahn_type, expected_m):
+    with torch.device("meta"):
+        fn = build_memory(ahn_type, hidden, H, D)
+    total = layers * sum(p.numel() for p in fn.parameters())
+    assert round(total / 1e6, 2) == expected_m
+
+
+def _random_memory(ahn_type, hidden=24, H=3, D=8, seed=0):
+    torch.manual_seed(seed)
+    fn = build_memory(ahn_type, hidden, H, D)
+    with torch.no_grad():
+        for n, p in fn.named_parameters():
+            if n == "o_proj.weight":
+                p.normal_(0, 0.3)
+            elif p.dim() == 2:
+                p.normal_(0, 0.3)
+    return fn.double().float()
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_naive_reference_equals_chunked_and_step_forms(ahn_type):
+    """Memory inputs aligned per query: write token i (where valid), read with query i."""
+    hidden, H, D, T, Hkv = 24, 4, 8, 37, 2
+    fn = _random_memory(ahn_type, hidden, H, D)
+    torch.manual_seed(1)
+    q = torch.randn(1, H, T, D)
+    k = torch.randn(1, Hkv, T, D)
+    v = torch.randn(1, Hkv, T, D)
+    xw = torch.randn(1, T, hidden)
+    xr = torch.randn(1, T, hidden)
+    valid = torch.rand(1, T) > 0.3
+    valid[:, :4] = False  # nothing written yet: the read must be exactly zero
+    gates = fn.write_gates(xw)
+
+    with torch.no_grad():
+        chunked, state = fn(q, k, v, gates, valid, xr)
+        steps, s = [], None
+        for t in range(T):
+            o, s = fn(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], gates[:, t : t + 1],
+                      valid[:, t : t + 1], xr[:, t : t + 1], s)
+            steps.append(o)
+        steps = torch.cat(steps, 1)
+        ref = naive_memory(fn, ahn_type, q[0].transpose(0, 1), k[0].repeat_interleave(2, 0).transpose(0, 1),
+                           v[0].repeat_interleave(2, 0).transpose(0, 1), (xw[0], xr[0]), valid[0])
+    assert torch.all(chunked[0, :4] == 0) and torch.all(steps[0, :4] == 0)
+    assert (chunked[0].double() - ref).abs().max() < 1e-5
+    assert (steps[0].double() - ref).abs().max() < 1e-5
+    assert (state - s).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("delta", [True, False])
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_chunk_kernel_equals_recurrence(delta, gated, chunk_size):
+    torch.manual_seed(0)
+    B, T, H, K, V = 2, 93, 3, 16, 12
+    q = memory_ahn.l2norm(torch.randn(B, T, H, K))
+    k = memory_ahn.l2norm(torch.randn(B, T, H, K))
+    v = torch.randn(B, T, H, V)
+    g = -torch.rand(B, T, H) if gated else None
+    beta = torch.rand(B, T, H)
+    s0 = torch.randn(B, H, K, V)
+    o1, s1 = torch_recurrent_rule(q, k, v, g, beta, s0, 0.5, delta)
+    o2, s2 = torch_chunk_rule(q, k, v, g, beta, s0, 0.5, delta, chunk_size=chunk_size)
+    assert (o1 - o2).abs().max() < 1e-5 and (s1 - s2).abs().max() < 1e-5
+
+
+def test_chunk_kernel_gradients_match_recurrence():
+    torch.manual_seed(0)
+    B, T, H, K = 1, 20, 2, 8
+    base = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, K)]
+    g0, b0 = -torch.rand(B, T, H), torch.rand(B, T, H)
+    grads = []
+    for fn in (torch_recurrent_rule, lambda *a: torch_chunk_rule(*a, chunk_size=8)):
+        q, k, v = (x.clone().requires_grad_() for x in base)
+        g, b = g0.clone().requires_grad_(), b0.clone().requires_grad_()
+        o, s = fn(memory_ahn.l2norm(q), memory_ahn.l2norm(k), v, g, b, None, 0.3, True)
+        (o.square().sum() + s.sum()).backward()
+        grads.append([t.grad for t in (q, k, v, g, b)])
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-4
+
+
+def test_invalid_tokens_leave_the_state_unchanged():
+    fn = _random_memory("gdn")
+    q, k, v = torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8)
+    x = torch.randn(1, 6, 24)
+    s0 = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        _, s = fn(q, k, v, fn.write_gates(x), torch.zeros(1, 6, dtype=torch.bool), x, s0)
+    assert torch.equal(s, s0)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_cuda_kernels_equal_torch_path(ahn_type):
+    if not memory_ahn.kernels_available(ahn_type):
+        pytest.skip(f"kernels for {ahn_type} not installed")
+    hidden, H, D, T = 256, 4, 64, 300
+    fn = _random_memory(ahn_type, hidden, H, D).cuda()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, H, T, D, device="cuda") for _ in range(3))
+    x = torch.randn(2, T, hidden, device="cuda")
+    valid = torch.rand(2, T, device="cuda") > 0.2
+    gates = fn.write_gates(x)
+    outs = {}
+    try:
+        for backend in ("torch", "kernels"):
+            memory_ahn.set_memory_backend(backend)
+            with torch.no_grad():
+                o1, s1 = fn(q[:, :, :200], k[:, :, :200], v[:, :, :200], gates[:, :200], valid[:, :200], x[:, :200])
+                o2, s2 = fn(q[:, :, 200:], k[:, :, 200:], v[:, :, 200:], gates[:, 200:], valid[:, 200:], x[:, 200:], s1)
+                o3, s3 = fn(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], gates[:, -1:], valid[:, -1:], x[:, -1:], s2)
+            outs[backend] = (torch.cat([o1, o2, o3], 1), s3)
+    finally:
+        memory_ahn.set_memory_backend("auto")
+    (ot, st), (ok, sk) = outs["torch"], outs["kernels"]
+    scale = ot.abs().max()
+    assert (ot - ok).abs().max() / scale < 2e-2  # bf16 kernels vs fp32 torch
+    assert (st - sk).abs().max() / st.abs().max() < 2e-2

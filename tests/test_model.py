@@ -1,0 +1,263 @@
+"""AHN models on tiny Qwen2 / Qwen3 / Llama bases: exactness against the base, the spec, and itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_ahn import AhnCache, AhnForCausalLM, SinkWindowLayer
+
+from .conftest import AHN_TYPES, ARCHS, make_ahn, make_base
+from .reference import LayerRecorder, naive_ahn_layer
+
+W, S = 5, 2
+
+
+def _ids(length, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 101, (batch, length), generator=g)
+
+
+def window_sink_mask(length, window, sinks):
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    return ((j <= i) & ((i - j < window) | (j < sinks)))[None, None]
+
+
+@pytest.mark.parametrize("arch", ARCHS + ["mistral"])
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_sequence_within_window_equals_base(arch, ahn_type):
+    ids = _ids(12)
+    with torch.no_grad():
+        ref = make_base(arch)(ids).logits
+        model = make_ahn(arch, ahn_type, sliding_window=16, num_sinks=2)
+        full = model(ids, use_cache=False).logits
+        cached = model(ids).logits
+    assert (full - ref).abs().max() < 1e-5
+    assert (cached - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_fresh_adapter_equals_base_with_window_sink_mask(arch, sinks):
+    ids = _ids(23)
+    mask = window_sink_mask(23, W, sinks)
+    with torch.no_grad():
+        ref = make_base(arch, attn_implementation="eager")(ids, attention_mask=torch.where(mask, 0.0, -torch.inf)).logits
+        model = make_ahn(arch, "gdn", W, sinks, random_ahn=False)
+        assert all(torch.all(m.fn.o_proj.weight == 0) for m in model.ahn_modules().values())
+        out = model(ids, use_cache=False).logits
+        cached = model(ids).logits
+    assert (out - ref).abs().max() < 1e-5
+    assert (cached - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_each_layer_equals_the_naive_spec_reference(arch, ahn_type, sinks):
+    """Record q/k/v/x entering every AHN layer, recompute the layer token by token from the spec."""
+    model = make_ahn(arch, ahn_type, W, sinks)
+    ids = _ids(19)
+    with LayerRecorder() as rec, torch.no_grad():
+        model(ids, use_cache=False)
+    assert len(rec.calls) == model.config.base_config.num_hidden_layers
+    for call in rec.calls:
+        fn = call["module"].__dict__["_ahn"].memory
+        attn, mem = naive_ahn_layer(fn, ahn_type, call["query"][0], call["key"][0], call["value"][0],
+                                    call["hidden"][0], W, sinks, call["scaling"])
+        assert (call["out"][0].double() - (attn + mem)).abs().max() < 2e-5
+        assert torch.all(mem[: W + sinks] == 0)  # empty memory contributes exactly nothing
+        assert mem[W + sinks :].abs().amax(dim=(1, 2)).min() > 1e-3  # every later query reads a non-empty memory
+
+
+def _assert_memory_matters(model, ids):
+    """Guard against vacuous equalities: the random AHN must change the logits beyond the window."""
+    with torch.no_grad():
+        with_ahn = model(ids, use_cache=False).logits
+        saved = {k: v.clone() for k, v in model.ahn_state_dict().items()}
+        for k, v in model.ahn_state_dict().items():
+            if k.endswith("o_proj.weight"):
+                v.zero_()
+        without = model(ids, use_cache=False).logits
+        model.load_ahn_state_dict(saved)
+    assert (with_ahn - without)[:, W + S :].abs().max() > 1e-2
+    return with_ahn
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_full_forward_equals_chunked_prefill_and_decode(arch, ahn_type, sinks):
+    model = make_ahn(arch, ahn_type, W, sinks)
+    ids = _ids(23)
+    ref = _assert_memory_matters(model, ids)
+    with torch.no_grad():
+        for chunk in (1, 3, 7, W, 2 * W + 1):
+            model.config.prefill_chunk_size = chunk
+            cache = AhnCache(model.config)
+            out = model(ids, past_key_values=cache, use_cache=True).logits
+            assert (out - ref).abs().max() < 1e-4, chunk
+            assert cache.get_seq_length() == 23
+        model.config.prefill_chunk_size = None
+        for prefill in (1, 4, 9, 17):
+            cache = AhnCache(model.config)
+            logits = [model(ids[:, :prefill], past_key_values=cache).logits]
+            for t in range(prefill, 23):
+                logits.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+            assert (torch.cat(logits, 1) - ref).abs().max() < 1e-4, prefill
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_cache_is_bounded(ahn_type):
+    model = make_ahn("llama", ahn_type, W, S)
+    cache = AhnCache(model.config)
+    sizes = []
+    with torch.no_grad():
+        model(_ids(8), past_key_values=cache)
+        for t in range(60):
+            model(_ids(1, seed=t), past_key_values=cache)
+            sizes.append(cache.cache_bytes())
+    layer = cache.layers[0]
+    assert isinstance(layer, SinkWindowLayer)
+    assert layer.keys.shape[-2] == W and layer.sink_keys.shape[-2] == S and bool(layer.sink_filled.all())
+    assert cache.get_seq_length() == 68
+    assert len(set(sizes)) == 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_greedy_generate_equals_teacher_forced_argmax(arch, ahn_type):
+    model = make_ahn(arch, ahn_type, W, S)
+    prompt = _ids(9)
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=14, do_sample=False, eos_token_id=None, pad_token_id=0)
+        logits = model(out, use_cache=False).logits
+    assert out.shape[1] == 9 + 14
+    assert torch.equal(logits[0, 8:-1].argmax(-1), out[0, 9:])
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_beam_search_with_cache_equals_without(ahn_type):
+    model = make_ahn("qwen2", ahn_type, W, S)
+    prompt = _ids(8, batch=2)
+    kw = dict(max_new_tokens=10, num_beams=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        cached = model.generate(prompt, use_cache=True, **kw)
+        uncached = model.generate(prompt, use_cache=False, **kw)
+    assert torch.equal(cached, uncached)
+
+
+def test_sampling_and_multiple_return_sequences_run():
+    model = make_ahn("qwen3", "gdn", W, S)
+    with torch.no_grad():
+        out = model.generate(_ids(6), max_new_tokens=8, do_sample=True, num_return_sequences=3, top_k=20,
+                             eos_token_id=None, pad_token_id=0)
+    assert out.shape == (3, 14)
+
+
+def _left_pad(rows, pad_id=0):
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, n - len(r) :] = r
+        mask[b, n - len(r) :] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_left_padded_batch_equals_each_row_alone(arch, ahn_type):
+    model = make_ahn(arch, ahn_type, W, S, full_attention_layers=[1] if arch == "qwen3" else None)
+    rows = [_ids(n, seed=n)[0] for n in (21, 14, 8)]
+    ids, mask = _left_pad(rows)
+    with torch.no_grad():
+        model.config.prefill_chunk_size = 4
+        batched = model(ids, attention_mask=mask).logits
+        unchunked = model(ids, attention_mask=mask, use_cache=False).logits
+        gen = model.generate(ids, attention_mask=mask, max_new_tokens=9, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+        for b, r in enumerate(rows):
+            alone = model(r[None], use_cache=False).logits[0]
+            n = len(r)
+            assert (batched[b, -n:] - alone).abs().max() < 1e-4
+            assert (unchunked[b, -n:] - alone).abs().max() < 1e-4
+            gen_alone = model.generate(r[None], max_new_tokens=9, do_sample=False, eos_token_id=None, pad_token_id=0)
+            assert torch.equal(gen[b, -9:], gen_alone[0, -9:])
+
+
+def test_full_attention_layers_keep_the_base_attention():
+    model = make_ahn("qwen2", "gdn", W, S, full_attention_layers=[0])
+    assert sorted(model.ahn_modules()) == [1]
+    assert all(k.startswith("model.layers.1.ahn.fn.") for k in model.ahn_state_dict())
+    cache = model.new_cache()
+    assert not isinstance(cache.layers[0], SinkWindowLayer) and isinstance(cache.layers[1], SinkWindowLayer)
+    ids = _ids(20)
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        model.config.prefill_chunk_size = 3
+        out = model(ids).logits
+    assert (out - ref).abs().max() < 1e-4
+
+
+def test_official_fa_layer_ids_string_is_accepted():
+    model = make_ahn("llama", "dn", W, S, full_attention_layers="1")
+    assert model.config.full_attention_layers == [1] and sorted(model.ahn_modules()) == [0]
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_ahn_state_dict_roundtrip_uses_official_keys(ahn_type):
+    model = make_ahn("qwen2", ahn_type, W, S)
+    sd = model.ahn_state_dict()
+    assert sd and all(k.startswith("model.layers.") and ".ahn.fn." in k for k in sd)
+    assert set(model.state_dict()) >= set(sd)
+    other = make_ahn("qwen2", ahn_type, W, S, random_ahn=False)
+    other.load_ahn_state_dict({k: v.clone() for k, v in sd.items()})
+    ids = _ids(20)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, other(ids).logits)
+
+
+def test_gradients_reach_only_ahn_and_checkpointing_matches():
+    model = make_ahn("qwen2", "gdn", W, S)
+    ids = _ids(22, batch=2)
+    model.train()
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    ahn_names = {n for n, p in model.named_parameters() if ".ahn." in n}
+    assert set(plain) == {n for n in ahn_names if not n.endswith(".D")}  # D is stored but unused (spec 2.1)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".ahn." not in n)
+    assert all(plain[n].abs().sum() > 0 for n in plain)
+    model.gradient_checkpointing_enable()
+    checkpointed = grads()
+    assert set(checkpointed) == set(plain)
+    for n in plain:
+        assert torch.allclose(plain[n], checkpointed[n], atol=1e-6, rtol=1e-5), n
+
+
+def test_bf16_model_runs_and_stays_close():
+    model = make_ahn("llama", "gdn", W, S)
+    ids = _ids(20)
+    with torch.no_grad():
+        ref = model(ids).logits
+        model.to(torch.bfloat16)
+        out = model(ids).logits
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_from_base_path_and_dtype(tmp_path):
+    base = make_base("qwen2")
+    base.save_pretrained(tmp_path / "base")
+    model = AhnForCausalLM.from_base(str(tmp_path / "base"), ahn_type="mamba2", sliding_window=7, num_sinks=1,
+                                     dtype=torch.bfloat16)
+    assert model.config.base_model_name_or_path == str(tmp_path / "base")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config.sliding_window == 7 and model.config.num_sinks == 1 and model.config.ahn_type == "mamba2"
