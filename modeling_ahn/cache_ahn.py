@@ -94,14 +94,12 @@ class SinkWindowLayer(CacheLayerMixin):
         rpos_all = torch.cat([self.window_rpos, rpos_new], dim=-1)
         n_ev = max(0, all_k.shape[-2] - W)
         if S and n_ev:
-            ev_rpos = rpos_all[:, :n_ev]
-            b_idx, e_idx = ((ev_rpos >= 0) & (ev_rpos < S)).nonzero(as_tuple=True)
-            if b_idx.numel():
-                slot = ev_rpos[b_idx, e_idx]
-                self.sink_keys = _scatter_sinks(self.sink_keys, b_idx, slot, all_k[b_idx, :, e_idx])
-                self.sink_values = _scatter_sinks(self.sink_values, b_idx, slot, all_v[b_idx, :, e_idx])
-                self.sink_filled = self.sink_filled.clone()
-                self.sink_filled[b_idx, slot] = True
+            # evicted token with real position s < S -> sink slot s (one-hot, no host sync)
+            hit = rpos_all[:, :n_ev, None] == torch.arange(S, device=rpos_all.device)  # [B, n_ev, S]
+            filled = hit.any(1)
+            self.sink_keys = _gather_sinks(self.sink_keys, hit, filled, all_k[:, :, :n_ev])
+            self.sink_values = _gather_sinks(self.sink_values, hit, filled, all_v[:, :, :n_ev])
+            self.sink_filled = self.sink_filled | filled
         self.keys, self.values = all_k[:, :, n_ev:], all_v[:, :, n_ev:]
         self.window_rpos = rpos_all[:, n_ev:]
         if gates_new is not None:
@@ -161,10 +159,10 @@ class SinkWindowLayer(CacheLayerMixin):
         return sum(getattr(self, n).nbytes for n in self._tensors() if getattr(self, n) is not None)
 
 
-def _scatter_sinks(store, b_idx, slot, rows):
-    out = store.clone()
-    out[b_idx, :, slot] = rows.to(out.dtype)
-    return out
+def _gather_sinks(store, hit, filled, evicted):
+    """``store[b, :, s] = evicted[b, :, e]`` where ``hit[b, e, s]`` (each slot is hit at most once)."""
+    picked = torch.einsum("bes,bhed->bhsd", hit.to(evicted.dtype), evicted)
+    return torch.where(filled[:, None, :, None], picked, store)
 
 
 class AhnCache(Cache):

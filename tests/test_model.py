@@ -235,7 +235,7 @@ def test_gradients_reach_only_ahn_and_checkpointing_matches():
     assert set(plain) == {n for n in ahn_names if not n.endswith(".D")}  # D is stored but unused (spec 2.1)
     assert all(not p.requires_grad for n, p in model.named_parameters() if ".ahn." not in n)
     assert all(plain[n].abs().sum() > 0 for n in plain)
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     checkpointed = grads()
     assert set(checkpointed) == set(plain)
     for n in plain:
@@ -261,3 +261,32 @@ def test_from_base_path_and_dtype(tmp_path):
     assert model.config.base_model_name_or_path == str(tmp_path / "base")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.config.sliding_window == 7 and model.config.num_sinks == 1 and model.config.ahn_type == "mamba2"
+
+
+def test_config_roundtrip(tmp_path):
+    model = make_ahn("qwen3", "mamba2", W, S, full_attention_layers=[0])
+    model.config.save_pretrained(tmp_path)
+    loaded = type(model.config).from_pretrained(tmp_path)
+    assert loaded.base_config.model_type == "qwen3" and loaded.base_config.head_dim == 16
+    for key in ("ahn_type", "sliding_window", "num_sinks", "full_attention_layers", "prefill_chunk_size",
+                "max_position_embeddings"):
+        assert getattr(loaded, key) == getattr(model.config, key), key
+    assert loaded.get_text_config() is loaded.base_config
+    assert not hasattr(loaded, "text_config")  # tools reading text_config first see our context length
+
+
+def test_sink_store_holds_each_rows_first_real_tokens():
+    model = make_ahn("llama", "gdn", W, 3)
+    rows = [_ids(n, seed=n)[0] for n in (16, 11)]
+    ids, mask = _left_pad(rows)
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(ids, attention_mask=mask, past_key_values=cache)
+    layer = cache.layers[0]
+    assert bool(layer.sink_filled.all())
+    for b, r in enumerate(rows):
+        alone = model.new_cache()
+        with torch.no_grad():
+            model(r[None], past_key_values=alone)
+        assert torch.allclose(layer.sink_keys[b], alone.layers[0].sink_keys[0], atol=1e-5)
+        assert torch.allclose(layer.recurrent_state[b], alone.layers[0].recurrent_state[0], atol=1e-5)
