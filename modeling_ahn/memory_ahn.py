@@ -315,23 +315,42 @@ class AhnMemory(nn.Module):
         return query.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
 
 
-class GatedDeltaNet(AhnMemory):
+class _DeltaRuleMemory(AhnMemory):
+    """GDN and DN: delta-rule write, ``o = M q / sqrt(D)``, ``RMSNorm_D(o) * silu(g_proj(x_t))``, per-head o_proj."""
+
+    gated = False
+
+    def _init_readout(self, hidden_size, num_heads, head_dim):
+        self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.g_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.o_norm = AhnRMSNorm(head_dim)
+        self.o_proj = PerHeadLinear(num_heads, head_dim)
+
+    def forward(self, query, keys, values, gates, valid, x_read, state=None):
+        q, k, v = self._prepare(query, keys, values)
+        valid = valid.to(torch.float32)[..., None]
+        beta = gates[..., 0, :] * valid
+        g = gates[..., 1, :] * valid if self.gated else None
+        o, state = delta_rule(l2norm(q.float()), l2norm(k.float()), v, g, beta, state,
+                              1.0 / math.sqrt(self.head_dim), self.ahn_type)
+        gate = F.silu(self.g_proj(x_read).float())[..., None]  # one scalar per head
+        return self.o_proj(self.o_norm(o) * gate).to(query.dtype), state
+
+
+class GatedDeltaNet(_DeltaRuleMemory):
     """AHN-GDN (spec 2.1): gated delta rule with per-head decay and a gated RMSNorm read-out."""
 
     ahn_type = "gdn"
     num_gates = 2  # beta, log-decay
+    gated = True
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
         super().__init__(hidden_size, num_heads, head_dim)
-        H = num_heads
-        self.b_proj = nn.Linear(hidden_size, H, bias=False)
-        self.a_proj = nn.Linear(hidden_size, H, bias=False)
-        self.g_proj = nn.Linear(hidden_size, H, bias=False)
-        self.A_log = nn.Parameter(torch.empty(H))
-        self.D = nn.Parameter(torch.ones(H))  # stored by the release, unused
-        self.dt_bias = nn.Parameter(torch.empty(H))
-        self.o_norm = AhnRMSNorm(head_dim)
-        self.o_proj = PerHeadLinear(H, head_dim)
+        self._init_readout(hidden_size, num_heads, head_dim)
+        self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.A_log = nn.Parameter(torch.empty(num_heads))
+        self.D = nn.Parameter(torch.ones(num_heads))  # stored by the release, unused
+        self.dt_bias = nn.Parameter(torch.empty(num_heads))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -351,29 +370,16 @@ class GatedDeltaNet(AhnMemory):
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
         return torch.stack([beta, g], dim=-2)
 
-    def forward(self, query, keys, values, gates, valid, x_read, state=None):
-        q, k, v = self._prepare(query, keys, values)
-        valid = valid.to(torch.float32)[..., None]
-        beta, g = gates[..., 0, :] * valid, gates[..., 1, :] * valid
-        o, state = delta_rule(l2norm(q.float()), l2norm(k.float()), v, g if self.ahn_type == "gdn" else None,
-                              beta, state, 1.0 / math.sqrt(self.head_dim), self.ahn_type)
-        gate = F.silu(self.g_proj(x_read).float())[..., None]  # one scalar per head
-        y = self.o_norm(o) * gate
-        return self.o_proj(y).to(query.dtype), state
 
-
-class DeltaNet(GatedDeltaNet):
+class DeltaNet(_DeltaRuleMemory):
     """AHN-DN (spec 2.2): the delta rule without decay."""
 
     ahn_type = "dn"
-    num_gates = 1
+    num_gates = 1  # beta
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
-        AhnMemory.__init__(self, hidden_size, num_heads, head_dim)
-        self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
-        self.g_proj = nn.Linear(hidden_size, num_heads, bias=False)
-        self.o_norm = AhnRMSNorm(head_dim)
-        self.o_proj = PerHeadLinear(num_heads, head_dim)
+        super().__init__(hidden_size, num_heads, head_dim)
+        self._init_readout(hidden_size, num_heads, head_dim)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -385,10 +391,6 @@ class DeltaNet(GatedDeltaNet):
 
     def write_gates(self, x):
         return torch.sigmoid(self.b_proj(x).float())[..., None, :]
-
-    def forward(self, query, keys, values, gates, valid, x_read, state=None):
-        zeros = torch.zeros_like(gates)
-        return super().forward(query, keys, values, torch.cat([gates, zeros], -2), valid, x_read, state)
 
 
 class Mamba2(AhnMemory):

@@ -241,6 +241,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
     ):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        self.config.validate_ahn()  # settings may have been changed on the live config
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if use_cache:

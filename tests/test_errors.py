@@ -101,3 +101,10 @@ def test_crop_is_refused():
     model(torch.randint(3, 100, (1, 9)), past_key_values=cache)
     with pytest.raises(NotImplementedError, match="cannot be cropped"):
         cache.crop(2)
+
+
+def test_live_config_changes_are_validated():
+    model = make_ahn("llama", "gdn", 5, 2)
+    model.config.sliding_window = 0
+    with pytest.raises(ValueError, match="sliding_window must be an integer >= 1"):
+        model(torch.randint(3, 100, (1, 6)))
