@@ -5,7 +5,7 @@
 AHN repos load without remote code when the package is installed.
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .attention_ahn import AHN_ATTENTION, ahn_attention_forward, attach_ahn
 from .cache_ahn import AhnCache, SinkWindowLayer
@@ -21,11 +21,12 @@ from .memory_ahn import (
     kernels_available,
     set_memory_backend,
 )
-from .modeling_ahn import AhnForCausalLM, AhnPreTrainedModel
+from .modeling_ahn import AHN_VERSION, AhnForCausalLM, AhnModel, AhnPreTrainedModel, code_hash, write_ahn_repo
 
-__version__ = "0.1.0"
+__version__ = AHN_VERSION
 
 AutoConfig.register("ahn", AhnConfig, exist_ok=True)
+AutoModel.register(AhnConfig, AhnModel, exist_ok=True)
 AutoModelForCausalLM.register(AhnConfig, AhnForCausalLM, exist_ok=True)
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "AhnCache",
     "AhnConfig",
     "AhnForCausalLM",
+    "AhnModel",
     "AhnPreTrainedModel",
     "DeltaNet",
     "GatedDeltaNet",
@@ -44,8 +46,10 @@ __all__ = [
     "attach_ahn",
     "build_memory",
     "canonical_ahn_type",
+    "code_hash",
     "get_memory_backend",
     "kernels_available",
     "set_memory_backend",
+    "write_ahn_repo",
     "__version__",
 ]

@@ -41,6 +41,9 @@ class AhnLayerSpec:
         self.memory = memory
         self.config = config
         self.inner = inner
+        # This code's own implementation: if another copy of this code (the installed package and a
+        # repo's remote code) registered "ahn" last, its dispatcher still calls the right one.
+        self.attention = _ahn_attention
 
 
 def _eager_attention(module, query, key, value, mask, scaling, dropout):
@@ -93,18 +96,24 @@ def _full_attention(spec, module, query, key, value, mask2d, scaling, dropout, s
     return _inner_attention(spec, module, query, key, value, vis[:, None], scaling, dropout)
 
 
-def ahn_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention over ``[sinks, window, new]`` plus the AHN memory read-out, for one layer.
-
-    ``query`` ``[B, H, q, D]``; ``key``/``value`` as returned by the cache (``[B, Hkv, kv, D]``).
-    Returns ``(out [B, q, H, D], weights)`` like transformers' attention functions.
-    """
+def ahn_attention_forward(module, *args, **kwargs):
+    """The registered ``"ahn"`` attention: dispatches to the implementation of the layer's own AHN code."""
     spec = module.__dict__.get("_ahn")
     if spec is None:
         raise RuntimeError(
             "The 'ahn' attention implementation is active on a layer without AHN; build the model with "
             "AhnForCausalLM.from_base(...) instead of setting attn_implementation='ahn' by hand."
         )
+    return spec.attention(module, *args, **kwargs)
+
+
+def _ahn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention over ``[sinks, window, new]`` plus the AHN memory read-out, for one layer.
+
+    ``query`` ``[B, H, q, D]``; ``key``/``value`` as returned by the cache (``[B, Hkv, kv, D]``).
+    Returns ``(out [B, q, H, D], weights)`` like transformers' attention functions.
+    """
+    spec = module.__dict__["_ahn"]
     hidden, cache = module.__dict__.pop("_ahn_ctx", (None, None))
     mask2d = _check_mask(attention_mask)
     if spec.memory is None:

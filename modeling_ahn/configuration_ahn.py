@@ -70,6 +70,8 @@ class AhnConfig(PreTrainedConfig):
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
     tie_word_embeddings: bool = False
+    ahn_version: str | None = None  # written on export
+    ahn_code_hash: str | None = None  # sha256 prefix of the exported remote code
 
     def __post_init__(self, **kwargs):
         fa_layer_ids = kwargs.pop("fa_layer_ids", None)

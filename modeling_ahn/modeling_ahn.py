@@ -1,44 +1,166 @@
 # Copyright 2026 The modeling_ahn authors. Apache-2.0.
-"""``AhnForCausalLM``: a frozen decoder-only base augmented with AHN memories (Hub remote-code payload).
+"""AHN models over a frozen base (Hub remote-code payload).
 
-The model *is* the base model plus AHN: it registers the base's decoder as ``model`` and its head as
-``lm_head``, so its state dict is the base's own keys plus the official AHN keys
-``model.layers.{i}.ahn.fn.<param>``; forward calls the base's own ``forward``.
+* ``AhnForCausalLM``: the base causal LM plus AHN (``AutoModelForCausalLM``).
+* ``AhnModel``: the base decoder plus AHN, no LM head (``AutoModel``).
+
+Both register the base's decoder as ``model`` (and the head as ``lm_head``), so the state dict is the
+base's own keys plus the official AHN keys ``model.layers.{i}.ahn.fn.<param>``. An exported repo holds
+only the AHN tensors; ``from_pretrained`` loads the frozen base from ``base_model_name_or_path``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import logging
 import os
+import shutil
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn
 from .cache_ahn import AhnCache
-from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig
+from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, parse_layer_ids
 from .memory_ahn import AhnMemory, AhnModule, build_memory
+
+logger = logging.getLogger(__name__)
+
+AHN_VERSION = "0.1.0"
+# The flat remote-code payload, copied verbatim into every exported repo.
+PAYLOAD_FILES = ("configuration_ahn.py", "memory_ahn.py", "cache_ahn.py", "attention_ahn.py", "modeling_ahn.py")
+WEIGHTS_NAME = "model.safetensors"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+HUB_KWARGS = ("cache_dir", "force_download", "token", "revision", "local_files_only", "subfolder", "proxies")
+AUTO_KWARGS = ("trust_remote_code", "_from_auto", "adapter_kwargs", "code_revision", "_from_pipeline", "_commit_hash")
+# Settings that may be overridden at load time: from_pretrained(repo, sliding_window=8064, num_sinks=128)
+RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size")
+
+
+def code_hash(directory: str | os.PathLike | None = None) -> str:
+    """sha256 over the payload files (name and bytes) of a code directory (default: this code's)."""
+    directory = Path(directory) if directory is not None else Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in PAYLOAD_FILES:
+        h.update(name.encode())
+        h.update((directory / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
-def _check_base(base) -> None:
+def _shape_summary(cfg) -> str:
+    return (f"{cfg.num_hidden_layers} layers, hidden size {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
+            f"size {_head_dim(cfg)}, {getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads} KV heads")
+
+
+def _shape_key(cfg):
+    return (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, _head_dim(cfg),
+            getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+
+
+def expected_ahn_shapes(config) -> dict[str, tuple[int, ...]]:
+    """Official key -> shape of every AHN tensor this config needs (built on the meta device)."""
+    bc = config.base_config
+    with torch.device("meta"):
+        fn = build_memory(config.ahn_type, bc.hidden_size, bc.num_attention_heads, _head_dim(bc))
+    shapes = {name: tuple(p.shape) for name, p in fn.named_parameters()}
+    return {f"model.layers.{i}.ahn.fn.{name}": s for i in config.ahn_layers for name, s in shapes.items()}
+
+
+def check_ahn_state_dict(config, state_dict, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Raise ``ValueError`` if the tensors do not fit ``config`` (shapes always; keys when ``strict``)."""
+    want = expected_ahn_shapes(config)
+    bad = [(k, tuple(state_dict[k].shape), s) for k, s in want.items() if k in state_dict
+           and tuple(state_dict[k].shape) != s]
+    if bad:
+        k, got, s = bad[0]
+        raise ValueError(
+            f"AHN weights do not fit this base: {k} has shape {got}, expected {s} for a base with "
+            f"{_shape_summary(config.base_config)} ({len(bad)} mismatched tensors). Load the adapter on the base "
+            "model it was trained for."
+        )
+    missing = sorted(k for k in want if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in want)
+    if strict and (missing or unexpected):
+        def show(keys):
+            return f"{keys[:6]}{' ...' if len(keys) > 6 else ''} ({len(keys)})"
+
+        raise ValueError(
+            f"AHN state dict does not match this model (ahn_type={config.ahn_type!r}, AHN layers "
+            f"{config.ahn_layers}): missing {show(missing)}, unexpected {show(unexpected)}. Check ahn_type and "
+            "full_attention_layers."
+        )
+    return missing, unexpected
+
+
+def _check_base(base, decoder_only=False) -> None:
     model_type = getattr(base.config, "model_type", None)
     if model_type not in SUPPORTED_BASE_MODEL_TYPES:
         raise ValueError(
             f"Unsupported base architecture {model_type!r} ({type(base).__name__}): AHN supports "
             f"{', '.join(SUPPORTED_BASE_MODEL_TYPES)} causal LMs."
         )
-    decoder = getattr(base, base.base_model_prefix, None)
-    if decoder is None or not hasattr(decoder, "layers") or base.get_output_embeddings() is None:
+    decoder = base if decoder_only else getattr(base, base.base_model_prefix, None)
+    if decoder is None or not hasattr(decoder, "layers") or (not decoder_only and base.get_output_embeddings() is None):
         raise ValueError(
-            f"{type(base).__name__} is not a causal LM with a decoder and an LM head; load the base with "
-            "AutoModelForCausalLM."
+            f"{type(base).__name__} is not a {'decoder' if decoder_only else 'causal LM with an LM head'}; load the "
+            f"base with {'AutoModel' if decoder_only else 'AutoModelForCausalLM'}."
         )
+
+
+def _read_adapter_weights(path: str, hub: dict) -> dict[str, torch.Tensor]:
+    """The AHN tensors of a repo/dir. Refuses pickles; explains a missing or corrupt file."""
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    opts = dict(hub, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    file = cached_file(path, WEIGHTS_NAME, **opts)
+    if file is None:
+        for pickle_name in ("pytorch_model.bin", "model.pt", "model.pth"):
+            if cached_file(path, pickle_name, **opts) is not None:
+                raise ValueError(
+                    f"{path} holds AHN weights only as a pickle ({pickle_name}). Pickles can execute arbitrary code "
+                    f"when loaded, so they are refused: convert them to {WEIGHTS_NAME} (safetensors) first."
+                )
+        raise OSError(f"{path} has no {WEIGHTS_NAME}: it is not an exported AHN repo (or the download failed).")
+    try:
+        return load_file(file)
+    except Exception as e:  # SafetensorError, truncated files, ...
+        raise ValueError(f"{file} is not a valid safetensors file ({e}); re-download or re-export the adapter.") from e
+
+
+def _warn_on_code_mismatch(config) -> None:
+    running = code_hash()
+    saved = getattr(config, "ahn_code_hash", None)
+    if saved and saved != running:
+        logger.warning(
+            "This AHN repo was exported by modeling_ahn %s (code hash %s); the code running now has hash %s. "
+            "Results may differ: re-export the repo with the installed version.",
+            getattr(config, "ahn_version", "?"), saved, running,
+        )
+    if not __name__.startswith("modeling_ahn."):  # loaded as remote code: compare with an installed package
+        try:
+            import importlib.util
+
+            spec = importlib.util.find_spec("modeling_ahn")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            installed = code_hash(Path(spec.origin).parent)
+            if installed != running:
+                logger.warning(
+                    "The remote code of this repo (hash %s) differs from the installed modeling_ahn package "
+                    "(hash %s). `import modeling_ahn` before loading to use the installed code.", running, installed,
+                )
 
 
 class AhnPreTrainedModel(PreTrainedModel):
@@ -49,105 +171,26 @@ class AhnPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _skip_keys_device_placement = ["past_key_values"]
+    _base_auto_class = AutoModelForCausalLM
 
     def _init_weights(self, module):
         # Only AHN modules are ever initialised here; the frozen base keeps its weights.
         if isinstance(module, AhnMemory):
             module.reset_parameters()
 
-
-class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
-    """A frozen causal LM with sinks + sliding-window attention and an AHN memory per layer.
-
-    Build a fresh adapter with :meth:`from_base`; load AHN weights with :meth:`load_ahn_state_dict`.
-    """
-
-    def __init__(self, config: AhnConfig, base_model: PreTrainedModel | None = None):
-        super().__init__(config)
-        if base_model is None:
-            if config.base_config is None:
-                raise ValueError("AhnConfig has no base_config: build it with AhnConfig(base_config=...) or from_base().")
-            base_model = AutoModelForCausalLM.from_config(config.base_config)
-        _check_base(base_model)
-        config.base_config = base_model.config
+    def _augment(self, config, decoder, base_config) -> None:
+        """Freeze the base decoder, build one memory per AHN layer on its layer's device, attach them."""
+        config.base_config = base_config
         config.validate_ahn()
-        base_model.requires_grad_(False)
-        self.model = getattr(base_model, base_model.base_model_prefix)
-        self.lm_head = base_model.get_output_embeddings()
-        self.__dict__["_base"] = base_model  # called for forward; its modules are ours (same objects)
-        self.vocab_size = base_model.config.vocab_size
-
-        bc = base_model.config
-        inner = bc._attn_implementation if bc._attn_implementation in INNER_IMPLEMENTATIONS else "sdpa"
+        decoder.requires_grad_(False)
+        inner = base_config._attn_implementation if base_config._attn_implementation in INNER_IMPLEMENTATIONS else "sdpa"
         memories = {}
         for i in config.ahn_layers:
-            ref = self.model.layers[i].self_attn.q_proj.weight
-            mem = build_memory(config.ahn_type, bc.hidden_size, bc.num_attention_heads, _head_dim(bc))
+            ref = decoder.layers[i].self_attn.q_proj.weight
+            mem = build_memory(config.ahn_type, base_config.hidden_size, base_config.num_attention_heads,
+                               _head_dim(base_config))
             memories[i] = AhnModule(mem).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-        attach_ahn(self.model, config, memories, inner=inner)
-        base_model.set_attn_implementation(AHN_ATTENTION)
-        self.post_init()
-        self.generation_config = copy.deepcopy(base_model.generation_config)
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def from_base(
-        cls,
-        base_model_or_path,
-        ahn_type: str = "gdn",
-        sliding_window: int | None = None,
-        num_sinks: int | None = None,
-        full_attention_layers=None,
-        prefill_chunk_size: int | None = -1,
-        ahn_dtype: torch.dtype | None = None,
-        **from_pretrained_kwargs,
-    ) -> AhnForCausalLM:
-        """A fresh AHN (``o_proj`` zero, so it equals sinks + sliding-window attention) over a frozen base.
-
-        ``base_model_or_path``: a loaded causal LM (augmented in place) or a path/repo id loaded with
-        ``AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)``. The AHN takes the base's
-        dtype and device unless ``ahn_dtype`` is given.
-        """
-        if isinstance(base_model_or_path, (str, os.PathLike)):
-            path = str(base_model_or_path)
-            base = AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)
-        else:
-            if from_pretrained_kwargs:
-                raise ValueError(f"from_pretrained kwargs {sorted(from_pretrained_kwargs)} need a path, not a model.")
-            base = base_model_or_path
-            path = getattr(base.config, "_name_or_path", None) or None
-        _check_base(base)
-        kwargs = dict(ahn_type=ahn_type, full_attention_layers=full_attention_layers)
-        if sliding_window is not None:
-            kwargs["sliding_window"] = sliding_window
-        if num_sinks is not None:
-            kwargs["num_sinks"] = num_sinks
-        if prefill_chunk_size != -1:
-            kwargs["prefill_chunk_size"] = prefill_chunk_size
-        config = AhnConfig(base_config=base.config, base_model_name_or_path=path, **kwargs)
-        model = cls(config, base_model=base)
-        if ahn_dtype is not None:
-            for module in model.ahn_modules().values():
-                module.to(dtype=ahn_dtype)
-        return model.eval()
-
-    @property
-    def base_causal_lm(self) -> PreTrainedModel:
-        """The augmented base causal LM (its modules are this model's ``model`` and ``lm_head``)."""
-        return self.__dict__["_base"]
-
-    def get_input_embeddings(self):
-        return self.base_causal_lm.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.base_causal_lm.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def get_decoder(self):
-        return self.model
+        attach_ahn(decoder, config, memories, inner=inner)
 
     # ------------------------------------------------------------------ AHN weights
 
@@ -171,50 +214,20 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def load_ahn_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True):
-        """Load AHN tensors keyed ``model.layers.{i}.ahn.fn.<param>`` (values cast to each parameter's dtype).
+        """Load AHN tensors keyed ``model.layers.{i}.ahn.fn.<param>`` (cast to each parameter's dtype/device).
 
-        Raises ``ValueError`` when shapes do not fit this base, or (``strict``) on missing/unexpected keys.
-        Returns ``(missing, unexpected)``.
+        Raises ``ValueError`` when shapes do not fit this base, or (``strict``) on missing/unexpected keys;
+        nothing is loaded then. Returns ``(missing, unexpected)``.
         """
+        missing, unexpected = check_ahn_state_dict(self.config, state_dict, strict)
         own = self.ahn_state_dict()
-        unexpected = sorted(k for k in state_dict if k not in own)
-        missing = sorted(k for k in own if k not in state_dict)
-        bad = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
-               if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-        if bad:
-            k, got, want = bad[0]
-            bc = self.config.base_config
-            raise ValueError(
-                f"AHN weights do not fit this base: {k} has shape {got}, expected {want} for a base with hidden size "
-                f"{bc.hidden_size}, {bc.num_attention_heads} heads of size {_head_dim(bc)} ({len(bad)} mismatched "
-                "tensors). Load the adapter on the base model it was trained for."
-            )
-        if strict and (missing or unexpected):
-            raise ValueError(
-                f"AHN state dict does not match this model (ahn_type={self.config.ahn_type!r}, AHN layers "
-                f"{self.config.ahn_layers}): missing {missing[:4]}{'...' if len(missing) > 4 else ''}, unexpected "
-                f"{unexpected[:4]}{'...' if len(unexpected) > 4 else ''}. Check ahn_type and full_attention_layers."
-            )
         for k, v in state_dict.items():
             if k in own:
                 own[k].copy_(v.to(device=own[k].device, dtype=own[k].dtype))
         return missing, unexpected
 
-    # ------------------------------------------------------------------ cache / forward
-
     def new_cache(self) -> AhnCache:
         return AhnCache(self.config)
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            if generation_config.cache_implementation not in (None, "dynamic"):
-                raise ValueError(
-                    f"cache_implementation={generation_config.cache_implementation!r} is not supported by AHN models; "
-                    "leave it unset (an AhnCache is used)."
-                )
-            model_kwargs["past_key_values"] = self.new_cache()
-            return
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def _resolve_cache(self, past_key_values):
         if past_key_values is None:
@@ -227,18 +240,8 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
             return past_key_values  # upgraded per layer by the pre-hook, or a clear error there
         raise ValueError(f"past_key_values must be an AhnCache, got {type(past_key_values).__name__}.")
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        logits_to_keep=0,
-        **kwargs,
-    ):
+    def _prepare_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache):
+        """Shared checks of both forwards: cache, mask length, positions that skip left padding."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         self.config.validate_ahn()  # settings may have been changed on the live config
@@ -249,7 +252,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         past = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
         if attention_mask is not None and attention_mask.dim() == 2:
-            if attention_mask.shape[1] not in (seq + past,) and not (past == 0 and attention_mask.shape[1] == seq):
+            if attention_mask.shape[1] != seq + past and not (past == 0 and attention_mask.shape[1] == seq):
                 raise ValueError(
                     f"attention_mask has {attention_mask.shape[1]} columns; expected {seq + past} "
                     f"(the {past} tokens already in the cache + {seq} new ones)."
@@ -257,32 +260,14 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
             if position_ids is None and not bool(attention_mask.all()):
                 # positions that skip the padding, as generate() computes them
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
-        chunk = self.config.prefill_chunk_size
-        if isinstance(past_key_values, Cache) and chunk and seq > chunk:
-            return self._chunked_forward(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values,
-                                         labels, logits_to_keep, chunk, past, **kwargs)
-        return self.base_causal_lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        chunked = isinstance(past_key_values, Cache) and bool(self.config.prefill_chunk_size)
+        chunked = chunked and seq > self.config.prefill_chunk_size
+        return use_cache, past_key_values, position_ids, seq, past, chunked
 
-    def _chunked_forward(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,
-                         logits_to_keep, chunk, past, **kwargs):
-        """Prefill in chunks: the cache never holds more than sinks + window, whatever the prompt length.
-
-        Only the logits asked for are computed (``logits_to_keep`` last positions; all when 0 or with labels).
-        """
+    def _chunks(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, past):
+        """Yield ``(start, end, kwargs)`` for a prefill chunk by chunk over the same cache."""
         x = input_ids if input_ids is not None else inputs_embeds
-        n = x.shape[1]
-        keep_all = labels is not None or not isinstance(logits_to_keep, int) or logits_to_keep == 0
-        logits = []
+        n, chunk = x.shape[1], self.config.prefill_chunk_size
         for start in range(0, n, chunk):
             end = min(n, start + chunk)
             part = dict(
@@ -292,19 +277,325 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
                 use_cache=True,
             )
             part["input_ids" if input_ids is not None else "inputs_embeds"] = x[:, start:end]
-            need = end - start if keep_all else max(0, min(end - start, logits_to_keep - (n - end)))
+            yield start, end, part
+
+    # ------------------------------------------------------------------ Hub: save / load
+
+    def save_pretrained(self, save_directory, tokenizer=None, eval_results=None, is_main_process=True,
+                        push_to_hub=False, **kwargs):
+        """Write an adapter-only repo: config, remote code, AHN weights, generation config, tokenizer,
+        model card and PEFT adapter files. The base weights are not written (they live in the base repo).
+
+        ``tokenizer``: saved into the repo; by default the base's tokenizer is loaded from
+        ``base_model_name_or_path`` if it can be. ``eval_results``: rows for the model card's table.
+        """
+        if not is_main_process:
+            return
+        if push_to_hub:
+            raise ValueError("push_to_hub is not supported here: save, then `ahn push DIR org/name`.")
+        generation_config = getattr(self, "generation_config", None)
+        write_ahn_repo(save_directory, self.config, self.ahn_state_dict(), generation_config=generation_config,
+                       tokenizer=tokenizer, eval_results=eval_results)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, base_model=None, **kwargs):
+        """Load an exported AHN repo: the frozen base from ``base_model_name_or_path`` (or ``base_model=``),
+        the AHN weights from the repo. ``sliding_window``/``num_sinks``/``prefill_chunk_size`` override the
+        repo's inference settings; the other kwargs (``dtype``, ``device_map``, ``attn_implementation``,
+        quantization, ...) go to the base's ``from_pretrained``. Adapter files are read and checked before
+        anything is built, so a bad adapter leaves a given ``base_model`` untouched.
+        """
+        if model_args:
+            raise TypeError(f"{cls.__name__}.from_pretrained takes keyword arguments only, got {model_args}.")
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        for k in AUTO_KWARGS:
+            kwargs.pop(k, None)
+        overrides = {k: kwargs.pop(k) for k in RUNTIME_SETTINGS + ("full_attention_layers",) if k in kwargs}
+        path = str(pretrained_model_name_or_path)
+        if config is None or getattr(config, "model_type", None) != "ahn":
+            config = AhnConfig.from_pretrained(path, **hub)
+        else:
+            config = copy.deepcopy(config)
+        for k, v in overrides.items():
+            setattr(config, k, parse_layer_ids(v) if k == "full_attention_layers" else v)
+        config.validate_ahn()
+        state = _read_adapter_weights(path, hub)
+        check_ahn_state_dict(config, state)
+
+        if base_model is None:
+            name = config.base_model_name_or_path
+            if not name:
+                raise ValueError(f"{path}/config.json has no base_model_name_or_path; pass base_model=<loaded model>.")
+            try:
+                base_model = cls._base_auto_class.from_pretrained(name, revision=config.base_model_revision, **kwargs)
+            except Exception as e:
+                raise OSError(
+                    f"Could not load the base model {name!r} named by base_model_name_or_path in {path}: {e}\n"
+                    "Make it reachable (network, HF_HOME cache or a local path), or load it yourself and pass "
+                    "base_model=<model>."
+                ) from e
+        elif kwargs:
+            raise ValueError(f"kwargs {sorted(kwargs)} are for loading the base; they cannot apply to base_model=.")
+        if _shape_key(base_model.config) != _shape_key(config.base_config):
+            raise ValueError(
+                f"The adapter in {path} was made for a base with {_shape_summary(config.base_config)}, but the base "
+                f"model has {_shape_summary(base_model.config)}."
+            )
+        model = cls(config, base_model=base_model)
+        model.load_ahn_state_dict(state)
+        _warn_on_code_mismatch(config)
+        return model.eval()
+
+
+class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
+    """A frozen causal LM with sinks + sliding-window attention and an AHN memory per layer.
+
+    Build a fresh adapter with :meth:`from_base`; load an exported repo with ``from_pretrained``.
+    """
+
+    _base_auto_class = AutoModelForCausalLM
+
+    def __init__(self, config: AhnConfig, base_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        if base_model is None:
+            if config.base_config is None:
+                raise ValueError("AhnConfig has no base_config: build it with AhnConfig(base_config=...) or from_base().")
+            base_model = AutoModelForCausalLM.from_config(config.base_config)
+        _check_base(base_model)
+        self.model = getattr(base_model, base_model.base_model_prefix)
+        self.lm_head = base_model.get_output_embeddings()
+        self.__dict__["_base"] = base_model  # called for forward; its modules are ours (same objects)
+        self.vocab_size = base_model.config.vocab_size
+        base_model.requires_grad_(False)
+        self._augment(config, self.model, base_model.config)
+        base_model.set_attn_implementation(AHN_ATTENTION)
+        self.post_init()
+        self.generation_config = copy.deepcopy(base_model.generation_config)
+
+    @classmethod
+    def from_base(
+        cls,
+        base_model_or_path,
+        ahn_type: str = "gdn",
+        sliding_window: int | None = None,
+        num_sinks: int | None = None,
+        full_attention_layers=None,
+        prefill_chunk_size: int | None = -1,
+        ahn_dtype: torch.dtype | None = None,
+        base_model_revision: str | None = None,
+        **from_pretrained_kwargs,
+    ) -> AhnForCausalLM:
+        """A fresh AHN (``o_proj`` zero, so it equals sinks + sliding-window attention) over a frozen base.
+
+        ``base_model_or_path``: a loaded causal LM (augmented in place) or a path/repo id loaded with
+        ``AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)``. The AHN takes the base's
+        dtype and device unless ``ahn_dtype`` is given.
+        """
+        if isinstance(base_model_or_path, (str, os.PathLike)):
+            path = str(base_model_or_path)
+            base = AutoModelForCausalLM.from_pretrained(path, revision=base_model_revision, **from_pretrained_kwargs)
+        else:
+            if from_pretrained_kwargs:
+                raise ValueError(f"from_pretrained kwargs {sorted(from_pretrained_kwargs)} need a path, not a model.")
+            base = base_model_or_path
+            path = getattr(base.config, "_name_or_path", None) or None
+        _check_base(base)
+        kwargs = dict(ahn_type=ahn_type, full_attention_layers=full_attention_layers)
+        if sliding_window is not None:
+            kwargs["sliding_window"] = sliding_window
+        if num_sinks is not None:
+            kwargs["num_sinks"] = num_sinks
+        if prefill_chunk_size != -1:
+            kwargs["prefill_chunk_size"] = prefill_chunk_size
+        config = AhnConfig(base_config=base.config, base_model_name_or_path=path,
+                           base_model_revision=base_model_revision, **kwargs)
+        model = cls(config, base_model=base)
+        if ahn_dtype is not None:
+            for module in model.ahn_modules().values():
+                module.to(dtype=ahn_dtype)
+        return model.eval()
+
+    @property
+    def base_causal_lm(self) -> PreTrainedModel:
+        """The augmented base causal LM (its modules are this model's ``model`` and ``lm_head``)."""
+        return self.__dict__["_base"]
+
+    def get_input_embeddings(self):
+        return self.base_causal_lm.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.base_causal_lm.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def get_decoder(self):
+        return self.model
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            if generation_config.cache_implementation not in (None, "dynamic"):
+                raise ValueError(
+                    f"cache_implementation={generation_config.cache_implementation!r} is not supported by AHN models; "
+                    "leave it unset (an AhnCache is used)."
+                )
+            model_kwargs["past_key_values"] = self.new_cache()
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        use_cache, past_key_values, position_ids, seq, past, chunked = self._prepare_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+        if not chunked:
+            return self.base_causal_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                                       use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+        # Chunked prefill: the cache never holds more than sinks + window; only the logits asked for
+        # (the last `logits_to_keep`; all when 0, a tensor of indices, or with labels) are computed.
+        keep_all = labels is not None or not isinstance(logits_to_keep, int) or logits_to_keep == 0
+        logits = []
+        for start, end, part in self._chunks(input_ids, inputs_embeds, attention_mask, position_ids,
+                                             past_key_values, past):
+            need = end - start if keep_all else max(0, min(end - start, logits_to_keep - (seq - end)))
             if need == 0:
                 self.model(**part, **kwargs)
-                continue
-            out = self.base_causal_lm(**part, logits_to_keep=0 if need == end - start else need, **kwargs)
-            logits.append(out.logits)
+            else:
+                out = self.base_causal_lm(**part, logits_to_keep=0 if need == end - start else need, **kwargs)
+                logits.append(out.logits)
         logits = torch.cat(logits, dim=1)
         if not isinstance(logits_to_keep, int):
             logits = logits[:, logits_to_keep]
         loss = None
         if labels is not None:
             loss = self.base_causal_lm.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
 
 
-__all__ = ["AhnForCausalLM", "AhnPreTrainedModel"]
+class AhnModel(AhnPreTrainedModel):
+    """The AHN-augmented base decoder without the LM head (``AutoModel``); returns hidden states."""
+
+    _base_auto_class = AutoModel
+
+    def __init__(self, config: AhnConfig, base_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        if base_model is None:
+            if config.base_config is None:
+                raise ValueError("AhnConfig has no base_config: build it with AhnConfig(base_config=...).")
+            base_model = AutoModel.from_config(config.base_config)
+        if hasattr(base_model, "get_output_embeddings") and base_model.get_output_embeddings() is not None:
+            base_model = getattr(base_model, base_model.base_model_prefix)  # a causal LM: keep its decoder
+        _check_base(base_model, decoder_only=True)
+        self.model = base_model
+        base_model.requires_grad_(False)
+        self._augment(config, base_model, base_model.config)
+        base_model.set_attn_implementation(AHN_ATTENTION)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, **kwargs):
+        use_cache, past_key_values, position_ids, seq, past, chunked = self._prepare_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+        if not chunked:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                              **kwargs)
+        hidden = [self.model(**part, **kwargs).last_hidden_state
+                  for _, _, part in self._chunks(input_ids, inputs_embeds, attention_mask, position_ids,
+                                                 past_key_values, past)]
+        return BaseModelOutputWithPast(last_hidden_state=torch.cat(hidden, 1), past_key_values=past_key_values)
+
+
+# ---------------------------------------------------------------------- repo writer
+
+
+def _peft_key(official_key: str) -> str:
+    """``model.layers.{i}.ahn.fn.X`` -> the PEFT adapter key of the same tensor."""
+    prefix, rest = official_key.split(".ahn.", 1)
+    return f"base_model.model.{prefix}.self_attn.ahn.{rest}"
+
+
+def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=None, tokenizer=None,
+                   eval_results=None, tokenizer_source=None) -> Path:
+    """Write an adapter-only AHN repo from a config and its AHN tensors (no base weights needed).
+
+    Files: ``config.json`` (``auto_map``, base name/revision, window/sinks, version + code hash), the
+    remote-code payload, ``model.safetensors`` (official keys), ``generation_config.json``, the tokenizer,
+    ``README.md`` (model card) and ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    check_ahn_state_dict(config, ahn_state_dict)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sorted(ahn_state_dict.items())}
+
+    here = Path(__file__).resolve().parent
+    for name in PAYLOAD_FILES:
+        shutil.copyfile(here / name, out / name)
+
+    config = copy.deepcopy(config)
+    config.auto_map = {
+        "AutoConfig": "configuration_ahn.AhnConfig",
+        "AutoModel": "modeling_ahn.AhnModel",
+        "AutoModelForCausalLM": "modeling_ahn.AhnForCausalLM",
+    }
+    config.architectures = ["AhnForCausalLM"]
+    config.ahn_version = AHN_VERSION
+    config.ahn_code_hash = code_hash(here)
+    config.dtype = next(iter(tensors.values())).dtype if tensors else None
+    config.save_pretrained(out)
+
+    save_file(tensors, out / WEIGHTS_NAME, metadata={"format": "pt", "ahn_type": config.ahn_type})
+    peft = {_peft_key(k): v for k, v in tensors.items()}
+    save_file(peft, out / PEFT_WEIGHTS_NAME, metadata={"format": "pt"})
+    adapter_config = {
+        "peft_type": "AHN",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": config.base_model_name_or_path,
+        "revision": config.base_model_revision,
+        "ahn_type": config.ahn_type,
+        "sliding_window": config.sliding_window,
+        "num_sinks": config.num_sinks,
+        "full_attention_layers": list(config.full_attention_layers),
+        "prefill_chunk_size": config.prefill_chunk_size,
+        "target_modules": ["self_attn"],
+        "inference_mode": True,
+    }
+    (out / PEFT_CONFIG_NAME).write_text(json.dumps(adapter_config, indent=2) + "\n")
+
+    if generation_config is not None:
+        generation_config.save_pretrained(out)
+    source = tokenizer_source or config.base_model_name_or_path
+    if tokenizer is None and source:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=config.base_model_revision)
+        except Exception as e:  # no tokenizer reachable: the repo still loads, AutoTokenizer will not
+            logger.warning("No tokenizer saved: could not load one from %r (%s). Pass tokenizer=...", source, e)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+
+    n_params = sum(v.numel() for v in tensors.values())
+    try:
+        from modeling_ahn.hub import render_model_card  # the installed package; absent under remote code
+    except ImportError:
+        render_model_card = None
+    if render_model_card is not None:
+        (out / "README.md").write_text(render_model_card(config, n_params, eval_results=eval_results))
+    elif not (out / "README.md").exists():
+        (out / "README.md").write_text(
+            f"# AHN-{config.ahn_type} adapter for {config.base_model_name_or_path}\n\n"
+            f"{n_params:,} AHN parameters; window {config.sliding_window}, {config.num_sinks} sinks.\n"
+        )
+    return out
+
+
+__all__ = ["AhnForCausalLM", "AhnModel", "AhnPreTrainedModel", "code_hash", "write_ahn_repo"]

@@ -20,7 +20,7 @@ from transformers import (  # noqa: E402
 
 import modeling_ahn  # noqa: E402,F401  (registers the "ahn" attention and Auto classes)
 
-VOCAB = 101
+VOCAB = 320
 COMMON = dict(
     vocab_size=VOCAB,
     hidden_size=64,
@@ -96,3 +96,27 @@ AHN_TYPES = ["gdn", "dn", "mamba2"]
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def make_tokenizer():
+    """A byte-level BPE tokenizer (as Qwen's and Llama-3's are) trained offline on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = ["the hippocampus folds tokens that leave the window into memory"] * 20
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def save_base(directory, arch="qwen2", seed=0, license="apache-2.0"):
+    """A tiny base model repo on disk: weights, config, tokenizer, generation config, model card."""
+    base = make_base(arch, seed)
+    base.save_pretrained(directory)
+    make_tokenizer().save_pretrained(directory)
+    (directory / "README.md").write_text(f"---\nlicense: {license}\n---\n# tiny {arch}\n")
+    return str(directory)

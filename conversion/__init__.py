@@ -1,0 +1,1 @@
+"""Converters from other AHN checkpoint formats into modeling_ahn repos."""

@@ -1,0 +1,98 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""Hub glue (not part of the remote-code payload): model cards and publishing."""
+
+from __future__ import annotations
+
+import string
+from importlib import resources
+from pathlib import Path
+
+from .memory_ahn import AHN_TYPES
+
+
+def _template(name: str = "model_card.md") -> str:
+    return resources.files("modeling_ahn.hub_cards").joinpath(name).read_text()
+
+
+def base_license(base: str | None) -> str:
+    """The base model's licence from its model card (local dir or Hub cache), else ``other``."""
+    if not base:
+        return "other"
+    try:
+        from huggingface_hub import ModelCard
+
+        card_path = Path(base) / "README.md"
+        card = ModelCard.load(card_path if card_path.exists() else base)
+        return card.data.get("license") or "other"
+    except Exception:
+        return "other"
+
+
+def eval_table(rows) -> str:
+    """Markdown table from a list of dicts (same keys), e.g. ``[{"task": ..., "full": ..., "ahn": ...}]``."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row.get(c, ''):.4g}" if isinstance(row.get(c), float) else
+                                        str(row.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def render_model_card(config, num_params: int, eval_results=None, repo_id: str | None = None) -> str:
+    """Render ``hub_cards/model_card.md`` for an AHN repo."""
+    base = config.base_model_name_or_path or "unknown"
+    is_hub_id = not Path(base).exists() and base.count("/") == 1
+    rev = config.base_model_revision
+    ahn_layers = config.ahn_layers
+    n_layers = config.base_config.num_hidden_layers
+    section = ""
+    if eval_results:
+        section = "## Evaluation\n\n" + eval_table(eval_results) + "\n"
+    values = dict(
+        base_model=base,
+        base_url=f"https://huggingface.co/{base}" if is_hub_id else base,
+        base_revision_note=f" (revision `{rev}`)" if rev else "",
+        license=base_license(base),
+        title=f"AHN-{config.ahn_type.upper()} for {base.rstrip('/').split('/')[-1]}",
+        ahn_type=config.ahn_type,
+        ahn_tag=AHN_TYPES[config.ahn_type].lower(),
+        ahn_name=AHN_TYPES[config.ahn_type],
+        num_params=f"{num_params:,} ({num_params / 1e6:.2f}M)",
+        ahn_layers="all" if len(ahn_layers) == n_layers else f"{len(ahn_layers)} of {n_layers} ({ahn_layers})",
+        sliding_window=f"{config.sliding_window:,}",
+        num_sinks=config.num_sinks,
+        ahn_version=getattr(config, "ahn_version", None) or "?",
+        code_hash=getattr(config, "ahn_code_hash", None) or "?",
+        repo_id=repo_id or "<org>/<this-repo>",
+        eval_section=section,
+    )
+    return string.Template(_template()).substitute(values).rstrip() + "\n"
+
+
+def list_upload(folder: str | Path) -> list[tuple[str, int]]:
+    """The files ``ahn push`` would upload (relative path, bytes), hidden files and caches excluded."""
+    folder = Path(folder)
+    files = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            files.append((rel.as_posix(), p.stat().st_size))
+    return files
+
+
+def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, token=None):
+    """Upload an exported AHN repo folder with ``huggingface_hub``; ``dry_run`` only lists the files."""
+    folder = Path(folder)
+    if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
+        raise ValueError(f"{folder} is not an exported AHN repo (config.json and model.safetensors are needed).")
+    files = list_upload(folder)
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, ignore_patterns=[".*", "__pycache__/*"])
+    return files
