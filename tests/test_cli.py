@@ -1,0 +1,67 @@
+"""`ahn export` and `ahn push --dry-run` on local directories (no network)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from modeling_ahn import AhnForCausalLM
+from modeling_ahn.cli import main as ahn
+
+from .conftest import randomize_ahn, save_base
+
+IDS = torch.randint(3, 300, (1, 17), generator=torch.Generator().manual_seed(0))
+
+
+def _model(tmp_path):
+    base = save_base(tmp_path / "base", "llama")
+    model = randomize_ahn(AhnForCausalLM.from_base(base, ahn_type="dn", sliding_window=4, num_sinks=1))
+    return base, model
+
+
+def test_export_from_weights_file(tmp_path):
+    base, model = _model(tmp_path)
+    save_file(model.ahn_state_dict(), tmp_path / "ahn.safetensors")
+    assert ahn(["export", "--base", base, "--weights", str(tmp_path / "ahn.safetensors"), "--ahn-type", "dn",
+                "--sliding-window", "4", "--num-sinks", "1", "--out", str(tmp_path / "repo")]) == 0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "repo")
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+
+
+def test_reexport_changes_the_default_window(tmp_path):
+    _, model = _model(tmp_path)
+    model.save_pretrained(tmp_path / "repo")
+    assert ahn(["export", "--from", str(tmp_path / "repo"), "--sliding-window", "7", "--out", str(tmp_path / "r2")]) == 0
+    cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
+    assert (cfg["sliding_window"], cfg["num_sinks"]) == (7, 1)
+    assert (tmp_path / "r2" / "tokenizer.json").exists()
+
+
+def test_push_dry_run_lists_files(tmp_path, capsys):
+    _, model = _model(tmp_path)
+    model.save_pretrained(tmp_path / "repo")
+    (tmp_path / "repo" / ".cache").mkdir()
+    (tmp_path / "repo" / ".cache" / "junk").write_text("x")
+    assert ahn(["push", str(tmp_path / "repo"), "org/tiny-ahn", "--private", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out and "modeling_ahn.py" in out and "README.md" in out
+    assert ".cache" not in out and "would upload" in out and "(private)" in out
+
+
+def test_push_refuses_a_folder_that_is_not_a_repo(tmp_path, capsys):
+    assert ahn(["push", str(tmp_path), "org/x", "--dry-run"]) == 2
+    assert "not an exported AHN repo" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
+    proc = subprocess.run([exe, "convert", "bytedance", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--ahn-path" in proc.stdout and "32640" in proc.stdout
