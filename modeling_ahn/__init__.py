@@ -21,6 +21,7 @@ from .memory_ahn import (
     kernels_available,
     set_memory_backend,
 )
+from .peft_ahn import AhnPeftConfig, AhnPeftModel, peft_adapter_path
 from .modeling_ahn import AHN_VERSION, AhnForCausalLM, AhnModel, AhnPreTrainedModel, code_hash, write_ahn_repo
 
 __version__ = AHN_VERSION
@@ -36,6 +37,8 @@ __all__ = [
     "AhnConfig",
     "AhnForCausalLM",
     "AhnModel",
+    "AhnPeftConfig",
+    "AhnPeftModel",
     "AhnPreTrainedModel",
     "DeltaNet",
     "GatedDeltaNet",
@@ -49,6 +52,7 @@ __all__ = [
     "code_hash",
     "get_memory_backend",
     "kernels_available",
+    "peft_adapter_path",
     "set_memory_backend",
     "write_ahn_repo",
     "__version__",

@@ -37,6 +37,20 @@ def parse_layer_ids(value) -> list[int]:
     return ids
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None) -> None:
+    """Raise a ``ValueError`` naming a bad window / sinks / chunk setting."""
+    if not _is_int(sliding_window) or sliding_window < 1:
+        raise ValueError(f"sliding_window must be an integer >= 1 (tokens attended exactly), got {sliding_window!r}.")
+    if not _is_int(num_sinks) or num_sinks < 0:
+        raise ValueError(f"num_sinks must be an integer >= 0 (attention-sink tokens), got {num_sinks!r}.")
+    if prefill_chunk_size is not None and (not _is_int(prefill_chunk_size) or prefill_chunk_size < 1):
+        raise ValueError(f"prefill_chunk_size must be None or an integer >= 1, got {prefill_chunk_size!r}.")
+
+
 class AhnConfig(PreTrainedConfig):
     r"""Configuration of an AHN model: a frozen decoder-only base plus one memory per AHN layer.
 
@@ -84,13 +98,7 @@ class AhnConfig(PreTrainedConfig):
 
     def validate_ahn(self):
         """Raise a ``ValueError`` naming the bad setting and how to fix it."""
-        W, S, C = self.sliding_window, self.num_sinks, self.prefill_chunk_size
-        if isinstance(W, bool) or not isinstance(W, int) or W < 1:
-            raise ValueError(f"sliding_window must be an integer >= 1 (tokens attended exactly), got {W!r}.")
-        if isinstance(S, bool) or not isinstance(S, int) or S < 0:
-            raise ValueError(f"num_sinks must be an integer >= 0 (attention-sink tokens), got {S!r}.")
-        if C is not None and (isinstance(C, bool) or not isinstance(C, int) or C < 1):
-            raise ValueError(f"prefill_chunk_size must be None or an integer >= 1, got {C!r}.")
+        validate_settings(self.sliding_window, self.num_sinks, self.prefill_chunk_size)
         base = self.base_config
         if base is None:
             return
@@ -119,4 +127,4 @@ class AhnConfig(PreTrainedConfig):
         return cls(base_config=base_config, **kwargs)
 
 
-__all__ = ["AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids"]
+__all__ = ["AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids", "validate_settings"]

@@ -306,6 +306,10 @@ class AhnMemory(nn.Module):
     def official_name(self) -> str:
         return AHN_TYPES[self.ahn_type]
 
+    @staticmethod
+    def _proj(linear, x):
+        return linear(x.to(linear.weight.dtype)).float()
+
     def _prepare(self, query, keys, values):
         """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> ``[B,T,H,D]`` (KV heads repeated)."""
         rep = query.shape[1] // keys.shape[1]
@@ -333,7 +337,7 @@ class _DeltaRuleMemory(AhnMemory):
         g = gates[..., 1, :] * valid if self.gated else None
         o, state = delta_rule(l2norm(q.float()), l2norm(k.float()), v, g, beta, state,
                               1.0 / math.sqrt(self.head_dim), self.ahn_type)
-        gate = F.silu(self.g_proj(x_read).float())[..., None]  # one scalar per head
+        gate = F.silu(self._proj(self.g_proj, x_read))[..., None]  # one scalar per head
         return self.o_proj(self.o_norm(o) * gate).to(query.dtype), state
 
 
@@ -366,8 +370,8 @@ class GatedDeltaNet(_DeltaRuleMemory):
         self.o_proj.weight.zero_()
 
     def write_gates(self, x):
-        beta = torch.sigmoid(self.b_proj(x).float())
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        beta = torch.sigmoid(self._proj(self.b_proj, x))
+        g = -self.A_log.float().exp() * F.softplus(self._proj(self.a_proj, x) + self.dt_bias.float())
         return torch.stack([beta, g], dim=-2)
 
 
@@ -390,7 +394,7 @@ class DeltaNet(_DeltaRuleMemory):
         self.o_proj.weight.zero_()
 
     def write_gates(self, x):
-        return torch.sigmoid(self.b_proj(x).float())[..., None, :]
+        return torch.sigmoid(self._proj(self.b_proj, x))[..., None, :]
 
 
 class Mamba2(AhnMemory):
@@ -420,13 +424,13 @@ class Mamba2(AhnMemory):
         self.o_proj.weight.zero_()
 
     def write_gates(self, x):
-        return F.softplus(self.dt_proj(x).float() + self.dt_bias.float())[..., None, :]
+        return F.softplus(self._proj(self.dt_proj, x) + self.dt_bias.float())[..., None, :]
 
     def forward(self, query, keys, values, gates, valid, x_read, state=None):
         q, k, v = self._prepare(query, keys, values)
         dt = gates[..., 0, :] * valid.to(torch.float32)[..., None]
         o, state = ssd_rule(l2norm(q.float()), l2norm(k.float()), v.float(), dt, -self.A_log.float().exp(), state)
-        z = F.silu(self.g_proj(x_read).float())[..., None]
+        z = F.silu(self._proj(self.g_proj, x_read))[..., None]
         y = self.norm((o * z).flatten(-2)).unflatten(-1, (self.num_heads, self.head_dim))
         return self.o_proj(y).to(query.dtype), state
 

@@ -37,6 +37,7 @@ PAYLOAD_FILES = ("configuration_ahn.py", "memory_ahn.py", "cache_ahn.py", "atten
 WEIGHTS_NAME = "model.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_SUBFOLDER = "peft"
 HUB_KWARGS = ("cache_dir", "force_download", "token", "revision", "local_files_only", "subfolder", "proxies")
 AUTO_KWARGS = ("trust_remote_code", "_from_auto", "adapter_kwargs", "code_revision", "_from_pipeline", "_commit_hash")
 # Settings that may be overridden at load time: from_pretrained(repo, sliding_window=8064, num_sinks=128)
@@ -527,7 +528,7 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
 
     Files: ``config.json`` (``auto_map``, base name/revision, window/sinks, version + code hash), the
     remote-code payload, ``model.safetensors`` (official keys), ``generation_config.json``, the tokenizer,
-    ``README.md`` (model card) and ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT).
+    ``README.md`` (model card) and ``peft/adapter_config.json`` + ``peft/adapter_model.safetensors``.
     """
     from safetensors.torch import save_file
 
@@ -553,8 +554,11 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
     config.save_pretrained(out)
 
     save_file(tensors, out / WEIGHTS_NAME, metadata={"format": "pt", "ahn_type": config.ahn_type})
-    peft = {_peft_key(k): v for k, v in tensors.items()}
-    save_file(peft, out / PEFT_WEIGHTS_NAME, metadata={"format": "pt"})
+    # The PEFT files live in a subfolder: a root adapter_config.json makes transformers' Auto classes load a
+    # Hub repo as "base + PEFT adapter", bypassing this repo's own (remote-code) model class.
+    peft_dir = out / PEFT_SUBFOLDER
+    peft_dir.mkdir(exist_ok=True)
+    save_file({_peft_key(k): v for k, v in tensors.items()}, peft_dir / PEFT_WEIGHTS_NAME, metadata={"format": "pt"})
     adapter_config = {
         "peft_type": "AHN",
         "task_type": "CAUSAL_LM",
@@ -568,7 +572,7 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
         "target_modules": ["self_attn"],
         "inference_mode": True,
     }
-    (out / PEFT_CONFIG_NAME).write_text(json.dumps(adapter_config, indent=2) + "\n")
+    (peft_dir / PEFT_CONFIG_NAME).write_text(json.dumps(adapter_config, indent=2) + "\n")
 
     if generation_config is not None:
         generation_config.save_pretrained(out)

@@ -40,8 +40,9 @@ def test_export_writes_a_complete_adapter_only_repo(exported):
     repo, model = exported["repo"], exported["model"]
     files = {p.name for p in repo.iterdir()}
     assert set(PAYLOAD_FILES) <= files
-    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "adapter_config.json",
-            "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "peft", "tokenizer.json",
+            "tokenizer_config.json"} <= files
+    assert "adapter_config.json" not in files  # see test_repo_is_not_taken_for_a_plain_peft_adapter
     cfg = json.loads((repo / "config.json").read_text())
     assert cfg["model_type"] == "ahn"
     assert cfg["auto_map"] == {"AutoConfig": "configuration_ahn.AhnConfig", "AutoModel": "modeling_ahn.AhnModel",
@@ -54,12 +55,21 @@ def test_export_writes_a_complete_adapter_only_repo(exported):
     weights = load_file(repo / "model.safetensors")
     assert set(weights) == set(model.ahn_state_dict())
     assert all(torch.equal(weights[k], v) for k, v in model.ahn_state_dict().items())
-    peft = load_file(repo / "adapter_model.safetensors")
+    peft = load_file(repo / "peft" / "adapter_model.safetensors")
     assert len(peft) == len(weights) and all(".self_attn.ahn.fn." in k for k in peft)
-    adapter_cfg = json.loads((repo / "adapter_config.json").read_text())
+    adapter_cfg = json.loads((repo / "peft" / "adapter_config.json").read_text())
     assert adapter_cfg["peft_type"] == "AHN" and adapter_cfg["sliding_window"] == W
     for name in PAYLOAD_FILES:  # the payload is the package's code, verbatim
         assert (repo / name).read_bytes() == (Path(__file__).parents[1] / "modeling_ahn" / name).read_bytes()
+
+
+def test_repo_is_not_taken_for_a_plain_peft_adapter(exported):
+    """transformers' Auto classes treat a Hub repo with a root adapter_config.json as "base + PEFT adapter" and
+    load the base model class instead of ours; the PEFT files therefore live in peft/."""
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    assert find_adapter_config_file(str(exported["repo"])) is None
+    assert find_adapter_config_file(str(exported["repo"]), subfolder="peft") is not None
 
 
 def test_model_card(exported):
