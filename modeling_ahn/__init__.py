@@ -21,8 +21,8 @@ from .memory_ahn import (
     kernels_available,
     set_memory_backend,
 )
-from .peft_ahn import AhnPeftConfig, AhnPeftModel, peft_adapter_path
 from .modeling_ahn import AHN_VERSION, AhnForCausalLM, AhnModel, AhnPreTrainedModel, code_hash, write_ahn_repo
+from .peft_ahn import AhnPeftConfig, AhnPeftModel, peft_adapter_path
 
 __version__ = AHN_VERSION
 

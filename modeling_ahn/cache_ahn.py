@@ -183,7 +183,8 @@ class AhnCache(Cache):
         if num_layers is None or sliding_window is None or num_sinks is None:
             raise ValueError("AhnCache needs a config, or num_layers, sliding_window and num_sinks.")
         full = set(full_attention_layers or ())
-        layers = [DynamicLayer() if i in full else SinkWindowLayer(num_sinks, sliding_window) for i in range(num_layers)]
+        layers = [DynamicLayer() if i in full else SinkWindowLayer(num_sinks, sliding_window)
+                  for i in range(num_layers)]
         super().__init__(layers=layers)
 
     def cache_bytes(self) -> int:

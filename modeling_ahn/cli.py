@@ -10,8 +10,9 @@ from .configuration_ahn import DEFAULT_NUM_SINKS, DEFAULT_SLIDING_WINDOW
 
 
 def _add_settings(p, defaults=True):
+    note = f" (default {DEFAULT_SLIDING_WINDOW}, the paper's)" if defaults else ""
     p.add_argument("--sliding-window", type=int, default=DEFAULT_SLIDING_WINDOW if defaults else None,
-                   help="inference window W" + (f" (default {DEFAULT_SLIDING_WINDOW}, the paper's)" if defaults else ""))
+                   help="inference window W" + note)
     p.add_argument("--num-sinks", type=int, default=DEFAULT_NUM_SINKS if defaults else None,
                    help="attention sinks S" + (f" (default {DEFAULT_NUM_SINKS})" if defaults else ""))
 
@@ -60,7 +61,8 @@ def cmd_push(args) -> int:
     verb = "would upload" if args.dry_run else "uploaded"
     for name, size in files:
         print(f"{size:>12,}  {name}")
-    print(f"{verb} {len(files)} files ({total / 1e6:.2f} MB) to {args.repo_id}" + (" (private)" if args.private else ""))
+    private = " (private)" if args.private else ""
+    print(f"{verb} {len(files)} files ({total / 1e6:.2f} MB) to {args.repo_id}{private}")
     return 0
 
 

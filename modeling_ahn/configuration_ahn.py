@@ -37,6 +37,11 @@ def parse_layer_ids(value) -> list[int]:
     return ids
 
 
+def head_dim_of(cfg) -> int:
+    """The attention head size of a base config (explicit ``head_dim`` for Qwen3, else hidden / heads)."""
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 

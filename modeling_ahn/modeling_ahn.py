@@ -26,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn
 from .cache_ahn import AhnCache
-from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, parse_layer_ids
+from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, head_dim_of, parse_layer_ids
 from .memory_ahn import AhnMemory, AhnModule, build_memory
 
 logger = logging.getLogger(__name__)
@@ -54,17 +54,13 @@ def code_hash(directory: str | os.PathLike | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def _head_dim(cfg) -> int:
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
 def _shape_summary(cfg) -> str:
     return (f"{cfg.num_hidden_layers} layers, hidden size {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
-            f"size {_head_dim(cfg)}, {getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads} KV heads")
+            f"size {head_dim_of(cfg)}, {getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads} KV heads")
 
 
 def _shape_key(cfg):
-    return (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, _head_dim(cfg),
+    return (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, head_dim_of(cfg),
             getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
 
 
@@ -72,7 +68,7 @@ def expected_ahn_shapes(config) -> dict[str, tuple[int, ...]]:
     """Official key -> shape of every AHN tensor this config needs (built on the meta device)."""
     bc = config.base_config
     with torch.device("meta"):
-        fn = build_memory(config.ahn_type, bc.hidden_size, bc.num_attention_heads, _head_dim(bc))
+        fn = build_memory(config.ahn_type, bc.hidden_size, bc.num_attention_heads, head_dim_of(bc))
     shapes = {name: tuple(p.shape) for name, p in fn.named_parameters()}
     return {f"model.layers.{i}.ahn.fn.{name}": s for i in config.ahn_layers for name, s in shapes.items()}
 
@@ -184,12 +180,13 @@ class AhnPreTrainedModel(PreTrainedModel):
         config.base_config = base_config
         config.validate_ahn()
         decoder.requires_grad_(False)
-        inner = base_config._attn_implementation if base_config._attn_implementation in INNER_IMPLEMENTATIONS else "sdpa"
+        inner = base_config._attn_implementation
+        inner = inner if inner in INNER_IMPLEMENTATIONS else "sdpa"
         memories = {}
         for i in config.ahn_layers:
             ref = decoder.layers[i].self_attn.q_proj.weight
             mem = build_memory(config.ahn_type, base_config.hidden_size, base_config.num_attention_heads,
-                               _head_dim(base_config))
+                               head_dim_of(base_config))
             memories[i] = AhnModule(mem).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         attach_ahn(decoder, config, memories, inner=inner)
 
@@ -360,7 +357,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         super().__init__(config)
         if base_model is None:
             if config.base_config is None:
-                raise ValueError("AhnConfig has no base_config: build it with AhnConfig(base_config=...) or from_base().")
+                raise ValueError("AhnConfig has no base_config: use AhnConfig(base_config=...) or from_base().")
             base_model = AutoModelForCausalLM.from_config(config.base_config)
         _check_base(base_model)
         self.model = getattr(base_model, base_model.base_model_prefix)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -31,6 +30,7 @@ from .configuration_ahn import (
     DEFAULT_NUM_SINKS,
     DEFAULT_SLIDING_WINDOW,
     SUPPORTED_BASE_MODEL_TYPES,
+    head_dim_of,
     parse_layer_ids,
     validate_settings,
 )
@@ -61,12 +61,12 @@ class AhnPeftConfig(PeftConfig):
     ahn_type: str = field(default="gdn", metadata={"help": "gdn | dn | mamba2 (official names accepted)"})
     sliding_window: int = field(default=DEFAULT_SLIDING_WINDOW, metadata={"help": "inference window W"})
     num_sinks: int = field(default=DEFAULT_NUM_SINKS, metadata={"help": "attention sinks S"})
-    full_attention_layers: Optional[Union[list[int], str]] = field(
+    full_attention_layers: list[int] | str | None = field(
         default=None, metadata={"help": "layers kept at full attention, without AHN"})
-    prefill_chunk_size: Optional[int] = field(default=None, metadata={"help": "kept for round trips with AhnConfig"})
-    target_modules: Optional[Union[list[str], str]] = field(
+    prefill_chunk_size: int | None = field(default=None, metadata={"help": "kept for round trips with AhnConfig"})
+    target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "attention modules to augment (default: every `self_attn`)"})
-    exclude_modules: Optional[Union[list[str], str]] = field(default=None)
+    exclude_modules: list[str] | str | None = field(default=None)
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,8 +96,8 @@ class AhnPeftLayer(nn.Module, BaseTunerLayer):
 
     def update_layer(self, adapter_name, config, model_config):
         ref = self.base_layer.q_proj.weight
-        head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
-        memory = build_memory(config.ahn_type, model_config.hidden_size, model_config.num_attention_heads, head_dim)
+        memory = build_memory(config.ahn_type, model_config.hidden_size, model_config.num_attention_heads,
+                              head_dim_of(model_config))
         self.ahn[adapter_name] = AhnModule(memory).to(device=ref.device)
         self.ahn_config[adapter_name] = config
         self.set_adapter(self.active_adapters)

@@ -42,7 +42,8 @@ def naive_memory(fn, ahn_type, q, k, v, x, valid_write):
                 if ahn_type in ("gdn", "dn"):
                     beta = torch.sigmoid(p["b_proj.weight"][h] @ x_write[t])
                     if ahn_type == "gdn":
-                        alpha = -torch.exp(p["A_log"][h]) * F.softplus(p["a_proj.weight"][h] @ x_write[t] + p["dt_bias"][h])
+                        a = p["a_proj.weight"][h] @ x_write[t] + p["dt_bias"][h]
+                        alpha = -torch.exp(p["A_log"][h]) * F.softplus(a)
                         M[h] = torch.exp(alpha) * M[h]
                     M[h] = M[h] + beta * torch.outer(vh - M[h] @ kh, kh)
                 else:

@@ -39,7 +39,8 @@ def test_export_from_weights_file(tmp_path):
 def test_reexport_changes_the_default_window(tmp_path):
     _, model = _model(tmp_path)
     model.save_pretrained(tmp_path / "repo")
-    assert ahn(["export", "--from", str(tmp_path / "repo"), "--sliding-window", "7", "--out", str(tmp_path / "r2")]) == 0
+    args = ["export", "--from", str(tmp_path / "repo"), "--sliding-window", "7", "--out", str(tmp_path / "r2")]
+    assert ahn(args) == 0
     cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
     assert (cfg["sliding_window"], cfg["num_sinks"]) == (7, 1)
     assert (tmp_path / "r2" / "tokenizer.json").exists()

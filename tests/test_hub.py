@@ -243,3 +243,28 @@ def test_unreachable_base(exported, tmp_path):
     (repo / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(OSError, match="(?s)Could not load the base model .*no-such-base.* pass base_model="):
         AutoModelForCausalLM.from_pretrained(repo)
+
+
+def test_device_map_reaches_the_base(exported):
+    model = AutoModelForCausalLM.from_pretrained(exported["repo"], device_map="cpu")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    with torch.no_grad():
+        assert torch.equal(model(IDS).logits, exported["logits"])
+
+
+def test_remote_code_that_differs_from_the_installed_package_warns(exported, tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(exported["repo"], repo)
+    with open(repo / "memory_ahn.py", "a") as f:
+        f.write("\n# locally edited\n")
+    script = ("import sys, logging; logging.basicConfig(level=logging.WARNING)\n"
+              "from transformers import AutoModelForCausalLM\n"
+              "AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)\n")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", script, str(repo)], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "differs from the installed modeling_ahn package" in proc.stderr
+    assert "exported by modeling_ahn" in proc.stderr  # and from the hash recorded at export

@@ -43,7 +43,8 @@ def test_fresh_adapter_equals_base_with_window_sink_mask(arch, sinks):
     ids = _ids(23)
     mask = window_sink_mask(23, W, sinks)
     with torch.no_grad():
-        ref = make_base(arch, attn_implementation="eager")(ids, attention_mask=torch.where(mask, 0.0, -torch.inf)).logits
+        additive = torch.where(mask, 0.0, -torch.inf)
+        ref = make_base(arch, attn_implementation="eager")(ids, attention_mask=additive).logits
         model = make_ahn(arch, "gdn", W, sinks, random_ahn=False)
         assert all(torch.all(m.fn.o_proj.weight == 0) for m in model.ahn_modules().values())
         out = model(ids, use_cache=False).logits

@@ -8,12 +8,16 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _section_code(title: str) -> str:
+def _section_blocks(title: str, lang: str = "python") -> list[str]:
     text = README.read_text()
     section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks, f"no python block under '## {title}'"
-    return blocks[0]
+    blocks = re.findall(rf"```{lang}\n(.*?)```", section, flags=re.S)
+    assert blocks, f"no {lang} block under '## {title}'"
+    return blocks
+
+
+def _section_code(title: str) -> str:
+    return _section_blocks(title)[0]
 
 
 def test_python_example_runs_as_written(capsys):
@@ -23,3 +27,20 @@ def test_python_example_runs_as_written(capsys):
     assert "torch.Size([1, 320])" in out
     assert "300 64" in out
     assert "['model.layers.0.ahn.fn.A_log', 'model.layers.0.ahn.fn.D']" in out
+
+
+def test_hub_section_runs_as_written(tmp_path, monkeypatch, capsys):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_section_code("Publishing and loading from the Hub"), str(README), "exec"), {"__name__": "__readme__"})
+    out = capsys.readouterr().out
+    assert "AhnForCausalLM 128" in out and "PeftModelForCausalLM" in out
+    offline_shell = _section_blocks("Publishing and loading from the Hub", "bash")[0]
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", offline_shell], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "would upload" in proc.stdout and "exported my-ahn-repo-8k" in proc.stdout
