@@ -41,6 +41,9 @@ class AhnLayerSpec:
         self.memory = memory
         self.config = config
         self.inner = inner
+        # "ahn": sinks + window + memory; "swa": sinks + window only (the baseline a fresh AHN equals);
+        # "full": the base's own causal attention (the distillation teacher; no AHN cache)
+        self.mode = "ahn"
         # This code's own implementation: if another copy of this code (the installed package and a
         # repo's remote code) registered "ahn" last, its dispatcher still calls the right one.
         self.attention = _ahn_attention
@@ -116,7 +119,9 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
     spec = module.__dict__["_ahn"]
     hidden, cache = module.__dict__.pop("_ahn_ctx", (None, None))
     mask2d = _check_mask(attention_mask)
-    if spec.memory is None:
+    if spec.memory is None or spec.mode == "full":
+        if isinstance(cache, Cache) and spec.memory is not None:
+            raise ValueError("attention mode 'full' runs without an AHN cache: pass use_cache=False.")
         return _full_attention(spec, module, query, key, value, mask2d, scaling, dropout, kwargs.get("sliding_window"))
     if hidden is None:
         raise RuntimeError("AHN pre-hook did not run: the layer input is missing.")
@@ -159,7 +164,7 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
     gates_new = memory.write_gates(hidden)
     n_ev = max(0, n_all - W)
     state = layer.recurrent_state
-    if n_ev > 0 or state is not None:
+    if spec.mode == "ahn" and (n_ev > 0 or state is not None):
         gates_all = gates_new if layer.window_gates is None else torch.cat([layer.window_gates, gates_new], dim=1)
         lead = q_len - n_ev  # queries with nothing to write (the window is not full yet)
         k_w = F.pad(all_k[:, :, :n_ev], (0, 0, lead, 0))

@@ -66,6 +66,28 @@ def cmd_push(args) -> int:
     return 0
 
 
+def _ints(text):
+    return None if text in (None, "", "paper") else [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def cmd_distill(args) -> int:
+    from .distill import DistillConfig, distill
+
+    cfg = DistillConfig(
+        base=args.base, data=args.data, output_dir=args.out, eval_data=args.eval_data, ahn_type=args.ahn_type,
+        windows=_ints(args.windows), sinks=_ints(args.sinks), eval_window=args.eval_window,
+        eval_sinks=args.eval_sinks, loss=args.loss, kl_chunk_size=args.kl_chunk_size, max_length=args.max_length,
+        min_length=args.min_length, pack=args.pack, text_field=args.text_field, eval_sequences=args.eval_sequences,
+        lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_steps=args.max_steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
+        activation_checkpointing=not args.no_activation_checkpointing, eval_every=args.eval_every,
+        save_every=args.save_every, seed=args.seed, cpu=args.cpu,
+    )
+    adapter = distill(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"adapter repo: {adapter}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ahn", description="Artificial Hippocampus Networks for transformers.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -91,6 +113,43 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--base-revision", default=None)
     _add_settings(b)
     b.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("distill", help="train an AHN adapter by self-distillation from its frozen base",
+                       description="Teacher: the base with full attention; student: sinks + window + AHN. Runs on "
+                       "one CPU/GPU or under `accelerate launch` (DDP) unchanged.")
+    p.add_argument("--base", required=True, help="base model repo/dir (Qwen2/Qwen3/Llama/Mistral)")
+    p.add_argument("--data", required=True, nargs="+", help="text files/folders, .jsonl (text or messages), datasets")
+    p.add_argument("--eval-data", nargs="+", default=None, help="held-out data (default: a split of --data)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, plot, adapter/)")
+    p.add_argument("--ahn-type", default="gdn")
+    p.add_argument("--windows", default="paper", help="comma-separated windows, or 'paper' for {32..8192} in (L/8, L)")
+    p.add_argument("--sinks", default="paper", help="comma-separated sink counts, or 'paper' for {0,32,64,...}<=W/2")
+    p.add_argument("--eval-window", type=int, default=None)
+    p.add_argument("--eval-sinks", type=int, default=None)
+    p.add_argument("--loss", default="kl", choices=["kl", "ce", "kl+ce"])
+    p.add_argument("--kl-chunk-size", type=int, default=1024, help="positions per chunk of the KL/CE over the vocab")
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--min-length", type=int, default=None, help="drop shorter sequences (default: smallest window+1)")
+    p.add_argument("--pack", action="store_true", help="concatenate documents and cut max-length chunks")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--eval-sequences", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--max-steps", type=int, default=700)
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per device per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and GPU); the base is loaded in bf16")
+    p.add_argument("--no-activation-checkpointing", action="store_true")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("push", help="upload an exported repo folder to the Hub")
     p.add_argument("folder")

@@ -40,7 +40,15 @@ def eval_table(rows) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(config, num_params: int, eval_results=None, repo_id: str | None = None) -> str:
+def render_training_section(recipe: dict) -> str:
+    """A "Training" card section: the distillation recipe as a two-column table."""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in recipe.items())
+    return ("## Training\n\nSelf-distilled from the frozen base (teacher: full attention; student: sinks + window + "
+            "AHN; only the AHN trains) with `ahn distill`:\n\n| setting | value |\n|---|---|\n" + rows + "\n")
+
+
+def render_model_card(config, num_params: int, eval_results=None, repo_id: str | None = None,
+                      extra_sections=()) -> str:
     """Render ``hub_cards/model_card.md`` for an AHN repo."""
     base = config.base_model_name_or_path or "unknown"
     is_hub_id = not Path(base).exists() and base.count("/") == 1
@@ -50,6 +58,7 @@ def render_model_card(config, num_params: int, eval_results=None, repo_id: str |
     section = ""
     if eval_results:
         section = "## Evaluation\n\n" + eval_table(eval_results) + "\n"
+    section = "\n".join([section, *extra_sections]).strip()
     values = dict(
         base_model=base,
         base_url=f"https://huggingface.co/{base}" if is_hub_id else base,

@@ -11,6 +11,7 @@ only the AHN tensors; ``from_pretrained`` loads the frozen base from ``base_mode
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -226,6 +227,22 @@ class AhnPreTrainedModel(PreTrainedModel):
 
     def new_cache(self) -> AhnCache:
         return AhnCache(self.config)
+
+    @contextlib.contextmanager
+    def attention_mode(self, mode: str):
+        """Temporarily run every layer as ``"ahn"`` (default), ``"swa"`` (sinks + window, no memory: what a
+        fresh adapter computes) or ``"full"`` (the base's causal attention; use ``use_cache=False``)."""
+        if mode not in ("ahn", "swa", "full"):
+            raise ValueError(f"attention mode must be 'ahn', 'swa' or 'full', got {mode!r}")
+        specs = [layer.self_attn.__dict__["_ahn"] for layer in self.model.layers]
+        previous = [spec.mode for spec in specs]
+        try:
+            for spec in specs:
+                spec.mode = mode
+            yield self
+        finally:
+            for spec, m in zip(specs, previous):
+                spec.mode = m
 
     def _resolve_cache(self, past_key_values):
         if past_key_values is None:
@@ -520,7 +537,7 @@ def _peft_key(official_key: str) -> str:
 
 
 def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=None, tokenizer=None,
-                   eval_results=None, tokenizer_source=None) -> Path:
+                   eval_results=None, tokenizer_source=None, extra_card_sections=()) -> Path:
     """Write an adapter-only AHN repo from a config and its AHN tensors (no base weights needed).
 
     Files: ``config.json`` (``auto_map``, base name/revision, window/sinks, version + code hash), the
@@ -590,7 +607,8 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
     except ImportError:
         render_model_card = None
     if render_model_card is not None:
-        (out / "README.md").write_text(render_model_card(config, n_params, eval_results=eval_results))
+        (out / "README.md").write_text(render_model_card(config, n_params, eval_results=eval_results,
+                                                         extra_sections=extra_card_sections))
     elif not (out / "README.md").exists():
         (out / "README.md").write_text(
             f"# AHN-{config.ahn_type} adapter for {config.base_model_name_or_path}\n\n"

@@ -291,3 +291,22 @@ def test_sink_store_holds_each_rows_first_real_tokens():
             model(r[None], past_key_values=alone)
         assert torch.allclose(layer.sink_keys[b], alone.layers[0].sink_keys[0], atol=1e-5)
         assert torch.allclose(layer.recurrent_state[b], alone.layers[0].recurrent_state[0], atol=1e-5)
+
+
+def test_attention_modes():
+    model = make_ahn("qwen2", "gdn", W, S)
+    ids = _ids(20)
+    mask = window_sink_mask(20, W, S)
+    with torch.no_grad():
+        base = make_base("qwen2")(ids).logits
+        swa_ref = make_base("qwen2", attn_implementation="eager")(ids, attention_mask=torch.where(mask, 0.0, -torch.inf))
+        with model.attention_mode("full"):
+            full = model(ids, use_cache=False).logits
+            with pytest.raises(ValueError, match="without an AHN cache"):
+                model(ids)
+        with model.attention_mode("swa"):
+            swa = model(ids).logits
+        ahn = model(ids).logits
+    assert (full - base).abs().max() < 1e-5
+    assert (swa - swa_ref.logits).abs().max() < 1e-5
+    assert (ahn - swa).abs().max() > 1e-2  # back to "ahn" after the context

@@ -1,0 +1,528 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""Self-distillation of AHN adapters (spec section 5). Not part of the remote-code payload.
+
+Teacher: the frozen base with full attention. Student: the same weights with sinks + window + AHN; only
+the AHN trains. Loss: KL(teacher || student) on the next-token distributions at positions ``t >= W``
+(computed in chunks, so long sequences never hold full teacher and student logits at once), or
+cross-entropy to the labels there, or both. Runs on one CPU or under ``accelerate launch`` (DDP).
+
+    ahn distill --base HuggingFaceTB/SmolLM2-135M-Instruct --data corpus/ --out runs/smollm2-gdn
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+LOG_NAME = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a run (saved as ``run_config.json``; a resumed run must match it)."""
+
+    base: str
+    data: list[str]
+    output_dir: str
+    eval_data: list[str] | None = None
+    ahn_type: str = "gdn"
+    windows: list[int] | None = None  # None: the paper's {32..8192} restricted to (L/8, L)
+    sinks: list[int] | None = None  # None: {0, 32, 64, 128, ...} up to half the window
+    eval_window: int | None = None  # None: a quarter of the eval sequence length
+    eval_sinks: int | None = None  # None: 32 if it fits in half the eval window, else 0
+    loss: str = "kl"  # "kl", "ce" or "kl+ce"
+    kl_chunk_size: int = 1024
+    max_length: int = 2048
+    min_length: int | None = None  # None: the smallest window + 1
+    pack: bool = False
+    text_field: str = "text"
+    eval_fraction: float = 0.05
+    eval_sequences: int = 8
+    lr: float = 1e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.1
+    max_steps: int = 700
+    batch_size: int = 1  # per device, per micro-batch
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    activation_checkpointing: bool = True
+    eval_every: int = 50
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0
+    cpu: bool = False
+    base_dtype: str | None = None  # default: bfloat16 with bf16, else float32
+    extra: dict = field(default_factory=dict)
+
+    def validate(self):
+        if self.loss not in ("kl", "ce", "kl+ce"):
+            raise ValueError(f"loss must be 'kl', 'ce' or 'kl+ce', got {self.loss!r}")
+        for name in ("max_steps", "batch_size", "grad_accum", "kl_chunk_size", "max_length", "eval_sequences"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, values in (("windows", self.windows), ("sinks", self.sinks)):
+            if values is not None and (not values or any(v < (1 if name == "windows" else 0) for v in values)):
+                raise ValueError(f"{name} must be a non-empty list of {'positive' if name == 'windows' else '>= 0'} "
+                                 f"integers, got {values}")
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+def _kl_chunk(lm_head, h_teacher, h_student):
+    log_t = lm_head(h_teacher).float().log_softmax(-1)
+    log_s = lm_head(h_student).float().log_softmax(-1)
+    return (log_t.exp() * (log_t - log_s)).sum()
+
+
+def chunked_kl(lm_head: nn.Module, h_teacher: torch.Tensor, h_student: torch.Tensor, chunk_size: int = 1024):
+    """Mean KL(teacher || student) over rows of ``[N, d]`` hidden states, ``chunk_size`` rows at a time.
+
+    Each chunk's logits are recomputed in the backward pass (activation checkpointing), so memory holds one
+    chunk of ``[chunk, vocab]`` logits, not ``[N, vocab]``.
+    """
+    n = h_student.shape[0]
+    if n == 0:
+        return h_student.sum() * 0.0
+    total = h_student.new_zeros((), dtype=torch.float32)
+    for i in range(0, n, chunk_size):
+        ht, hs = h_teacher[i : i + chunk_size].detach(), h_student[i : i + chunk_size]
+        if torch.is_grad_enabled() and hs.requires_grad:
+            total = total + checkpoint(_kl_chunk, lm_head, ht, hs, use_reentrant=False)
+        else:
+            total = total + _kl_chunk(lm_head, ht, hs)
+    return total / n
+
+
+def chunked_ce(lm_head: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
+    """Mean cross-entropy of ``lm_head(h)`` to ``targets`` (rows of ``[N, d]``), in chunks."""
+    n = h.shape[0]
+    if n == 0:
+        return h.sum() * 0.0
+
+    def part(hh, tt):
+        return F.cross_entropy(lm_head(hh).float(), tt, reduction="sum")
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, n, chunk_size):
+        args = (h[i : i + chunk_size], targets[i : i + chunk_size])
+        total = total + (checkpoint(part, *args, use_reentrant=False) if h.requires_grad else part(*args))
+    return total / n
+
+
+def loss_positions(attention_mask: torch.Tensor, window: int) -> torch.Tensor:
+    """Boolean ``[B, L]``: real tokens at real position ``t >= W`` (beyond the window)."""
+    real = attention_mask.bool()
+    pos = attention_mask.long().cumsum(-1) - 1
+    return real & (pos >= window)
+
+
+class DistillStudent(nn.Module):
+    """The student forward and its loss, one module so that DDP sees the AHN parameters' gradients."""
+
+    def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.kl_chunk_size = kl_chunk_size
+
+    def forward(self, input_ids, attention_mask, h_teacher, window: int, sinks: int):
+        model = self.model
+        model.config.sliding_window, model.config.num_sinks = int(window), int(sinks)
+        h = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        at = loss_positions(attention_mask, window)
+        out = {}
+        total = h.new_zeros((), dtype=torch.float32)
+        if "kl" in self.loss:
+            out["kl"] = chunked_kl(model.lm_head, h_teacher[at], h[at], self.kl_chunk_size)
+            total = total + out["kl"]
+        if "ce" in self.loss:
+            nxt = at[:, :-1] & attention_mask[:, 1:].bool()
+            out["ce"] = chunked_ce(model.lm_head, h[:, :-1][nxt], input_ids[:, 1:][nxt], self.kl_chunk_size)
+            total = total + out["ce"]
+        out["loss"] = total
+        out["positions"] = int(at.sum())
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def sample_window(length: int, windows=None, sinks=None, rng: random.Random | None = None) -> tuple[int, int]:
+    """A (window, sinks) pair for a sequence of ``length`` tokens.
+
+    Default windows: the paper's {32, 64, ..., 8192} restricted to (L/8, L); default sinks: {0, 32, 64, ...}
+    up to half the window. With explicit lists, windows >= L are skipped (no loss positions would remain).
+    """
+    rng = rng or random.Random(0)
+    if windows is None:
+        cands = [w for w in PAPER_WINDOWS if length / 8 < w < length] or [w for w in PAPER_WINDOWS if w < length]
+    else:
+        cands = [w for w in windows if w < length]
+    if not cands:
+        raise ValueError(f"no window shorter than the sequence ({length} tokens) among {windows or PAPER_WINDOWS}")
+    window = rng.choice(cands)
+    sink_cands = [s for s in (sinks if sinks is not None else PAPER_SINKS) if s <= window // 2] or [0]
+    return window, rng.choice(sink_cands)
+
+
+def _micro_rng(seed: int, micro_index: int) -> random.Random:
+    return random.Random(f"{seed}-window-{micro_index}")
+
+
+class GlobalOrder:
+    """Deterministic sample order, independent of the number of processes: epoch ``e`` is a permutation
+    seeded by ``seed + e``; global sample ``g`` is the ``g``-th entry of the concatenated epochs."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._cache = n, seed, {}
+
+    def __getitem__(self, g: int) -> int:
+        epoch, pos = divmod(g, self.n)
+        if epoch not in self._cache:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            self._cache = {epoch: torch.randperm(self.n, generator=gen).tolist()}
+        return self._cache[epoch][pos]
+
+
+def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence; returns ``(input_ids, attention_mask)``."""
+    n = max(map(len, sequences))
+    ids = torch.full((len(sequences), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), n), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, sequences, window: int, sinks: int, pad_id: int, chunk_size: int = 1024) -> dict:
+    """KL to the teacher and perplexity at positions ``>= window`` for AHN, sinks+SWA and the full teacher."""
+    model.config.sliding_window, model.config.num_sinks = window, sinks
+    sums = {"kl_ahn": 0.0, "kl_swa": 0.0, "nll_full": 0.0, "nll_ahn": 0.0, "nll_swa": 0.0}
+    n_pos = 0
+    for seq in sequences:
+        ids, mask = collate([seq], pad_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        hidden = {}
+        for mode in ("full", "swa", "ahn"):
+            with model.attention_mode(mode):
+                hidden[mode] = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        at = loss_positions(mask, window)
+        nxt = at[:, :-1]
+        k = int(nxt.sum())
+        if k == 0:
+            continue
+        n_pos += k
+        for mode in ("full", "swa", "ahn"):
+            h = hidden[mode][:, :-1][nxt]
+            sums[f"nll_{mode}"] += float(chunked_ce(model.lm_head, h, ids[:, 1:][nxt], chunk_size)) * k
+        for mode in ("swa", "ahn"):
+            sums[f"kl_{mode}"] += float(chunked_kl(model.lm_head, hidden["full"][:, :-1][nxt],
+                                                   hidden[mode][:, :-1][nxt], chunk_size)) * k
+    if n_pos == 0:
+        raise ValueError(f"no held-out sequence is longer than the eval window ({window} tokens)")
+    out = {k: v / n_pos for k, v in sums.items()}
+    for mode in ("full", "swa", "ahn"):
+        out[f"ppl_{mode}"] = math.exp(out.pop(f"nll_{mode}"))
+    out.update(eval_window=window, eval_sinks=sinks, eval_positions=n_pos)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def _atomic_dir(final: Path, write) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    root = output_dir / CHECKPOINTS
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if root.exists() else []
+    return done[-1] if done else None
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+            _stop_after: int | None = None) -> Path:
+    """Run (or resume) a distillation; returns the directory of the final adapter repo."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from .data_ahn import iter_documents, tokenize_documents
+    from .hub import render_training_section
+    from .modeling_ahn import AhnForCausalLM, write_ahn_repo
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    has_run = (out / LOG_NAME).exists() or (out / CHECKPOINTS).exists() or (out / ADAPTER_DIR).exists()
+    if has_run and not (resume or overwrite):
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over.")
+    use_cpu = cfg.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision="bf16" if cfg.bf16 else "no",
+                              gradient_accumulation_steps=1)
+    main = accelerator.is_main_process
+    if overwrite and has_run and main and not resume:
+        for name in (LOG_NAME, CHECKPOINTS, ADAPTER_DIR, "run_config.json", "loss_curve.png"):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    out.mkdir(parents=True, exist_ok=True)
+
+    run_cfg = asdict(cfg)
+    if resume and (out / "run_config.json").exists():
+        saved = json.loads((out / "run_config.json").read_text())
+        keys = set(run_cfg) - {"max_steps", "eval_every", "save_every", "keep_checkpoints", "output_dir"}
+        diff = sorted(k for k in keys if saved.get(k) != run_cfg.get(k))
+        if diff:
+            raise ValueError(f"--resume with settings that differ from the saved run: {diff}")
+    elif main:
+        (out / "run_config.json").write_text(json.dumps(run_cfg, indent=2))
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    min_window = min(cfg.windows) if cfg.windows else PAPER_WINDOWS[0]
+    min_length = cfg.min_length or min_window + 1
+    data = tokenize_documents(iter_documents(cfg.data, tokenizer, cfg.text_field), tokenizer, cfg.max_length,
+                              min_length, cfg.pack)
+    sequences = data.sequences
+    if cfg.eval_data:
+        held_out = tokenize_documents(iter_documents(cfg.eval_data, tokenizer, cfg.text_field), tokenizer,
+                                      cfg.max_length, min_length, cfg.pack).sequences[: cfg.eval_sequences]
+    else:  # a deterministic held-out split
+        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(cfg.seed + 10_000)).tolist()
+        n_eval = min(cfg.eval_sequences, max(1, int(len(sequences) * cfg.eval_fraction))) if len(sequences) > 1 else 0
+        held_out = [sequences[i] for i in order[:n_eval]]
+        sequences = [sequences[i] for i in order[n_eval:]]
+    if not sequences:
+        raise ValueError("No training sequences are left after the held-out split; give more data or --eval-data.")
+    eval_len = min(len(s) for s in held_out) if held_out else cfg.max_length
+    eval_window = cfg.eval_window or max(1, eval_len // 4)
+    eval_sinks = cfg.eval_sinks if cfg.eval_sinks is not None else (32 if 32 <= eval_window // 2 else 0)
+
+    dtype = getattr(torch, cfg.base_dtype) if cfg.base_dtype else (torch.bfloat16 if cfg.bf16 else torch.float32)
+    model = AhnForCausalLM.from_base(cfg.base, ahn_type=cfg.ahn_type, sliding_window=eval_window,
+                                     num_sinks=eval_sinks, dtype=dtype, ahn_dtype=torch.float32,
+                                     prefill_chunk_size=None)
+    for name, p in model.named_parameters():  # GDN's D is stored by the release but unused
+        if name.endswith(".ahn.fn.D"):
+            p.requires_grad_(False)
+    model.to(accelerator.device)
+    if cfg.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    params = [p for p in model.ahn_parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, cfg.max_steps, warmup))
+    student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size)
+    student, optimizer = accelerator.prepare(student, optimizer)
+
+    start = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        model.load_ahn_state_dict(load_file(ckpt / "ahn.safetensors"))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        start = json.loads((ckpt / "state.json").read_text())["step"]
+        if main:
+            print(f"resuming from {ckpt} (step {start})")
+            _truncate_log(out / LOG_NAME, start)
+
+    world, accum, bs = accelerator.num_processes, cfg.grad_accum, cfg.batch_size
+    per_step = world * accum * bs
+    order = GlobalOrder(len(sequences), cfg.seed)
+    log = open(out / LOG_NAME, "a") if main else None
+
+    def log_line(row):
+        if log is not None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+
+    def save_checkpoint(step):
+        if not main:
+            return
+
+        def write(d):
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.ahn_state_dict().items()},
+                      d / "ahn.safetensors")
+            torch.save(optimizer.state_dict(), d / "optimizer.pt")
+            torch.save(scheduler.state_dict(), d / "scheduler.pt")
+            (d / "state.json").write_text(json.dumps({"step": step, "samples": step * per_step}))
+
+        _atomic_dir(out / CHECKPOINTS / f"step-{step:07d}", write)
+        done = sorted(p for p in (out / CHECKPOINTS).glob("step-*") if not p.name.endswith(".tmp"))
+        for old in done[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    if start == 0 and held_out:
+        model.eval()
+        row = {"step": 0, "eval": evaluate(model, held_out, eval_window, eval_sinks, pad_id, cfg.kl_chunk_size)}
+        log_line(row)
+        model.train()
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (progress and main), desc="distill", unit="step")
+    for step in range(start, cfg.max_steps):
+        t0 = time.perf_counter()
+        stats = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
+        step_tokens = 0
+        for a in range(accum):
+            micro = (step * accum + a) * world + accelerator.process_index
+            batch = [sequences[order[micro * bs + i]] for i in range(bs)]
+            window, sinks = sample_window(min(map(len, batch)), cfg.windows, cfg.sinks, _micro_rng(cfg.seed, micro))
+            ids, mask = collate(batch, pad_id)
+            ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+            with torch.no_grad(), model.attention_mode("full"), accelerator.autocast():
+                h_teacher = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            ctx = accelerator.no_sync(student) if a < accum - 1 else contextlib.nullcontext()
+            with ctx, accelerator.autocast():
+                res = student(ids, mask, h_teacher, window, sinks)
+                accelerator.backward(res["loss"] / accum)
+            for k in ("loss", "kl", "ce"):
+                if k in res:
+                    stats[k] += float(res[k].detach()) / accum
+            step_tokens += int(mask.sum())
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        reduced = accelerator.reduce(torch.tensor([stats["loss"], stats["kl"], stats["ce"], step_tokens],
+                                                  dtype=torch.float64, device=accelerator.device), "sum")
+        loss, kl, ce = (float(x) / world for x in reduced[:3])
+        tokens = int(reduced[3])
+        dt = time.perf_counter() - t0
+        row = {"step": step + 1, "loss": loss, "kl": kl, "ce": ce, "lr": scheduler.get_last_lr()[0],
+               "grad_norm": float(grad_norm), "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
+        log_line(row)
+        bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}", tok_s=f"{tokens / dt:,.0f}")
+        bar.update(1)
+        done = step + 1
+        if held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+            model.eval()
+            log_line({"step": done, "eval": evaluate(model, held_out, eval_window, eval_sinks, pad_id,
+                                                      cfg.kl_chunk_size)})
+            model.train()
+        if done % cfg.save_every == 0 or done == cfg.max_steps:
+            save_checkpoint(done)
+        accelerator.wait_for_everyone()
+        if _stop_after is not None and done >= _stop_after:
+            bar.close()
+            if log is not None:
+                log.close()
+            return out / CHECKPOINTS
+    bar.close()
+    if log is not None:
+        log.close()
+
+    model.eval()
+    adapter = out / ADAPTER_DIR
+    if main:
+        history = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines() if line.strip()]
+        evals = [r for r in history if "eval" in r]
+        train_rows = [r for r in history if "loss" in r]
+        eval_rows = _eval_table(evals)
+        recipe = {"base": cfg.base, "loss": cfg.loss, "steps": cfg.max_steps, "global batch": per_step,
+                  "max length": cfg.max_length, "lr": cfg.lr, "warmup": cfg.warmup_ratio,
+                  "weight decay": cfg.weight_decay, "windows": cfg.windows or "paper {32..8192} in (L/8, L)",
+                  "sinks": cfg.sinks or "{0, 32, 64, ...} <= W/2", "bf16": cfg.bf16,
+                  "training sequences": len(sequences), "training tokens seen": sum(r["tokens"] for r in train_rows),
+                  "mean tokens/s": round(sum(r["tokens"] for r in train_rows)
+                                         / max(1e-9, sum(r["step_s"] for r in train_rows)), 1)}
+        model.config.sliding_window, model.config.num_sinks = eval_window, eval_sinks
+        write_ahn_repo(adapter, model.config, model.ahn_state_dict(), generation_config=model.generation_config,
+                       tokenizer=tokenizer, eval_results=eval_rows,
+                       extra_card_sections=[render_training_section(recipe)])
+        if not plot_history(history, out / "loss_curve.png"):
+            print("matplotlib is not installed: no loss_curve.png (pip install 'modeling-ahn[train]')")
+    accelerator.wait_for_everyone()
+    return adapter
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint a run resumes from (a killed run may have logged more)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def _eval_table(evals: list[dict]) -> list[dict]:
+    if not evals:
+        return []
+    first, last = evals[0]["eval"], evals[-1]["eval"]
+    w, s = last["eval_window"], last["eval_sinks"]
+    return [
+        {"model": "full attention (teacher)", "ppl beyond window": last["ppl_full"], "KL to teacher": 0.0},
+        {"model": f"sinks+SWA (W={w}, S={s})", "ppl beyond window": last["ppl_swa"], "KL to teacher": last["kl_swa"]},
+        {"model": f"AHN before training (step {evals[0]['step']})", "ppl beyond window": first["ppl_ahn"],
+         "KL to teacher": first["kl_ahn"]},
+        {"model": f"AHN (step {evals[-1]['step']})", "ppl beyond window": last["ppl_ahn"],
+         "KL to teacher": last["kl_ahn"]},
+    ]
+
+
+def plot_history(history: list[dict], path: Path) -> bool:
+    """Training loss and held-out KL vs step as a PNG; returns False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    train = [r for r in history if "loss" in r]
+    evals = [r for r in history if "eval" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.7, label="train loss")
+    if evals:
+        steps = [r["step"] for r in evals]
+        ax.plot(steps, [r["eval"]["kl_ahn"] for r in evals], "o-", label="held-out KL(teacher || AHN)")
+        ax.plot(steps, [r["eval"]["kl_swa"] for r in evals], "--", label="held-out KL(teacher || sinks+SWA)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.set_title("AHN self-distillation")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -1,0 +1,217 @@
+"""Self-distillation: learning, exact resume, DDP = accumulation, chunked KL, data and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from modeling_ahn import AhnForCausalLM
+from modeling_ahn.distill import (
+    PAPER_WINDOWS,
+    DistillConfig,
+    chunked_kl,
+    distill,
+    sample_window,
+)
+
+from .conftest import make_tokenizer
+
+WORDS = "the hippocampus folds tokens that leave window into memory".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny Qwen2 base whose predictions depend on distant tokens (init std 0.1), and 40 text documents."""
+    root = tmp_path_factory.mktemp("distill")
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, pad_token_id=0,
+                      bos_token_id=1, eos_token_id=2)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(root / "base")
+    make_tokenizer().save_pretrained(root / "base")
+    rng = random.Random(0)
+    (root / "data").mkdir()
+    for i in range(40):
+        (root / "data" / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(300)))
+    return root
+
+
+def _cfg(corpus, out, **kw):
+    args = dict(base=str(corpus / "base"), data=[str(corpus / "data")], output_dir=str(out), windows=[16], sinks=[4],
+                max_length=128, max_steps=40, lr=1e-2, eval_every=20, save_every=20, eval_sequences=4,
+                eval_window=16, eval_sinks=4)
+    args.update(kw)
+    return DistillConfig(**args)
+
+
+def _log(out):
+    return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_forty_steps_reduce_heldout_kl(corpus, tmp_path):
+    adapter = distill(_cfg(corpus, tmp_path / "run"), progress=False)
+    evals = [r["eval"] for r in _log(tmp_path / "run") if "eval" in r]
+    first, last = evals[0], evals[-1]
+    assert first["kl_ahn"] == pytest.approx(first["kl_swa"], abs=1e-7)  # a fresh adapter is sinks + SWA
+    assert first["kl_swa"] > 0.05  # the distant context matters to the teacher
+    assert last["kl_ahn"] <= 0.7 * first["kl_ahn"], (first["kl_ahn"], last["kl_ahn"])  # >= 30 % less
+    assert last["ppl_ahn"] < last["ppl_swa"]
+    # outputs: JSON log with the progress fields, a loss-curve PNG, a Hub-ready adapter repo with the recipe
+    train = [r for r in _log(tmp_path / "run") if "loss" in r]
+    assert len(train) == 40 and all(r["tokens_per_s"] > 0 and "kl" in r and "lr" in r for r in train)
+    assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    card = (adapter / "README.md").read_text()
+    assert "## Training" in card and "## Evaluation" in card and "AHN (step 40)" in card
+    model = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True)
+    weights = load_file(tmp_path / "run" / "checkpoints" / "step-0000040" / "ahn.safetensors")
+    assert all(torch.equal(model.ahn_state_dict()[k].float(), v) for k, v in weights.items())
+    assert model.config.sliding_window == 16 and model.config.num_sinks == 4
+
+
+def _same_adapter(a, b, tol=1e-6):
+    wa, wb = load_file(Path(a) / "model.safetensors"), load_file(Path(b) / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= tol
+
+
+def test_killed_run_resumes_to_the_same_adapter(corpus, tmp_path):
+    """Tolerance: 1e-6 on every AHN weight (the CPU run is deterministic, so in practice they are equal)."""
+    kw = dict(windows=None, sinks=None, max_steps=60, save_every=4, eval_every=1000, lr=3e-3)
+    reference = distill(_cfg(corpus, tmp_path / "ref", **kw), progress=False)
+    cmd = [sys.executable, "-m", "modeling_ahn.cli", "distill", "--base", str(corpus / "base"), "--data",
+           str(corpus / "data"), "--out", str(tmp_path / "run"), "--max-length", "128", "--max-steps", "60",
+           "--save-every", "4", "--eval-every", "1000", "--lr", "3e-3", "--eval-sequences", "4", "--eval-window",
+           "16", "--eval-sinks", "4", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = tmp_path / "run" / "checkpoints" / "step-0000004"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "run" / "adapter").exists()
+    with pytest.raises(ValueError, match="already holds a run: pass --resume"):
+        distill(_cfg(corpus, tmp_path / "run", **kw), progress=False)
+    resumed = distill(_cfg(corpus, tmp_path / "run", **kw), resume=True, progress=False)
+    assert _same_adapter(reference, resumed)
+    steps = [r["step"] for r in _log(tmp_path / "run") if "loss" in r]
+    assert steps == list(range(1, 61))  # rows logged after the checkpoint by the killed run were dropped
+    assert [r["loss"] for r in _log(tmp_path / "run") if "loss" in r] == pytest.approx(
+        [r["loss"] for r in _log(tmp_path / "ref") if "loss" in r], rel=1e-5)
+
+
+def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
+    """2 DDP processes (gloo, CPU) x 1 sequence = 1 process x 2 accumulated sequences.
+    Tolerance: 1e-5 relative on the per-step losses, 1e-5 absolute on the final AHN weights."""
+    kw = dict(windows=None, sinks=None, max_steps=6, save_every=100, eval_every=1000, lr=3e-3)
+    single = distill(_cfg(corpus, tmp_path / "single", grad_accum=2, **kw), progress=False)
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    ahn = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "29617", ahn, "distill", "--cpu", "--base",
+           str(corpus / "base"), "--data", str(corpus / "data"), "--out", str(tmp_path / "ddp"), "--max-length",
+           "128", "--max-steps", "6", "--save-every", "100", "--eval-every", "1000", "--lr", "3e-3",
+           "--eval-sequences", "4", "--eval-window", "16", "--eval-sinks", "4", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = lambda out: [r["loss"] for r in _log(out) if "loss" in r]  # noqa: E731
+    assert len(losses(tmp_path / "ddp")) == 6
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
+    assert _same_adapter(single, tmp_path / "ddp" / "adapter", tol=1e-5)
+
+
+def test_chunked_kl_equals_unchunked():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    ht = torch.randn(37, 16)
+    hs = torch.randn(37, 16, requires_grad=True)
+    log_t, log_s = head(ht).log_softmax(-1), head(hs).log_softmax(-1)
+    direct = (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    direct.backward()
+    g_direct = hs.grad.clone()
+    for chunk in (1, 7, 37, 100):
+        hs.grad = None
+        kl = chunked_kl(head, ht, hs, chunk)
+        kl.backward()
+        assert kl.item() == pytest.approx(direct.item(), rel=1e-6)
+        assert torch.allclose(hs.grad, g_direct, atol=1e-7)
+
+
+def test_window_sampling_follows_the_paper():
+    rng = random.Random(0)
+    for length in (100, 2048, 24_000):
+        for _ in range(50):
+            w, s = sample_window(length, rng=rng)
+            assert w in PAPER_WINDOWS and length / 8 < w < length and s <= w // 2
+    assert {sample_window(2048, rng=rng)[0] for _ in range(200)} == {512, 1024}
+    assert sample_window(50, [8, 64], [0, 2, 99], rng=rng)[0] == 8
+
+
+# ---------------------------------------------------------------------------------------------- data and bad input
+
+
+def test_jsonl_text_messages_and_packing(corpus, tmp_path):
+    from modeling_ahn.data_ahn import iter_documents, tokenize_documents
+
+    tok = make_tokenizer()
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "the window"}) + "\n" + json.dumps({"text": "memory"}) + "\n")
+    assert list(iter_documents([str(tmp_path / "a.jsonl")], tok)) == ["the window", "memory"]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(ValueError, match="no chat template"):
+        list(iter_documents([str(chat)], tok))
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    assert list(iter_documents([str(chat)], tok)) == ["<user>hi"]
+    texts = [" ".join(["memory"] * 10)] * 5
+    packed = tokenize_documents(texts, tok, max_length=8, min_length=4, pack=True)
+    assert all(len(s) == 8 for s in packed.sequences[:-1]) and packed.tokens == sum(map(len, packed.sequences))
+
+
+def test_too_short_data_says_how_many_were_dropped(corpus, tmp_path):
+    (tmp_path / "short").mkdir()
+    for i in range(3):
+        (tmp_path / "short" / f"{i}.txt").write_text("the window")
+    with pytest.raises(ValueError, match="3 documents read, 3 dropped for being shorter than 17 tokens"):
+        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "short")]), progress=False)
+
+
+def test_empty_data(corpus, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="contains no .txt/.md/.jsonl files"):
+        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")]), progress=False)
+
+
+def test_messages_without_chat_template(corpus, tmp_path):
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(ValueError, match="tokenizer has no chat template"):
+        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "chat.jsonl")]), progress=False)
+
+
+def test_bad_settings(corpus, tmp_path):
+    with pytest.raises(ValueError, match="loss must be"):
+        distill(_cfg(corpus, tmp_path / "r", loss="mse"), progress=False)
+    with pytest.raises(ValueError, match="windows must be a non-empty list"):
+        distill(_cfg(corpus, tmp_path / "r", windows=[]), progress=False)
+
+
+def test_resume_with_other_settings_is_refused(corpus, tmp_path):
+    distill(_cfg(corpus, tmp_path / "run", max_steps=2, eval_every=100), progress=False)
+    with pytest.raises(ValueError, match=r"differ from the saved run: \['lr'\]"):
+        distill(_cfg(corpus, tmp_path / "run", max_steps=4, lr=5e-3), resume=True, progress=False)
+    more = distill(_cfg(corpus, tmp_path / "run", max_steps=4, eval_every=100), resume=True, progress=False)
+    assert [r["step"] for r in _log(tmp_path / "run") if "loss" in r] == [1, 2, 3, 4]
+    assert isinstance(AhnForCausalLM.from_pretrained(more), AhnForCausalLM)
