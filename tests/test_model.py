@@ -299,7 +299,8 @@ def test_attention_modes():
     mask = window_sink_mask(20, W, S)
     with torch.no_grad():
         base = make_base("qwen2")(ids).logits
-        swa_ref = make_base("qwen2", attn_implementation="eager")(ids, attention_mask=torch.where(mask, 0.0, -torch.inf))
+        additive = torch.where(mask, 0.0, -torch.inf)
+        swa_ref = make_base("qwen2", attn_implementation="eager")(ids, attention_mask=additive)
         with model.attention_mode("full"):
             full = model(ids, use_cache=False).logits
             with pytest.raises(ValueError, match="without an AHN cache"):
