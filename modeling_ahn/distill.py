@@ -135,7 +135,8 @@ def loss_positions(attention_mask: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class DistillStudent(nn.Module):
-    """The student forward and its loss, one module so that DDP sees the AHN parameters' gradients."""
+    """Teacher pass, student pass and loss in one ``forward``, so that the module accelerate wraps (DDP, FSDP,
+    DeepSpeed) runs both passes and sees the AHN parameters' gradients."""
 
     def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024):
         super().__init__()
@@ -143,9 +144,12 @@ class DistillStudent(nn.Module):
         self.loss = loss
         self.kl_chunk_size = kl_chunk_size
 
-    def forward(self, input_ids, attention_mask, h_teacher, window: int, sinks: int):
+    def forward(self, input_ids, attention_mask, window: int, sinks: int):
         model = self.model
         model.config.sliding_window, model.config.num_sinks = int(window), int(sinks)
+        with torch.no_grad(), model.attention_mode("full"):
+            h_teacher = model.model(input_ids=input_ids, attention_mask=attention_mask,
+                                    use_cache=False).last_hidden_state
         h = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         at = loss_positions(attention_mask, window)
         out = {}
@@ -295,6 +299,10 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     if has_run and not (resume or overwrite):
         raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over.")
     use_cpu = cfg.cpu or not torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # several runs in one process may differ in precision
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision="bf16" if cfg.bf16 else "no",
                               gradient_accumulation_steps=1)
     main = accelerator.is_main_process
@@ -411,11 +419,9 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
             window, sinks = sample_window(min(map(len, batch)), cfg.windows, cfg.sinks, _micro_rng(cfg.seed, micro))
             ids, mask = collate(batch, pad_id)
             ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-            with torch.no_grad(), model.attention_mode("full"), accelerator.autocast():
-                h_teacher = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             ctx = accelerator.no_sync(student) if a < accum - 1 else contextlib.nullcontext()
             with ctx, accelerator.autocast():
-                res = student(ids, mask, h_teacher, window, sinks)
+                res = student(ids, mask, window, sinks)
                 accelerator.backward(res["loss"] / accum)
             for k in ("loss", "kl", "ce"):
                 if k in res:

