@@ -98,15 +98,22 @@ def fetch_default(force: bool = False, progress: bool = True) -> dict[str, Path]
 def convert_gguf(gguf: Path, llama_dir: Path, qwen2_dir: Path, progress: bool = True) -> None:
     """GGUF -> Llama bf16 safetensors, and the same weights as Qwen2 with zero q/k/v biases (checked equal)."""
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config
-    from transformers import Qwen2ForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     steps = tqdm(total=4, desc="convert SmolLM2", disable=not progress)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     steps.update()
     cfg = gm.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version"):
+    dropped = ("quantization_config", "_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version")
+    for key in dropped:
         cfg.pop(key, None)
     llama = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     llama.load_state_dict(gm.state_dict())
