@@ -371,6 +371,11 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         model.load_ahn_state_dict(load_file(ckpt / "ahn.safetensors"))
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file: python's RNG state is a tuple
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         start = json.loads((ckpt / "state.json").read_text())["step"]
         if main:
             print(f"resuming from {ckpt} (step {start})")
@@ -395,6 +400,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
                       d / "ahn.safetensors")
             torch.save(optimizer.state_dict(), d / "optimizer.pt")
             torch.save(scheduler.state_dict(), d / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, d / "rng.pt")
             (d / "state.json").write_text(json.dumps({"step": step, "samples": step * per_step}))
 
         _atomic_dir(out / CHECKPOINTS / f"step-{step:07d}", write)

@@ -216,3 +216,15 @@ def test_resume_with_other_settings_is_refused(corpus, tmp_path):
     more = distill(_cfg(corpus, tmp_path / "run", max_steps=4, eval_every=100), resume=True, progress=False)
     assert [r["step"] for r in _log(tmp_path / "run") if "loss" in r] == [1, 2, 3, 4]
     assert isinstance(AhnForCausalLM.from_pretrained(more), AhnForCausalLM)
+
+
+def test_saved_datasets_dataset_and_checkpoint_contents(corpus, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [(corpus / "data" / f"doc{i:02d}.txt").read_text() for i in range(12)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "ds")], max_steps=2, save_every=2, eval_every=100),
+            progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
+    assert {p.name for p in ckpt.iterdir()} == {"ahn.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt",
+                                                "state.json"}
+    assert json.loads((ckpt / "state.json").read_text()) == {"step": 2, "samples": 2}
