@@ -27,6 +27,9 @@ from .cache_ahn import SinkWindowLayer
 
 AHN_ATTENTION = "ahn"
 INNER_IMPLEMENTATIONS = ("sdpa", "eager")
+# Whole-sequence attention (training, one-shot prefill) runs in query blocks of max(W, BLOCK_MIN) tokens, each
+# over the sinks and the keys its window can reach, when that is cheaper than all L x L pairs.
+BLOCK_MIN = 128
 
 
 class AhnLayerSpec:
@@ -115,6 +118,38 @@ def ahn_attention_forward(module, *args, **kwargs):
     return spec.attention(module, *args, **kwargs)
 
 
+def _window_mask(qidx, kidx, rpos, W, S):
+    """``[B, q, k]``: key ``j`` is visible to query ``i`` if real, causal, and in the window or a sink."""
+    rel = (qidx[:, None] - kidx[None, :])[None]
+    rp = rpos[:, None, :]
+    return ((rp >= 0) & (rel >= 0) & ((rel < W) | (rp < S))) | (rel == 0)  # pad queries see themselves
+
+
+def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scaling, dropout):
+    """Sinks + window attention of a whole sequence (no cache), query block by query block.
+
+    Block ``[q0, q1)`` only needs the sink tokens (real position < S) and keys ``[q0 - W + 1, q1)``; the
+    result equals attention over all keys with the full mask. Returns ``None`` when blocking saves nothing.
+    """
+    L = query.shape[2]
+    block = max(W, BLOCK_MIN)
+    is_sink = (rpos >= 0) & (rpos < S)
+    sink_end = int(is_sink.nonzero()[:, 1].max()) + 1 if S and bool(is_sink.any()) else 0
+    if sink_end + block + W >= 0.75 * L:
+        return None
+    dev = query.device
+    outs = []
+    for q0 in range(0, L, block):
+        q1 = min(L, q0 + block)
+        k0 = max(0, q0 - W + 1)
+        kidx = torch.cat([torch.arange(min(sink_end, k0), device=dev), torch.arange(k0, q1, device=dev)])
+        mask = _window_mask(torch.arange(q0, q1, device=dev), kidx, rpos[:, kidx], W, S)
+        out, _ = _inner_attention(spec, module, query[:, :, q0:q1], key[:, :, kidx], value[:, :, kidx],
+                                  mask[:, None], scaling, dropout)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
+
+
 def _ahn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention over ``[sinks, window, new]`` plus the AHN memory read-out, for one layer.
 
@@ -133,7 +168,8 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
 
     W, S = spec.config.sliding_window, spec.config.num_sinks
     layer = cache.layers[module.layer_idx] if isinstance(cache, Cache) else None
-    if layer is None:  # no cache: the whole sequence at once (training, use_cache=False)
+    whole_sequence = layer is None
+    if whole_sequence:  # no cache: the whole sequence at once (training, use_cache=False)
         layer = SinkWindowLayer(S, W)
         key, value = layer.update(key, value)
     elif not isinstance(layer, SinkWindowLayer) or layer.pending is None:
@@ -152,17 +188,18 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
     rpos_new = layer.real_positions(None if mask2d is None else mask2d[:, -q_len:], q_len)
     rpos_all = torch.cat([layer.window_rpos, rpos_new], dim=-1)  # [B, n_all], -1 = pad
 
-    # Mask over [sink store (S), window + new (n_all)], per row.
     dev = query.device
-    qidx = torch.arange(start, start + q_len, device=dev)
-    kidx = torch.arange(start - n_old, start + q_len, device=dev)
-    rel = (qidx[:, None] - kidx[None, :])[None]  # [1, q, n_all]
-    rp = rpos_all[:, None, :].to(dev)
-    vis = (rp >= 0) & (rel >= 0) & ((rel < W) | (rp < S))
-    vis = vis | (rel == 0)  # pad queries attend to themselves only
-    sink_vis = layer.sink_filled[:, None, :].to(dev).expand(B, q_len, S)
-    mask = torch.cat([sink_vis, vis], dim=-1)[:, None]
-    attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
+    attn_out = attn_weights = None
+    if whole_sequence and spec.inner == "sdpa":
+        attn_out = _blocked_window_attention(spec, module, query, all_k, all_v, rpos_all.to(dev), W, S, scaling,
+                                             dropout)
+    if attn_out is None:  # mask over [sink store (S), window + new (n_all)], per row
+        qidx = torch.arange(start, start + q_len, device=dev)
+        kidx = torch.arange(start - n_old, start + q_len, device=dev)
+        vis = _window_mask(qidx, kidx, rpos_all.to(dev), W, S)
+        sink_vis = layer.sink_filled[:, None, :].to(dev).expand(B, q_len, S)
+        mask = torch.cat([sink_vis, vis], dim=-1)[:, None]
+        attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
 
     # Memory: the token leaving the window at query i is slot i - W; it enters memory if it is real and no sink.
     memory = spec.memory

@@ -98,6 +98,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(params=["blocked", "unblocked"])
+def attention_path(request, monkeypatch):
+    """Run a test with whole-sequence attention in small query blocks, and without blocking."""
+    from modeling_ahn import attention_ahn
+
+    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 1 if request.param == "blocked" else 10**9)
+    return request.param
+
+
 def make_tokenizer():
     """A byte-level BPE tokenizer (as Qwen's and Llama-3's are) trained offline on a few sentences."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -39,7 +39,7 @@ def test_sequence_within_window_equals_base(arch, ahn_type):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sinks", [0, 2])
-def test_fresh_adapter_equals_base_with_window_sink_mask(arch, sinks):
+def test_fresh_adapter_equals_base_with_window_sink_mask(arch, sinks, attention_path):
     ids = _ids(23)
     mask = window_sink_mask(23, W, sinks)
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_fresh_adapter_equals_base_with_window_sink_mask(arch, sinks):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 @pytest.mark.parametrize("sinks", [0, 2])
-def test_each_layer_equals_the_naive_spec_reference(arch, ahn_type, sinks):
+def test_each_layer_equals_the_naive_spec_reference(arch, ahn_type, sinks, attention_path):
     """Record q/k/v/x entering every AHN layer, recompute the layer token by token from the spec."""
     model = make_ahn(arch, ahn_type, W, sinks)
     ids = _ids(19)
@@ -89,7 +89,7 @@ def _assert_memory_matters(model, ids):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 @pytest.mark.parametrize("sinks", [0, 2])
-def test_full_forward_equals_chunked_prefill_and_decode(arch, ahn_type, sinks):
+def test_full_forward_equals_chunked_prefill_and_decode(arch, ahn_type, sinks, attention_path):
     model = make_ahn(arch, ahn_type, W, sinks)
     ids = _ids(23)
     ref = _assert_memory_matters(model, ids)
@@ -169,7 +169,7 @@ def _left_pad(rows, pad_id=0):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
-def test_left_padded_batch_equals_each_row_alone(arch, ahn_type):
+def test_left_padded_batch_equals_each_row_alone(arch, ahn_type, attention_path):
     model = make_ahn(arch, ahn_type, W, S, full_attention_layers=[1] if arch == "qwen3" else None)
     rows = [_ids(n, seed=n)[0] for n in (21, 14, 8)]
     ids, mask = _left_pad(rows)
@@ -311,3 +311,28 @@ def test_attention_modes():
     assert (full - base).abs().max() < 1e-5
     assert (swa - swa_ref.logits).abs().max() < 1e-5
     assert (ahn - swa).abs().max() > 1e-2  # back to "ahn" after the context
+
+
+def test_blocked_attention_equals_full_mask_with_padding_and_sinks(monkeypatch):
+    from modeling_ahn import attention_ahn
+
+    model = make_ahn("llama", "gdn", 4, 3)
+    rows = [_ids(n, seed=n)[0] for n in (40, 37, 33)]
+    ids, mask = _left_pad(rows)
+    calls = []
+    original = attention_ahn._blocked_window_attention
+    def counting(*args):
+        out = original(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(attention_ahn, "_blocked_window_attention", counting)
+    with torch.no_grad():
+        monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 10**9)
+        ref = model(ids, attention_mask=mask, use_cache=False).logits
+        assert calls == [False, False]  # blocking would save nothing: the full mask was used
+        calls.clear()
+        monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 6)
+        blocked = model(ids, attention_mask=mask, use_cache=False).logits
+    assert calls == [True, True]  # both layers took the blocked path
+    assert (blocked - ref).abs().max() < 1e-5
