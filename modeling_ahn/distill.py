@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -69,7 +69,6 @@ class DistillConfig:
     seed: int = 0
     cpu: bool = False
     base_dtype: str | None = None  # default: bfloat16 with bf16, else float32
-    extra: dict = field(default_factory=dict)
 
     def validate(self):
         if self.loss not in ("kl", "ce", "kl+ce"):
@@ -341,6 +340,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         sequences = [sequences[i] for i in order[n_eval:]]
     if not sequences:
         raise ValueError("No training sequences are left after the held-out split; give more data or --eval-data.")
+    if main and progress:
+        print(f"data: {data.describe()}; {len(held_out)} held out")
     eval_len = min(len(s) for s in held_out) if held_out else cfg.max_length
     eval_window = cfg.eval_window or max(1, eval_len // 4)
     eval_sinks = cfg.eval_sinks if cfg.eval_sinks is not None else (32 if 32 <= eval_window // 2 else 0)
