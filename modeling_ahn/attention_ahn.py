@@ -240,6 +240,12 @@ def _ahn_pre_hook(module, args, kwargs):
     module.__dict__["_ahn_ctx"] = (hidden, cache)
 
 
+def ensure_pre_hook(attn) -> None:
+    """Register the stashing pre-hook on an attention module once."""
+    if "_ahn_hook" not in attn.__dict__:
+        attn.__dict__["_ahn_hook"] = attn.register_forward_pre_hook(_ahn_pre_hook, with_kwargs=True)
+
+
 AttentionInterface.register(AHN_ATTENTION, ahn_attention_forward)
 AttentionMaskInterface.register(AHN_ATTENTION, lambda *args, attention_mask=None, **kwargs: attention_mask)
 
@@ -258,8 +264,7 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
         elif "ahn" in layer._modules:
             del layer._modules["ahn"]
         attn.__dict__["_ahn"] = AhnLayerSpec(mem.fn if mem is not None else None, config, inner)
-        if "_ahn_hook" not in attn.__dict__:
-            attn.__dict__["_ahn_hook"] = attn.register_forward_pre_hook(_ahn_pre_hook, with_kwargs=True)
+        ensure_pre_hook(attn)
 
 
 __all__ = ["AHN_ATTENTION", "AhnLayerSpec", "ahn_attention_forward", "attach_ahn"]

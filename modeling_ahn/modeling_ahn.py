@@ -176,11 +176,22 @@ class AhnPreTrainedModel(PreTrainedModel):
         if isinstance(module, AhnMemory):
             module.reset_parameters()
 
-    def _augment(self, config, decoder, base_config) -> None:
-        """Freeze the base decoder, build one memory per AHN layer on its layer's device, attach them."""
+    @classmethod
+    def _base_or_new(cls, config, base_model):
+        """The given base, or a randomly initialised one built from ``config.base_config``."""
+        if base_model is not None:
+            return base_model
+        if config.base_config is None:
+            raise ValueError("AhnConfig has no base_config: use AhnConfig(base_config=...) or from_base().")
+        return cls._base_auto_class.from_config(config.base_config)
+
+    def _augment(self, config, base_model, decoder) -> None:
+        """Freeze the base, build one memory per AHN layer on its layer's device, attach them, and switch the
+        base to the "ahn" attention implementation."""
+        base_config = decoder.config
         config.base_config = base_config
         config.validate_ahn()
-        decoder.requires_grad_(False)
+        base_model.requires_grad_(False)
         inner = base_config._attn_implementation
         inner = inner if inner in INNER_IMPLEMENTATIONS else "sdpa"
         memories = {}
@@ -190,6 +201,7 @@ class AhnPreTrainedModel(PreTrainedModel):
                                head_dim_of(base_config))
             memories[i] = AhnModule(mem).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         attach_ahn(decoder, config, memories, inner=inner)
+        base_model.set_attn_implementation(AHN_ATTENTION)
 
     # ------------------------------------------------------------------ AHN weights
 
@@ -272,12 +284,14 @@ class AhnPreTrainedModel(PreTrainedModel):
                     f"attention_mask has {attention_mask.shape[1]} columns; expected {seq + past} "
                     f"(the {past} tokens already in the cache + {seq} new ones)."
                 )
-            if position_ids is None and not bool(attention_mask.all()):
+            if bool(attention_mask.all()):
+                attention_mask = None  # no padding: spares every layer its own check of the mask
+            elif position_ids is None:
                 # positions that skip the padding, as generate() computes them
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
         chunked = isinstance(past_key_values, Cache) and bool(self.config.prefill_chunk_size)
         chunked = chunked and seq > self.config.prefill_chunk_size
-        return use_cache, past_key_values, position_ids, seq, past, chunked
+        return use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked
 
     def _chunks(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, past):
         """Yield ``(start, end, kwargs)`` for a prefill chunk by chunk over the same cache."""
@@ -372,18 +386,13 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: AhnConfig, base_model: PreTrainedModel | None = None):
         super().__init__(config)
-        if base_model is None:
-            if config.base_config is None:
-                raise ValueError("AhnConfig has no base_config: use AhnConfig(base_config=...) or from_base().")
-            base_model = AutoModelForCausalLM.from_config(config.base_config)
+        base_model = self._base_or_new(config, base_model)
         _check_base(base_model)
         self.model = getattr(base_model, base_model.base_model_prefix)
         self.lm_head = base_model.get_output_embeddings()
         self.__dict__["_base"] = base_model  # called for forward; its modules are ours (same objects)
         self.vocab_size = base_model.config.vocab_size
-        base_model.requires_grad_(False)
-        self._augment(config, self.model, base_model.config)
-        base_model.set_attn_implementation(AHN_ATTENTION)
+        self._augment(config, base_model, self.model)
         self.post_init()
         self.generation_config = copy.deepcopy(base_model.generation_config)
 
@@ -460,7 +469,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
-        use_cache, past_key_values, position_ids, seq, past, chunked = self._prepare_inputs(
+        use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked = self._prepare_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
         if not chunked:
             return self.base_causal_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -494,17 +503,12 @@ class AhnModel(AhnPreTrainedModel):
 
     def __init__(self, config: AhnConfig, base_model: PreTrainedModel | None = None):
         super().__init__(config)
-        if base_model is None:
-            if config.base_config is None:
-                raise ValueError("AhnConfig has no base_config: build it with AhnConfig(base_config=...).")
-            base_model = AutoModel.from_config(config.base_config)
+        base_model = self._base_or_new(config, base_model)
         if hasattr(base_model, "get_output_embeddings") and base_model.get_output_embeddings() is not None:
             base_model = getattr(base_model, base_model.base_model_prefix)  # a causal LM: keep its decoder
         _check_base(base_model, decoder_only=True)
         self.model = base_model
-        base_model.requires_grad_(False)
-        self._augment(config, base_model, base_model.config)
-        base_model.set_attn_implementation(AHN_ATTENTION)
+        self._augment(config, base_model, base_model)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -515,7 +519,7 @@ class AhnModel(AhnPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, **kwargs):
-        use_cache, past_key_values, position_ids, seq, past, chunked = self._prepare_inputs(
+        use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked = self._prepare_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
         if not chunked:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

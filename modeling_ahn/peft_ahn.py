@@ -25,7 +25,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
 from torch import nn
 
-from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, AhnLayerSpec, _ahn_pre_hook
+from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, AhnLayerSpec, ensure_pre_hook
 from .configuration_ahn import (
     DEFAULT_NUM_SINKS,
     DEFAULT_SLIDING_WINDOW,
@@ -90,8 +90,7 @@ class AhnPeftLayer(nn.Module, BaseTunerLayer):
         self.inner = inner
         self._active_adapter = adapter_name
         self.merged_adapters = []
-        if "_ahn_hook" not in base_layer.__dict__:
-            base_layer.__dict__["_ahn_hook"] = base_layer.register_forward_pre_hook(_ahn_pre_hook, with_kwargs=True)
+        ensure_pre_hook(base_layer)
         self.update_layer(adapter_name, config, model_config)
 
     def update_layer(self, adapter_name, config, model_config):
