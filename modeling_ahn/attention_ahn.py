@@ -209,11 +209,17 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
     if spec.mode == "ahn" and (n_ev > 0 or state is not None):
         gates_all = gates_new if layer.window_gates is None else torch.cat([layer.window_gates, gates_new], dim=1)
         lead = q_len - n_ev  # queries with nothing to write (the window is not full yet)
-        k_w = F.pad(all_k[:, :, :n_ev], (0, 0, lead, 0))
-        v_w = F.pad(all_v[:, :, :n_ev], (0, 0, lead, 0))
-        g_w = F.pad(gates_all[:, :n_ev], (0, 0, 0, 0, lead, 0))
-        valid = F.pad(rpos_all[:, :n_ev] >= S, (lead, 0), value=False)
-        mem_out, state = memory(query, k_w, v_w, g_w, valid, hidden, state)
+        if state is None and lead > 0:
+            # An empty memory reads exactly zero, so the first `lead` queries need no recurrence at all.
+            mem_out, state = memory(query[:, :, lead:], all_k[:, :, :n_ev], all_v[:, :, :n_ev],
+                                    gates_all[:, :n_ev], rpos_all[:, :n_ev] >= S, hidden[:, lead:], None)
+            mem_out = F.pad(mem_out, (0, 0, 0, 0, lead, 0))
+        else:
+            k_w = F.pad(all_k[:, :, :n_ev], (0, 0, lead, 0))
+            v_w = F.pad(all_v[:, :, :n_ev], (0, 0, lead, 0))
+            g_w = F.pad(gates_all[:, :n_ev], (0, 0, 0, 0, lead, 0))
+            valid = F.pad(rpos_all[:, :n_ev] >= S, (lead, 0), value=False)
+            mem_out, state = memory(query, k_w, v_w, g_w, valid, hidden, state)
         attn_out = attn_out + mem_out
     layer.commit(rpos_new, gates_new, state)
     return attn_out, attn_weights

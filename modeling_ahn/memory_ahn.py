@@ -167,12 +167,18 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
     qk = (q @ k.transpose(-1, -2)) * decay  # [B,H,n,C,C], j <= i
     q_decay = q * gc.exp()[..., None]
     k_to_end = k * (gc[..., -1:] - gc).exp()[..., None]
-    chunk_decay = gc[..., -1].exp()  # [B,H,n]
+    chunk_decay = gc[..., -1].exp()[..., None, None]  # [B,H,n,1,1]
+    # One unbind per tensor, not x[:, :, i] per chunk: each indexing op's backward would materialise a zero
+    # tensor of the full [B,H,n,...] shape, making the backward O(n^2) in the number of chunks.
+    w_value_c = w_value.unbind(2)
+    w_key_c = w_key.unbind(2) if delta else None
+    q_decay_c, qk_c, decay_c = q_decay.unbind(2), qk.unbind(2), chunk_decay.unbind(2)
+    k_to_end_c = k_to_end.transpose(-1, -2).unbind(2)
     outs = []
     for i in range(n):
-        u = w_value[:, :, i] - w_key[:, :, i] @ S if delta else w_value[:, :, i]
-        outs.append(q_decay[:, :, i] @ S + qk[:, :, i] @ u)
-        S = S * chunk_decay[:, :, i, None, None] + k_to_end[:, :, i].transpose(-1, -2) @ u
+        u = w_value_c[i] - w_key_c[i] @ S if delta else w_value_c[i]
+        outs.append(q_decay_c[i] @ S + qk_c[i] @ u)
+        S = S * decay_c[i] + k_to_end_c[i] @ u
     o = torch.stack(outs, dim=2).reshape(B, H, n * C, V)[:, :, :T] * scale
     return o.transpose(1, 2), S
 
