@@ -50,6 +50,18 @@ class AhnLayerSpec:
         # This code's own implementation: if another copy of this code (the installed package and a
         # repo's remote code) registered "ahn" last, its dispatcher still calls the right one.
         self.attention = _ahn_attention
+        self.rotary = None  # the base's rotary embedding module (set by attach_ahn), for sink clamping
+
+    @property
+    def sink_position_limit(self):
+        """The base's trained context ``P`` if queries beyond it get clamped sink distances, else ``None``."""
+        if not getattr(self.config, "clamp_sink_positions", True) or not self.config.num_sinks:
+            return None
+        base = getattr(self.config, "base_config", None)
+        return getattr(base, "max_position_embeddings", None) if base is not None else None
+
+    def inv_freq(self):
+        return getattr(self.rotary, "inv_freq", None) if self.rotary is not None else None
 
 
 def _eager_attention(module, query, key, value, mask, scaling, dropout):
@@ -118,6 +130,33 @@ def ahn_attention_forward(module, *args, **kwargs):
     return spec.attention(module, *args, **kwargs)
 
 
+def _sink_clamped(spec, query, key, qpos, key_is_sink, scaling):
+    """Queries beyond the base's trained context see the sinks as if they sat at its last position.
+
+    ``qpos`` ``[B, q]``: the queries' real (RoPE) positions; ``key_is_sink`` ``[B, kv]``. Returns
+    ``(query, key, scaling)`` to attend with instead, or ``None`` when nothing needs clamping. A query at
+    position ``t > P`` is rotated back by ``t - P`` for the sink keys only, which one attention call does
+    by doubling the head size: ``[q, R(P - t) q] . [k * not_sink, k * sink]``. Exact (RoPE rotations
+    compose); values are unchanged.
+    """
+    limit = spec.sink_position_limit
+    if limit is None or qpos.numel() == 0 or int(qpos.max()) < limit or not bool(key_is_sink.any()):
+        return None
+    inv_freq = spec.inv_freq()
+    D = query.shape[-1]
+    if inv_freq is None or 2 * inv_freq.numel() != D:
+        return None  # no (full-dimension) rotary embedding to undo
+    back = (qpos - (limit - 1)).clamp(min=0).to(torch.float32)  # [B, q]
+    ang = back[:, None, :, None] * inv_freq.to(device=query.device, dtype=torch.float32)  # [B, 1, q, D/2]
+    ang = torch.cat([ang, ang], dim=-1)
+    q = query.float()
+    rot = torch.cat([q[..., D // 2:], -q[..., : D // 2]], dim=-1)  # rotate_half(q) rotated by -angle
+    q_sink = (q * ang.cos() + rot * ang.sin()).to(query.dtype)
+    is_sink = key_is_sink[:, None, :, None].to(device=key.device, dtype=key.dtype)
+    key2 = torch.cat([key * (1 - is_sink), key * is_sink], dim=-1)
+    return torch.cat([query, q_sink], dim=-1), key2, scaling if scaling is not None else D**-0.5
+
+
 def _window_mask(qidx, kidx, rpos, W, S):
     """``[B, q, k]``: key ``j`` is visible to query ``i`` if real, causal, and in the window or a sink."""
     rel = (qidx[:, None] - kidx[None, :])[None]
@@ -143,9 +182,13 @@ def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scali
         q1 = min(L, q0 + block)
         k0 = max(0, q0 - W + 1)
         kidx = torch.cat([torch.arange(min(sink_end, k0), device=dev), torch.arange(k0, q1, device=dev)])
-        mask = _window_mask(torch.arange(q0, q1, device=dev), kidx, rpos[:, kidx], W, S)
-        out, _ = _inner_attention(spec, module, query[:, :, q0:q1], key[:, :, kidx], value[:, :, kidx],
-                                  mask[:, None], scaling, dropout)
+        rk = rpos[:, kidx]
+        mask = _window_mask(torch.arange(q0, q1, device=dev), kidx, rk, W, S)
+        qb, kb, sc = query[:, :, q0:q1], key[:, :, kidx], scaling
+        clamped = _sink_clamped(spec, qb, kb, rpos[:, q0:q1], (rk >= 0) & (rk < S), scaling)
+        if clamped is not None:
+            qb, kb, sc = clamped
+        out, _ = _inner_attention(spec, module, qb, kb, value[:, :, kidx], mask[:, None], sc, dropout)
         outs.append(out)
     return torch.cat(outs, dim=1)
 
@@ -199,7 +242,14 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
         vis = _window_mask(qidx, kidx, rpos_all.to(dev), W, S)
         sink_vis = layer.sink_filled[:, None, :].to(dev).expand(B, q_len, S)
         mask = torch.cat([sink_vis, vis], dim=-1)[:, None]
-        attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
+        rp = rpos_all.to(dev)
+        key_is_sink = torch.cat([torch.ones_like(sink_vis[:, 0]), (rp >= 0) & (rp < S)], dim=-1)
+        clamped = _sink_clamped(spec, query, key, rpos_new.to(dev), key_is_sink, scaling)
+        if clamped is not None:
+            query_s, key_s, scaling_s = clamped
+            attn_out, attn_weights = _inner_attention(spec, module, query_s, key_s, value, mask, scaling_s, dropout)
+        else:
+            attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
 
     # Memory: the token leaving the window at query i is slot i - W; it enters memory if it is real and no sink.
     memory = spec.memory
@@ -269,7 +319,9 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
             layer.ahn = mem
         elif "ahn" in layer._modules:
             del layer._modules["ahn"]
-        attn.__dict__["_ahn"] = AhnLayerSpec(mem.fn if mem is not None else None, config, inner)
+        spec = AhnLayerSpec(mem.fn if mem is not None else None, config, inner)
+        spec.rotary = getattr(decoder, "rotary_emb", None)
+        attn.__dict__["_ahn"] = spec
         ensure_pre_hook(attn)
 
 

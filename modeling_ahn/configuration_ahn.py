@@ -71,6 +71,13 @@ class AhnConfig(PreTrainedConfig):
         full_attention_layers: layers kept at full attention, without AHN (official ``fa_layer_ids``).
         prefill_chunk_size: a prompt longer than this is pre-filled in chunks of this many tokens, so
             peak memory does not grow with its length; ``None`` pre-fills in one pass.
+        clamp_sink_positions: when a query's position exceeds the base's own
+            ``max_position_embeddings`` ``P``, score it against the attention sinks as if it sat at ``P``
+            (its query is rotated back to ``P`` for the sink keys only), so that no query-sink distance
+            exceeds what the base was trained on. The window and the memory are unaffected, and nothing
+            changes within ``P`` tokens. Without it, RoPE bases fall apart once sinks lie beyond their trained
+            context (SmolLM2, ``P`` = 8k: sinks+SWA perplexity 27 -> 218 at 12k-16k tokens). ``False``: sinks
+            at their absolute positions, as the original release computes them.
         max_position_embeddings: the effective context length reported to tools. AHN has no hard limit;
             the base's own limit stays in ``base_config.max_position_embeddings``.
     """
@@ -86,6 +93,7 @@ class AhnConfig(PreTrainedConfig):
     num_sinks: int = DEFAULT_NUM_SINKS
     full_attention_layers: list[int] | str | None = None
     prefill_chunk_size: int | None = DEFAULT_PREFILL_CHUNK_SIZE
+    clamp_sink_positions: bool = True
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
     tie_word_embeddings: bool = False
