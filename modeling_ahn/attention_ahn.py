@@ -130,14 +130,16 @@ def ahn_attention_forward(module, *args, **kwargs):
     return spec.attention(module, *args, **kwargs)
 
 
-def _sink_clamped(spec, query, key, qpos, key_is_sink, scaling):
+def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
     """Queries beyond the base's trained context see the sinks as if they sat at its last position.
 
     ``qpos`` ``[B, q]``: the queries' real (RoPE) positions; ``key_is_sink`` ``[B, kv]``. Returns
-    ``(query, key, scaling)`` to attend with instead, or ``None`` when nothing needs clamping. A query at
-    position ``t > P`` is rotated back by ``t - P`` for the sink keys only, which one attention call does
-    by doubling the head size: ``[q, R(P - t) q] . [k * not_sink, k * sink]``. Exact (RoPE rotations
-    compose); values are unchanged.
+    ``(query, key, value, scaling)`` to attend with instead (the output's first ``D`` channels are the
+    result), or ``None`` when nothing needs clamping. A query at position ``t > P`` is rotated back by
+    ``t - P`` for the sink keys only, which one attention call does by doubling the head size:
+    ``[q, R(P - t) q] . [k * not_sink, k * sink]``. Exact (RoPE rotations compose). Values are zero-padded
+    to the same size, so that SDPA keeps its fused kernel (it falls back to the slow math path when the
+    value head size differs from the query's).
     """
     limit = spec.sink_position_limit
     if limit is None or qpos.numel() == 0 or int(qpos.max()) < limit or not bool(key_is_sink.any()):
@@ -154,7 +156,8 @@ def _sink_clamped(spec, query, key, qpos, key_is_sink, scaling):
     q_sink = (q * ang.cos() + rot * ang.sin()).to(query.dtype)
     is_sink = key_is_sink[:, None, :, None].to(device=key.device, dtype=key.dtype)
     key2 = torch.cat([key * (1 - is_sink), key * is_sink], dim=-1)
-    return torch.cat([query, q_sink], dim=-1), key2, scaling if scaling is not None else D**-0.5
+    value2 = F.pad(value, (0, D))
+    return torch.cat([query, q_sink], dim=-1), key2, value2, scaling if scaling is not None else D**-0.5
 
 
 def _window_mask(qidx, kidx, rpos, W, S):
@@ -184,11 +187,12 @@ def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scali
         kidx = torch.cat([torch.arange(min(sink_end, k0), device=dev), torch.arange(k0, q1, device=dev)])
         rk = rpos[:, kidx]
         mask = _window_mask(torch.arange(q0, q1, device=dev), kidx, rk, W, S)
-        qb, kb, sc = query[:, :, q0:q1], key[:, :, kidx], scaling
-        clamped = _sink_clamped(spec, qb, kb, rpos[:, q0:q1], (rk >= 0) & (rk < S), scaling)
+        qb, kb, vb, sc = query[:, :, q0:q1], key[:, :, kidx], value[:, :, kidx], scaling
+        clamped = _sink_clamped(spec, qb, kb, vb, rpos[:, q0:q1], (rk >= 0) & (rk < S), scaling)
         if clamped is not None:
-            qb, kb, sc = clamped
-        out, _ = _inner_attention(spec, module, qb, kb, value[:, :, kidx], mask[:, None], sc, dropout)
+            qb, kb, vb, sc = clamped
+        out, _ = _inner_attention(spec, module, qb, kb, vb, mask[:, None], sc, dropout)
+        out = out[..., : value.shape[-1]]
         outs.append(out)
     return torch.cat(outs, dim=1)
 
@@ -244,10 +248,12 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
         mask = torch.cat([sink_vis, vis], dim=-1)[:, None]
         rp = rpos_all.to(dev)
         key_is_sink = torch.cat([torch.ones_like(sink_vis[:, 0]), (rp >= 0) & (rp < S)], dim=-1)
-        clamped = _sink_clamped(spec, query, key, rpos_new.to(dev), key_is_sink, scaling)
+        clamped = _sink_clamped(spec, query, key, value, rpos_new.to(dev), key_is_sink, scaling)
         if clamped is not None:
-            query_s, key_s, scaling_s = clamped
-            attn_out, attn_weights = _inner_attention(spec, module, query_s, key_s, value, mask, scaling_s, dropout)
+            query_s, key_s, value_s, scaling_s = clamped
+            attn_out, attn_weights = _inner_attention(spec, module, query_s, key_s, value_s, mask, scaling_s,
+                                                      dropout)
+            attn_out = attn_out[..., : value.shape[-1]]
         else:
             attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
 
