@@ -64,11 +64,14 @@ def main(argv=None):
         adapter = str(shipped_repo("gdn", base=base))
     parts = args.parts.split(",")
     partial_path = Path(args.out + ".partial.json")
-    done = json.loads(partial_path.read_text()) if partial_path.exists() else {}
 
-    def record(key, value):  # merged with what other runs (e.g. --parts c in parallel) wrote meanwhile
-        if partial_path.exists():
-            done.update(json.loads(partial_path.read_text()))
+    def stored() -> dict:  # re-read each time: other runs (e.g. --parts c in parallel) may have added units
+        return json.loads(partial_path.read_text()) if partial_path.exists() else {}
+
+    done = stored()
+
+    def record(key, value):
+        done.update(stored())
         done[key] = value
         partial_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = partial_path.with_suffix(f".{os.getpid()}.tmp")
@@ -140,7 +143,7 @@ def main(argv=None):
             record(f"c/{task}/{m}/{L}/{d:.3f}", {"score": score, "output": out, "tokens": int(ids.shape[1]),
                                                 "fact_token": probe.fact_token})
 
-    done.update(json.loads(partial_path.read_text()) if partial_path.exists() else {})
+    done.update(stored())
     report = summarize(done, args, base, adapter)
     if report is not None:
         Path(args.out + ".json").write_text(json.dumps(report, indent=2))

@@ -160,6 +160,16 @@ def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
     return torch.cat([query, q_sink], dim=-1), key2, value2, scaling if scaling is not None else D**-0.5
 
 
+def _window_attention(spec, module, query, key, value, mask, scaling, dropout, qpos, key_is_sink):
+    """``_inner_attention`` over sinks + window keys, with the sinks clamped for queries beyond the base's
+    trained context (see ``_sink_clamped``)."""
+    clamped = _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling)
+    if clamped is None:
+        return _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
+    out, weights = _inner_attention(spec, module, *clamped[:3], mask, clamped[3], dropout)
+    return out[..., : value.shape[-1]], weights
+
+
 def _window_mask(qidx, kidx, rpos, W, S):
     """``[B, q, k]``: key ``j`` is visible to query ``i`` if real, causal, and in the window or a sink."""
     rel = (qidx[:, None] - kidx[None, :])[None]
@@ -187,12 +197,8 @@ def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scali
         kidx = torch.cat([torch.arange(min(sink_end, k0), device=dev), torch.arange(k0, q1, device=dev)])
         rk = rpos[:, kidx]
         mask = _window_mask(torch.arange(q0, q1, device=dev), kidx, rk, W, S)
-        qb, kb, vb, sc = query[:, :, q0:q1], key[:, :, kidx], value[:, :, kidx], scaling
-        clamped = _sink_clamped(spec, qb, kb, vb, rpos[:, q0:q1], (rk >= 0) & (rk < S), scaling)
-        if clamped is not None:
-            qb, kb, vb, sc = clamped
-        out, _ = _inner_attention(spec, module, qb, kb, vb, mask[:, None], sc, dropout)
-        out = out[..., : value.shape[-1]]
+        out, _ = _window_attention(spec, module, query[:, :, q0:q1], key[:, :, kidx], value[:, :, kidx],
+                                   mask[:, None], scaling, dropout, rpos[:, q0:q1], (rk >= 0) & (rk < S))
         outs.append(out)
     return torch.cat(outs, dim=1)
 
@@ -243,19 +249,13 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
     if attn_out is None:  # mask over [sink store (S), window + new (n_all)], per row
         qidx = torch.arange(start, start + q_len, device=dev)
         kidx = torch.arange(start - n_old, start + q_len, device=dev)
-        vis = _window_mask(qidx, kidx, rpos_all.to(dev), W, S)
+        rp = rpos_all.to(dev)
+        vis = _window_mask(qidx, kidx, rp, W, S)
         sink_vis = layer.sink_filled[:, None, :].to(dev).expand(B, q_len, S)
         mask = torch.cat([sink_vis, vis], dim=-1)[:, None]
-        rp = rpos_all.to(dev)
         key_is_sink = torch.cat([torch.ones_like(sink_vis[:, 0]), (rp >= 0) & (rp < S)], dim=-1)
-        clamped = _sink_clamped(spec, query, key, value, rpos_new.to(dev), key_is_sink, scaling)
-        if clamped is not None:
-            query_s, key_s, value_s, scaling_s = clamped
-            attn_out, attn_weights = _inner_attention(spec, module, query_s, key_s, value_s, mask, scaling_s,
-                                                      dropout)
-            attn_out = attn_out[..., : value.shape[-1]]
-        else:
-            attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
+        attn_out, attn_weights = _window_attention(spec, module, query, key, value, mask, scaling, dropout,
+                                                   rpos_new.to(dev), key_is_sink)
 
     # Memory: the token leaving the window at query i is slot i - W; it enters memory if it is real and no sink.
     memory = spec.memory
