@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .attention_ahn import AHN_ATTENTION, ahn_attention_forward, attach_ahn
 from .cache_ahn import AhnCache, SinkWindowLayer
 from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig
+from .evaluation import lm_eval_include_path
 from .memory_ahn import (
     AHN_TYPES,
     DeltaNet,
@@ -52,6 +53,7 @@ __all__ = [
     "code_hash",
     "get_memory_backend",
     "kernels_available",
+    "lm_eval_include_path",
     "peft_adapter_path",
     "set_memory_backend",
     "write_ahn_repo",

@@ -284,7 +284,7 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
 def _ahn_pre_hook(module, args, kwargs):
     """Stash the layer input and the cache; turn an empty stock cache layer into an AHN one."""
     hidden = kwargs.get("hidden_states", args[0] if args else None)
-    cache = kwargs.get("past_key_values")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24 / earlier 5.x
     spec = module.__dict__.get("_ahn")
     if spec is not None and spec.memory is not None and isinstance(cache, Cache):
         idx = module.layer_idx

@@ -128,6 +128,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluation import PAPER_PRESETS, EvalSettings, evaluate, parse_lengths, table
+
+    tasks, lengths = args.tasks, args.lengths
+    window, sinks, budget = args.window, args.sinks, args.max_input_tokens
+    if args.paper:
+        preset = PAPER_PRESETS[args.paper]
+        print(f"ahn eval --paper {args.paper}: {preset['note']}")
+        tasks = tasks or ",".join(preset["tasks"])
+        lengths = lengths or ",".join(preset["lengths"])
+        window = window if window is not None else preset["window"]
+        sinks = sinks if sinks is not None else preset["sinks"]
+        budget = budget if budget is not None else preset["max_input_tokens"]
+    if not tasks:
+        raise ValueError("give --tasks (e.g. ahn_passkey,ahn_needle,ahn_ppl_austen) or --paper NAME")
+    settings = EvalSettings(
+        model=args.model, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+        lengths=parse_lengths(lengths or "4k"), methods=[m.strip() for m in args.compare.split(",") if m.strip()],
+        base=args.base, window=window, sinks=sinks, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
+        dtype=args.dtype, apply_chat_template=args.apply_chat_template, data_dir=args.data_dir,
+        corpus_dir=args.corpus_dir, max_input_tokens=budget, full_beyond_context=args.full_beyond_context,
+        device=args.device)
+    report = evaluate(settings, args.out, resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.no_progress)
+    print(table(report))
+    print(f"wrote {args.out}/results.json, table.md and scores.png")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import main as demo_main
 
@@ -237,6 +266,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/bench.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("eval", help="lm-eval tasks for AHN vs its base with full attention vs sinks+SWA, by length",
+                       description="Runs the same lm-evaluation-harness tasks (the offline ahn_* suite, RULER, or "
+                       "the paper's benchmarks from local data) for each method and length, with no truncation; "
+                       "writes results.json, table.md and scores.png into --out and resumes a partial run.")
+    p.add_argument("--model", required=True, help="an exported AHN repo (dir or Hub id)")
+    p.add_argument("--compare", default="full,swa,ahn", help="methods: full (the base), swa (sinks+SWA), ahn")
+    p.add_argument("--tasks", default=None, help="comma list of tasks or groups (ahn_longctx, ahn_ruler_offline, ...)")
+    p.add_argument("--lengths", default=None, help="comma list of prompt lengths, e.g. 4k,8k,16k,32k (default 4k)")
+    p.add_argument("--paper", default=None, choices=["longbench", "infinitebench", "lveval", "ruler128k"],
+                   help="the paper's setting for a benchmark (tasks, window, sinks, truncation); needs --data-dir")
+    p.add_argument("--data-dir", default=None, help="local copy of the benchmark's data (paper tasks)")
+    p.add_argument("--corpus-dir", default=None, help="corpora root for ahn_needle / ahn_ppl_* "
+                   "(default: ahn corpora's)")
+    p.add_argument("--max-input-tokens", type=int, default=None, help="middle-truncation budget of the paper tasks")
+    p.add_argument("--window", type=int, default=None, help="sliding window for swa and ahn (default: the repo's)")
+    p.add_argument("--sinks", type=int, default=None, help="attention sinks for swa and ahn (default: the repo's)")
+    p.add_argument("--base", default=None, help="base model to use instead of the repo's base_model_name_or_path")
+    p.add_argument("--limit", type=int, default=None, help="samples per task and length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default=None, help="device_map for the models (default: transformers' choice)")
+    p.add_argument("--apply-chat-template", action="store_true", help="wrap prompts in the model's chat template")
+    p.add_argument("--full-beyond-context", default="mark", choices=["mark", "skip", "error"],
+                   help="full attention at lengths beyond the base's trained context: run and mark as "
+                   "extrapolation (default), skip, or refuse")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue the evaluation stored in --out")
+    p.add_argument("--overwrite", action="store_true", help="discard the evaluation stored in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("push", help="upload an exported repo folder to the Hub")
     p.add_argument("folder")

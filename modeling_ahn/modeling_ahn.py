@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -41,6 +42,16 @@ PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_SUBFOLDER = "peft"
 HUB_KWARGS = ("cache_dir", "force_download", "token", "revision", "local_files_only", "subfolder", "proxies")
 AUTO_KWARGS = ("trust_remote_code", "_from_auto", "adapter_kwargs", "code_revision", "_from_pipeline", "_commit_hash")
+
+
+def _cache_kwarg_name() -> str:
+    """transformers >= 5.24 passes the KV cache as ``cache=`` (``past_key_values`` is a deprecated alias until
+    5.40); earlier 5.x as ``past_key_values=``. Our forwards accept both and hand the base the name it knows."""
+    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+CACHE_KWARG = _cache_kwarg_name()
 # Settings that may be overridden at load time: from_pretrained(repo, sliding_window=8064, num_sinks=128)
 RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size")
 
@@ -168,7 +179,7 @@ class AhnPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _base_auto_class = AutoModelForCausalLM
 
     def _init_weights(self, module):
@@ -267,8 +278,13 @@ class AhnPreTrainedModel(PreTrainedModel):
             return past_key_values  # upgraded per layer by the pre-hook, or a clear error there
         raise ValueError(f"past_key_values must be an AhnCache, got {type(past_key_values).__name__}.")
 
-    def _prepare_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache):
-        """Shared checks of both forwards: cache, mask length, positions that skip left padding."""
+    def _prepare_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
+                        cache=None):
+        """Shared checks of both forwards: cache (given as ``cache`` or ``past_key_values``), mask length, positions
+        that skip left padding."""
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("Pass the cache once: as cache= or as past_key_values=, not two different ones.")
+        past_key_values = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         self.config.validate_ahn()  # settings may have been changed on the live config
@@ -302,9 +318,9 @@ class AhnPreTrainedModel(PreTrainedModel):
             part = dict(
                 attention_mask=None if attention_mask is None else attention_mask[:, : past + end],
                 position_ids=None if position_ids is None else position_ids[:, start:end],
-                past_key_values=cache,
                 use_cache=True,
             )
+            part[CACHE_KWARG] = cache
             part["input_ids" if input_ids is not None else "inputs_embeds"] = x[:, start:end]
             yield start, end, part
 
@@ -459,24 +475,25 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         return self.model
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+        given = any(model_kwargs.get(k) is not None for k in ("cache", "past_key_values"))
+        if not given and generation_config.use_cache is not False:
             if generation_config.cache_implementation not in (None, "dynamic"):
                 raise ValueError(
                     f"cache_implementation={generation_config.cache_implementation!r} is not supported by AHN models; "
                     "leave it unset (an AhnCache is used)."
                 )
-            model_kwargs["past_key_values"] = self.new_cache()
+            model_kwargs[CACHE_KWARG] = self.new_cache()
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cache=None, **kwargs):
         use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked = self._prepare_inputs(
-            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, cache)
         if not chunked:
             return self.base_causal_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                       past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                                       use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+                                       inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                                       logits_to_keep=logits_to_keep, **{CACHE_KWARG: past_key_values}, **kwargs)
         # Chunked prefill: the cache never holds more than sinks + window; only the logits asked for
         # (the last `logits_to_keep`; all when 0, a tensor of indices, or with labels) are computed.
         keep_all = labels is not None or not isinstance(logits_to_keep, int) or logits_to_keep == 0
@@ -495,7 +512,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.base_causal_lm.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KWARG: past_key_values})
 
 
 class AhnModel(AhnPreTrainedModel):
@@ -520,17 +537,17 @@ class AhnModel(AhnPreTrainedModel):
         self.model.set_input_embeddings(value)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs):
+                inputs_embeds=None, use_cache=None, cache=None, **kwargs):
         use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked = self._prepare_inputs(
-            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, cache)
         if not chunked:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                              inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: past_key_values},
                               **kwargs)
         hidden = [self.model(**part, **kwargs).last_hidden_state
                   for _, _, part in self._chunks(input_ids, inputs_embeds, attention_mask, position_ids,
                                                  past_key_values, past)]
-        return BaseModelOutputWithPast(last_hidden_state=torch.cat(hidden, 1), past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=torch.cat(hidden, 1), **{CACHE_KWARG: past_key_values})
 
 
 # ---------------------------------------------------------------------- repo writer
@@ -606,6 +623,13 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
             logger.warning("No tokenizer saved: could not load one from %r (%s). Pass tokenizer=...", source, e)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+        # The base tokenizer's model_max_length is the base's context; AHN reads further, and tools that trust
+        # this number (tokenizer warnings, lm-eval's fallback) should see the AHN model's effective context.
+        tok_cfg = out / "tokenizer_config.json"
+        if tok_cfg.exists():
+            data = json.loads(tok_cfg.read_text(encoding="utf-8"))
+            data["model_max_length"] = int(config.max_position_embeddings)
+            tok_cfg.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     n_params = sum(v.numel() for v in tensors.values())
     try:
