@@ -177,28 +177,40 @@ def _window_mask(qidx, kidx, rpos, W, S):
     return ((rp >= 0) & (rel >= 0) & ((rel < W) | (rp < S))) | (rel == 0)  # pad queries see themselves
 
 
-def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scaling, dropout):
-    """Sinks + window attention of a whole sequence (no cache), query block by query block.
+def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scaling, dropout, n_old=0,
+                              store_vis=None):
+    """Sinks + window attention of ``q`` new queries, query block by query block.
 
-    Block ``[q0, q1)`` only needs the sink tokens (real position < S) and keys ``[q0 - W + 1, q1)``; the
-    result equals attention over all keys with the full mask. Returns ``None`` when blocking saves nothing.
+    ``key``/``value``: ``[store (P slots), old (n_old), new (q)]`` (no store and no old keys for a whole sequence);
+    ``rpos`` ``[B, n_old + q]``: real positions of old + new (-1 = pad); ``store_vis`` ``[B, P]``: which sink-store
+    slots are filled. Block ``[q0, q1)`` only needs the store, the sink tokens among old + new and the keys
+    ``[n_old + q0 - W + 1, n_old + q1)``; every other key is masked for all of its queries, so the result equals
+    attention over all keys with the full mask, at O(q (S + W)) instead of O(q (S + W + q)). Returns ``None`` when
+    blocking saves nothing.
     """
     L = query.shape[2]
+    P = 0 if store_vis is None else store_vis.shape[1]
     block = max(W, BLOCK_MIN)
     is_sink = (rpos >= 0) & (rpos < S)
     sink_end = int(is_sink.nonzero()[:, 1].max()) + 1 if S and bool(is_sink.any()) else 0
-    if sink_end + block + W >= 0.75 * L:
+    if P + sink_end + block + W >= 0.75 * (P + n_old + L):
         return None
     dev = query.device
+    B = query.shape[0]
     outs = []
     for q0 in range(0, L, block):
         q1 = min(L, q0 + block)
-        k0 = max(0, q0 - W + 1)
-        kidx = torch.cat([torch.arange(min(sink_end, k0), device=dev), torch.arange(k0, q1, device=dev)])
-        rk = rpos[:, kidx]
-        mask = _window_mask(torch.arange(q0, q1, device=dev), kidx, rk, W, S)
-        out, _ = _window_attention(spec, module, query[:, :, q0:q1], key[:, :, kidx], value[:, :, kidx],
-                                   mask[:, None], scaling, dropout, rpos[:, q0:q1], (rk >= 0) & (rk < S))
+        a0 = max(0, n_old + q0 - W + 1)
+        aidx = torch.cat([torch.arange(min(sink_end, a0), device=dev), torch.arange(a0, n_old + q1, device=dev)])
+        rk = rpos[:, aidx]
+        mask = _window_mask(torch.arange(n_old + q0, n_old + q1, device=dev), aidx, rk, W, S)
+        key_is_sink = (rk >= 0) & (rk < S)
+        if P:
+            mask = torch.cat([store_vis[:, None, :].to(dev).expand(B, q1 - q0, P), mask], dim=-1)
+            key_is_sink = torch.cat([torch.ones_like(store_vis, dtype=torch.bool).to(dev), key_is_sink], dim=-1)
+            aidx = torch.cat([torch.arange(P, device=dev), aidx + P])
+        out, _ = _window_attention(spec, module, query[:, :, q0:q1], key[:, :, aidx], value[:, :, aidx],
+                                   mask[:, None], scaling, dropout, rpos[:, n_old + q0: n_old + q1], key_is_sink)
         outs.append(out)
     return torch.cat(outs, dim=1)
 
@@ -246,6 +258,9 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
     if whole_sequence and spec.inner == "sdpa":
         attn_out = _blocked_window_attention(spec, module, query, all_k, all_v, rpos_all.to(dev), W, S, scaling,
                                              dropout)
+    elif spec.inner == "sdpa" and q_len > W:  # a long cached prefill chunk: the same blocking, after the cache
+        attn_out = _blocked_window_attention(spec, module, query, key, value, rpos_all.to(dev), W, S, scaling,
+                                             dropout, n_old=n_old, store_vis=layer.sink_filled)
     if attn_out is None:  # mask over [sink store (S), window + new (n_all)], per row
         qidx = torch.arange(start, start + q_len, device=dev)
         kidx = torch.arange(start - n_old, start + q_len, device=dev)

@@ -288,6 +288,7 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
+    from .configuration_ahn import DEFAULT_PREFILL_CHUNK_SIZE
     from .data_ahn import iter_documents, tokenize_documents
     from .hub import render_training_section
     from .modeling_ahn import AhnForCausalLM, write_ahn_repo
@@ -482,6 +483,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
                   "mean tokens/s": round(sum(r["tokens"] for r in train_rows)
                                          / max(1e-9, sum(r["step_s"] for r in train_rows)), 1)}
         model.config.sliding_window, model.config.num_sinks = eval_window, eval_sinks
+        # training runs whole sequences; the exported adapter pre-fills long prompts in chunks (bounded memory)
+        model.config.prefill_chunk_size = DEFAULT_PREFILL_CHUNK_SIZE
         write_ahn_repo(adapter, model.config, model.ahn_state_dict(), generation_config=model.generation_config,
                        tokenizer=tokenizer, eval_results=eval_rows,
                        extra_card_sections=[render_training_section(recipe)])

@@ -213,6 +213,22 @@ def _primary(task_results: dict, length: int) -> tuple[str, float, bool] | None:
     return None
 
 
+def _no_nltk_download() -> None:
+    """lm-eval's RULER module downloads nltk's punkt_tab at import unless it is installed; only the essay
+    haystacks use it, and the offline RULER tasks do not. Point nltk at an empty stand-in so that nothing tries the
+    network."""
+    import tempfile
+
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+    except LookupError:
+        root = Path(tempfile.mkdtemp(prefix="ahn-nltk-"))
+        (root / "tokenizers" / "punkt_tab").mkdir(parents=True)
+        nltk.data.path.insert(0, str(root))
+
+
 def run_unit(lm, s: EvalSettings, task: str, length: int, tokenizer_name: str) -> dict:
     """One task at one length through lm-eval's Python API; its leaf scores and whether anything was truncated."""
     from lm_eval import simple_evaluate
@@ -223,6 +239,9 @@ def run_unit(lm, s: EvalSettings, task: str, length: int, tokenizer_name: str) -
     for k in ("data_dir", "corpus_dir", "max_input_tokens"):
         if getattr(s, k) is not None:
             meta[k] = getattr(s, k)
+    leaves = resolve_tasks([task])[task]
+    if any(t in RULER_TASKS for t in leaves) and all(t in RULER_OFFLINE or t not in RULER_TASKS for t in leaves):
+        _no_nltk_download()
     watch = _TruncationWatch()
     lm_logger = logging.getLogger("lm_eval")
     lm_logger.addHandler(watch)

@@ -77,6 +77,24 @@ def test_hflm_sees_the_effective_context_not_the_base_limit(env):
     assert lm.max_length == cfg["max_position_embeddings"] >= 2**20
 
 
+def test_simple_evaluate_by_path_reads_past_the_base_context(env, caplog):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=lm_eval_include_path(), metadata={
+        "tokenizer": env["repo"], "max_seq_lengths": [L2], "num_samples": 2})
+    with caplog.at_level(logging.WARNING):
+        res = simple_evaluate(model="hf", model_args=dict(pretrained=env["repo"], trust_remote_code=True,
+                                                          dtype="float32"),
+                              tasks=["ahn_passkey_mc"], task_manager=tm, device="cpu", log_samples=True,
+                              bootstrap_iters=0)
+    assert not [r for r in caplog.records if "truncat" in r.getMessage().lower()]
+    assert res["results"]["ahn_passkey_mc"]["acc,none"] in (0.0, 0.5, 1.0)
+    tok = AutoTokenizer.from_pretrained(env["repo"])
+    prompt = res["samples"]["ahn_passkey_mc"][0]["arguments"][0][0]
+    assert len(tok(prompt)["input_ids"]) > P  # the request really is longer than the base's context
+
+
 def _evaluate(lm, tasks, corpus, seed=0, n=3):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -120,22 +138,26 @@ def test_python_api_long_inputs_untruncated_and_batch_size_invariant(env, caplog
                 assert v == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (task, k)
 
 
-def test_lm_eval_cli_end_to_end(env, tmp_path):
-    """`lm_eval --model hf --model_args pretrained=<ahn repo>,trust_remote_code=True` with no max_length."""
-    out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf",
-           "--model_args", f"pretrained={env['repo']},trust_remote_code=True,dtype=float32",
-           "--tasks", "ahn_passkey,ahn_passkey_mc", "--include_path", lm_eval_include_path(),
-           "--metadata", json.dumps({"max_seq_lengths": [L2], "num_samples": 2}),
-           "--device", "cpu", "--batch_size", "2", "--output_path", str(out)]
+def test_readme_eval_block_runs_as_written(env, tmp_path):
+    """The README's block: `lm_eval --model hf --model_args pretrained=$REPO,trust_remote_code=True` with no
+    max_length at 4x the base's context, then `ahn eval --compare full,swa,ahn`."""
+    from .test_readme import _section_blocks
+
+    block = _section_blocks("Evaluation: lm-eval-harness and `ahn eval`", "bash")[0]
     env_vars = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_vars, timeout=600)
+                "HF_HOME": str(tmp_path / "hf"), "REPO": env["repo"],
+                "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True, text=True,
+                          env=env_vars, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "truncat" not in (proc.stdout + proc.stderr).lower()
-    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    results = json.loads(next((tmp_path / "runs" / "lm-eval").rglob("results_*.json")).read_text())["results"]
     assert set(results) == {"ahn_passkey", "ahn_passkey_mc"}
-    assert results["ahn_passkey"][f"{L2},none"] == results["ahn_passkey"]["score,none"]  # the per-length key
+    assert results["ahn_passkey"]["2048,none"] == results["ahn_passkey"]["score,none"]  # the per-length key
+    report = json.loads((tmp_path / "runs" / "eval-demo" / "results.json").read_text())
+    assert report["scores"]["ahn_passkey"]["full"]["2048"]["extrapolated"]
+    assert (tmp_path / "runs" / "eval-demo" / "scores.png").is_file()
+    assert "| ahn_passkey_mc | acc | sinks+SWA |" in proc.stdout
 
 
 # ---------------------------------------------------------------------- the task generators
@@ -276,6 +298,30 @@ def test_ahn_eval_cli_and_paper_task(env, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "ahn_lveval_factrecall_en" in printed and "| AHN |" in printed
+
+
+def test_offline_ruler_task_runs_through_ahn_eval(env, tmp_path, monkeypatch):
+    """RULER's niah_single_1 at its smallest scored length, 4096 tokens (8x the base's context), offline."""
+    import socket
+
+    attempts = []
+
+    def no_network(sock, address, *a, **k):  # recorded: a library may swallow the error
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    def no_lookup(host, *a, **k):
+        attempts.append(host)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    s = EvalSettings(model=env["repo"], tasks=["niah_single_1"], lengths=[4096], methods=["ahn"], limit=1,
+                     dtype="float32")
+    report = evaluate(s, tmp_path / "ruler", progress=False)
+    cell = report["scores"]["niah_single_1"]["ahn"]["4096"]
+    assert cell["metric"] == "4096" and 0.0 <= cell["value"] <= 1.0 and cell["samples"] == 1 and not cell["truncated"]
+    assert attempts == []  # nltk's punkt_tab download (only the essay haystacks need it) was not tried
 
 
 @pytest.mark.parametrize("kw, error, match", [

@@ -336,3 +336,39 @@ def test_blocked_attention_equals_full_mask_with_padding_and_sinks(monkeypatch):
         blocked = model(ids, attention_mask=mask, use_cache=False).logits
     assert calls == [True, True]  # both layers took the blocked path
     assert (blocked - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
+    """A cached prefill chunk much longer than the window attends block by block (O(q (S + W)), not O(q^2)), also
+    after earlier chunks and with left padding, and equals the whole-sequence forward."""
+    from modeling_ahn import attention_ahn
+
+    calls = []
+    blocked = attention_ahn._blocked_window_attention
+
+    def spy(*args, **kwargs):
+        out = blocked(*args, **kwargs)
+        calls.append((kwargs.get("n_old", 0), out is not None))
+        return out
+
+    monkeypatch.setattr(attention_ahn, "_blocked_window_attention", spy)
+    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 8)
+    model = make_ahn("qwen2", ahn_type, sliding_window=5, num_sinks=2, prefill_chunk_size=None)
+    ids = _ids(150)
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        cache = model.new_cache()
+        first = model(ids[:, :9], past_key_values=cache).logits  # a short chunk fills sinks and window
+        rest = model(ids[:, 9:], past_key_values=cache).logits  # then a long one after them
+        assert any(n_old > 0 and used for n_old, used in calls), calls
+        assert (torch.cat([first, rest], 1) - ref).abs().max() < 1e-4
+        # left padding: row 1 is shorter; each row equals itself alone
+        pad = 13
+        batch = torch.stack([ids[0], torch.cat([torch.zeros(pad, dtype=ids.dtype), ids[0, :-pad]])])
+        mask = torch.ones_like(batch)
+        mask[1, :pad] = 0
+        out = model(batch, attention_mask=mask, past_key_values=model.new_cache()).logits
+        alone = model(ids[:, :-pad], use_cache=False).logits
+    assert (out[0] - ref[0]).abs().max() < 1e-4
+    assert (out[1, pad:] - alone[0]).abs().max() < 1e-4
