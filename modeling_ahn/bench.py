@@ -108,6 +108,8 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
     import torch
     from transformers import DynamicCache
 
+    from .modeling_ahn import CACHE_KWARG
+
     device = torch.device(device_name)
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
@@ -127,14 +129,14 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
         sync()
         t0 = time.perf_counter()
         for s in range(0, length, chunk):
-            out = model(input_ids=ids[:, s: s + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids[:, s: s + chunk], **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
         sync()
         prefill_s = time.perf_counter() - t0
         nxt = out.logits[:, -1:].argmax(-1)
         lat = []
         for _ in range(decode):
             t1 = time.perf_counter()
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            out = model(input_ids=nxt, **{CACHE_KWARG: cache}, use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
             sync()
             lat.append(time.perf_counter() - t1)

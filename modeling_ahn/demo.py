@@ -129,13 +129,15 @@ def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base
         print(f"document: {name} ({len(text):,} characters)\nmodel: {adapter} over {base}\n"
               f"AHN-{cfg.ahn_type.upper()}, window {cfg.sliding_window}, sinks {cfg.num_sinks}; base context "
               f"{cfg.base_config.max_position_embeddings:,} tokens; loaded in {load_s:.1f} s")
+    from .modeling_ahn import CACHE_KWARG
+
     cache = model.new_cache()
     t0 = time.perf_counter()
     with torch.inference_mode():
         bar = tqdm(total=n - 1, desc="prefill", unit="tok", unit_scale=True, disable=not progress)
         for start in range(0, n - 1, chunk):
             end = min(n - 1, start + chunk)
-            model(input_ids=ids[:, start:end], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids[:, start:end], **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
             bar.update(end - start)
         bar.close()
         prefill_s = time.perf_counter() - t0
@@ -143,7 +145,7 @@ def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base
         if progress:
             print(f"\nQ: {question.strip()}\nA: ", end="", flush=True)
         t1 = time.perf_counter()
-        out = model.generate(ids, past_key_values=cache, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(ids, **{CACHE_KWARG: cache}, max_new_tokens=max_new_tokens, do_sample=False,
                              streamer=streamer, pad_token_id=tok.pad_token_id)
         decode_s = time.perf_counter() - t1
     new = out[0, n:]
