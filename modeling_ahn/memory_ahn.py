@@ -124,14 +124,21 @@ def torch_recurrent_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=
     return o, S
 
 
-def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=64):
+# Chunk length of the torch kernel. Measured on the 2-core CPU (one thread, SmolLM2's 9 heads of 64, 8k tokens):
+# 32 beats 64 by ~20 %; the intra-chunk work grows with C, the sequential loop with T / C.
+TORCH_CHUNK_SIZE = 32
+
+
+def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=TORCH_CHUNK_SIZE):
     """Chunked (parallel) form of the recurrence, exact up to float rounding.
 
     Inside a chunk of ``C`` steps with cumulative log-decay ``c_i = sum_{j<=i} g_j``:
     ``U = T (beta*V - (beta*exp(c)*K) S0)`` with ``T = (I + A)^-1``,
     ``A_ij = beta_i exp(c_i - c_j) k_i.k_j`` for ``j < i`` (the WY form of the delta rule; ``U = beta*V``
     without the delta rule), then ``O = (Q*exp(c)) S0 + (QK^T * exp(c_i - c_j))_{j<=i} U`` and
-    ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Returns ``(o [B,T,H,V] fp32, state)``.
+    ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Everything but the ``S`` recurrence is computed for all
+    chunks at once; the loop over chunks does one ``[2C, K] x [K, V]`` product (``(beta exp(c) K T) S`` and
+    ``(Q exp(c)) S`` together) and two fused multiply-adds. Returns ``(o [B,T,H,V] fp32, state)``.
     """
     B, T, H, K = k.shape
     V = v.shape[-1]
@@ -151,35 +158,39 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
     q, k, v, beta = prep(q), prep(k), prep(v), prep(beta)
     gc = prep(g).cumsum(-1) if g is not None else torch.zeros_like(beta)
     tril = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
-    diff = gc[..., :, None] - gc[..., None, :]
-    decay = torch.where(tril, diff, float("-inf")).exp()  # exp(c_i - c_j) for j <= i, else 0
-
+    decay = (gc[..., :, None] - gc[..., None, :]).masked_fill(~tril, float("-inf")).exp()  # exp(c_i - c_j), j <= i
+    egc = gc.exp()
+    kb = k * beta[..., None]
     if delta:
-        strictly_lower = torch.ones(C, C, dtype=torch.bool, device=k.device).tril(-1)
-        A = (beta[..., None] * (k @ k.transpose(-1, -2)) * decay).masked_fill(~strictly_lower, 0.0)
+        A = ((kb @ k.transpose(-1, -2)) * decay).tril(-1)
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
-        rhs = torch.cat([beta[..., None] * v, (beta * gc.exp())[..., None] * k], dim=-1)
-        sol = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+        rhs = torch.cat([v * beta[..., None], kb * egc[..., None]], dim=-1)
+        sol = torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)
         w_value, w_key = sol[..., :V], sol[..., V:]  # U = w_value - w_key @ S0
+        reads = torch.cat([w_key, q * egc[..., None]], dim=-2)  # [B,H,n,2C,K]: one product with S per chunk
     else:
-        w_value = beta[..., None] * v
+        w_value = v * beta[..., None]
+        reads = q * egc[..., None]
 
     qk = (q @ k.transpose(-1, -2)) * decay  # [B,H,n,C,C], j <= i
-    q_decay = q * gc.exp()[..., None]
-    k_to_end = k * (gc[..., -1:] - gc).exp()[..., None]
-    chunk_decay = gc[..., -1].exp()[..., None, None]  # [B,H,n,1,1]
+    k_to_end = (k * (gc[..., -1:] - gc).exp()[..., None]).transpose(-1, -2)  # [B,H,n,K,C]
+    chunk_decay = egc[..., -1][..., None, None]  # [B,H,n,1,1]
     # One unbind per tensor, not x[:, :, i] per chunk: each indexing op's backward would materialise a zero
     # tensor of the full [B,H,n,...] shape, making the backward O(n^2) in the number of chunks.
-    w_value_c = w_value.unbind(2)
-    w_key_c = w_key.unbind(2) if delta else None
-    q_decay_c, qk_c, decay_c = q_decay.unbind(2), qk.unbind(2), chunk_decay.unbind(2)
-    k_to_end_c = k_to_end.transpose(-1, -2).unbind(2)
+    w_value_c, reads_c, qk_c = w_value.unbind(2), reads.unbind(2), qk.unbind(2)
+    decay_c, k_to_end_c = chunk_decay.unbind(2), k_to_end.unbind(2)
+    BH = B * H
     outs = []
     for i in range(n):
-        u = w_value_c[i] - w_key_c[i] @ S if delta else w_value_c[i]
-        outs.append(q_decay_c[i] @ S + qk_c[i] @ u)
-        S = S * decay_c[i] + k_to_end_c[i] @ u
-    o = torch.stack(outs, dim=2).reshape(B, H, n * C, V)[:, :, :T] * scale
+        rs = reads_c[i] @ S
+        if delta:
+            u, qs = w_value_c[i] - rs[..., :C, :], rs[..., C:, :]
+        else:
+            u, qs = w_value_c[i], rs
+        outs.append(torch.baddbmm(qs.reshape(BH, C, V), qk_c[i].reshape(BH, C, C), u.reshape(BH, C, V)))
+        S = torch.baddbmm((S * decay_c[i]).reshape(BH, K, V), k_to_end_c[i].reshape(BH, K, C),
+                          u.reshape(BH, C, V)).view(B, H, K, V)
+    o = torch.stack(outs, dim=1).reshape(B, H, n * C, V)[:, :, :T] * scale
     return o.transpose(1, 2), S
 
 
