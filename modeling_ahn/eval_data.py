@@ -326,11 +326,17 @@ def longbench(name: str):
     return build
 
 
-def longbench_results(name: str):
+def builtin_scorer(path: str):
+    """The scorer (``process_results``) of an lm-eval built-in task, e.g. ``"longbench/hotpotqa"``."""
+
     def score(doc, results):
-        return builtin_task(f"longbench/{name}")["process_results"](doc, results)
+        return builtin_task(path)["process_results"](doc, results)
 
     return score
+
+
+def longbench_results(name: str):
+    return builtin_scorer(f"longbench/{name}")
 
 
 def infinitebench(name: str):
@@ -349,10 +355,7 @@ def infinitebench(name: str):
 
 
 def infinitebench_results(name: str):
-    def score(doc, results):
-        return builtin_task(f"infinitebench/infinitebench_{name}")["process_results"](doc, results)
-
-    return score
+    return builtin_scorer(f"infinitebench/infinitebench_{name}")
 
 
 # LV-Eval's prompts (one English and one Chinese form per family) and its keyword-gated F1 metric.

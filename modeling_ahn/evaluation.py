@@ -203,11 +203,11 @@ class _TruncationWatch(logging.Handler):
 def _primary(task_results: dict, length: int) -> tuple[str, float, bool] | None:
     metrics = {k.split(",")[0]: v for k, v in task_results.items()
                if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
-    if str(length) in metrics and metrics[str(length)] != -1:
-        return str(length), float(metrics[str(length)]), True
     for name in PRIMARY_METRICS:
         if name in metrics:
             return name, float(metrics[name]), name not in LOWER_IS_BETTER
+    if str(length) in metrics and metrics[str(length)] != -1:  # RULER: one score key per length
+        return str(length), float(metrics[str(length)]), True
     for name, v in metrics.items():
         return name, float(v), name not in LOWER_IS_BETTER
     return None
@@ -372,6 +372,7 @@ def table(report: dict) -> str:
             if not cells:
                 continue
             metric = next(iter(cells.values()))["metric"]
+            metric = "score" if metric.isdigit() else metric  # RULER's per-length key
             vals = []
             for L in lengths:
                 c = cells.get(L)
@@ -408,7 +409,7 @@ def plot(report: dict, path: Path) -> None:
         return
     cols = min(3, len(tasks))
     nrows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.5, 5 * cols), 3.6 * nrows + 0.6), squeeze=False)
     colors = {"full": "tab:blue", "swa": "tab:orange", "ahn": "tab:green"}
     for ax, task in zip(axes.flat, tasks):
         metric = None
@@ -418,6 +419,7 @@ def plot(report: dict, path: Path) -> None:
             if not pts:
                 continue
             metric = pts[0][1]["metric"]
+            metric = "score" if metric.isdigit() else metric
             inside = [(L, c["value"]) for L, c in pts if not c["extrapolated"]]
             outside = [(L, c["value"]) for L, c in pts if c["extrapolated"]]
             if inside:
@@ -437,8 +439,8 @@ def plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.suptitle(f"{Path(report['model']).name}: window {report['window']}, {report['sinks']} sinks "
-                 f"(dotted line: base context {report['base_context']})", fontsize=10)
+    fig.suptitle(f"{Path(report['model']).name}: window {report['window']}, {report['sinks']} sinks\n"
+                 f"(dotted line: the base's trained context, {report['base_context']} tokens)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -164,9 +164,10 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
     if delta:
         A = ((kb @ k.transpose(-1, -2)) * decay).tril(-1)
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
-        rhs = torch.cat([v * beta[..., None], kb * egc[..., None]], dim=-1)
-        sol = torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)
-        w_value, w_key = sol[..., :V], sol[..., V:]  # U = w_value - w_key @ S0
+        # T = (I + A)^-1 once per chunk (a C x C right-hand side, cheaper than solving for [V | K] columns)
+        t_mat = torch.linalg.solve_triangular(A + eye, eye.expand_as(A), upper=False, unitriangular=True)
+        w_value = t_mat @ (v * beta[..., None])  # U = w_value - w_key @ S0
+        w_key = t_mat @ (kb * egc[..., None])
         reads = torch.cat([w_key, q * egc[..., None]], dim=-2)  # [B,H,n,2C,K]: one product with S per chunk
     else:
         w_value = v * beta[..., None]

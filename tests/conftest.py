@@ -129,3 +129,14 @@ def save_base(directory, arch="qwen2", seed=0, license="apache-2.0"):
     make_tokenizer().save_pretrained(directory)
     (directory / "README.md").write_text(f"---\nlicense: {license}\n---\n# tiny {arch}\n")
     return str(directory)
+
+
+def save_ahn_repo(root, sliding_window, num_sinks, ahn_type="gdn"):
+    """A tiny base at ``root/base`` and an exported AHN repo with random (non-zero) AHN weights at ``root/repo``;
+    returns ``(base_dir, model)``."""
+    base_dir = save_base(root / "base")
+    model = modeling_ahn.AhnForCausalLM.from_base(base_dir, ahn_type=ahn_type, sliding_window=sliding_window,
+                                                  num_sinks=num_sinks)
+    randomize_ahn(model)
+    model.save_pretrained(root / "repo")
+    return base_dir, model

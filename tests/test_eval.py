@@ -16,11 +16,10 @@ pytest.importorskip("lm_eval")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from modeling_ahn import AhnForCausalLM  # noqa: E402
 from modeling_ahn import eval_data as ed  # noqa: E402
 from modeling_ahn.evaluation import EvalSettings, evaluate, lm_eval_include_path, resolve_tasks  # noqa: E402
 
-from .conftest import COMMON, randomize_ahn, save_base  # noqa: E402
+from .conftest import COMMON, save_ahn_repo  # noqa: E402
 
 P = COMMON["max_position_embeddings"]  # the tiny base's trained context: 512
 L2 = 2 * P  # lengths of 2x the base's context
@@ -34,10 +33,7 @@ PROSE = ("It is a truth universally acknowledged, that a single man in possessio
 def env(tmp_path_factory):
     """A tiny base (context 512) on disk, an exported AHN repo over it, and a synthetic held-out corpus."""
     root = tmp_path_factory.mktemp("eval")
-    base = save_base(root / "base")
-    model = AhnForCausalLM.from_base(base, ahn_type="gdn", sliding_window=W, num_sinks=S)
-    randomize_ahn(model)
-    model.save_pretrained(root / "repo")
+    base, _ = save_ahn_repo(root, W, S)
     corpus = root / "corpora"
     for source in ("austen", "pg_essays"):
         d = corpus / "heldout" / source

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from modeling_ahn import AhnForCausalLM, AhnModel
 from modeling_ahn.modeling_ahn import PAYLOAD_FILES, code_hash
 
-from .conftest import make_base, randomize_ahn, save_base
+from .conftest import make_base, save_ahn_repo
 
 W, S = 5, 2
 IDS = torch.randint(3, 101, (2, 23), generator=torch.Generator().manual_seed(0))
@@ -26,10 +26,7 @@ IDS = torch.randint(3, 101, (2, 23), generator=torch.Generator().manual_seed(0))
 def exported(tmp_path_factory):
     """A tiny Qwen2 base on disk and an exported AHN repo with random (non-zero) AHN weights."""
     root = tmp_path_factory.mktemp("hub")
-    base_dir = save_base(root / "base")
-    model = AhnForCausalLM.from_base(base_dir, ahn_type="gdn", sliding_window=W, num_sinks=S)
-    randomize_ahn(model)
-    model.save_pretrained(root / "repo")
+    base_dir, model = save_ahn_repo(root, W, S)
     with torch.no_grad():
         logits = model(IDS).logits
         hidden = model.model(IDS, use_cache=False).last_hidden_state

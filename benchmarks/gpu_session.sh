@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 7 as one prepared script, for a machine with one CUDA GPU and no network (not yet run:
+# no GPU was lent to the sessions that wrote it). From the repo root:
+#
+#   1. here, with network (wheels for Python 3.12, x86_64; the GPU machine has torch but an older transformers):
+#        echo /.whl/ >> .git/info/exclude
+#        python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#            -d .whl "transformers>=5.23" "huggingface-hub>=1.0" tokenizers safetensors "peft>=0.21" accelerate \
+#            flash-linear-attention fla-core einops
+#   2. there:  bash benchmarks/gpu_session.sh        (OUT=<dir> for the results; default benchmarks/results/gpu)
+#
+# It installs the carried wheels (if any), runs the CUDA parity tests (fla kernels = torch path), then
+# `ahn bench` on a Qwen2.5-3B-shaped random model in bf16 at 32k/64k/128k against full attention and sinks+SWA,
+# and writes everything under $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results/gpu}"
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+python3 - <<'PY' | tee "$OUT/env.txt"
+import torch, transformers
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
+print("transformers", transformers.__version__)
+import modeling_ahn
+print("kernels: gdn", modeling_ahn.kernels_available("gdn"), "dn", modeling_ahn.kernels_available("dn"),
+      "mamba2", modeling_ahn.kernels_available("mamba2"))
+PY
+python3 -m pytest -q -m "not slow" -k cuda -p no:cacheprovider tests/test_memory.py 2>&1 | tee "$OUT/cuda_parity.txt"
+python3 -m modeling_ahn.cli bench --base random:qwen2.5-3b --lengths 32k,64k,128k \
+    --methods full,sinks_swa,ahn_gdn --window 32640 --sinks 128 --chunk 4096 --decode 32 --dtype bfloat16 \
+    --device cuda --out "$OUT/bench_gpu.json" --no-progress 2>&1 | tee "$OUT/bench_gpu.txt"
