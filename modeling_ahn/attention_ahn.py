@@ -151,6 +151,14 @@ def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
     back = (qpos - (limit - 1)).clamp(min=0).to(torch.float32)  # [B, q]
     ang = back[:, None, :, None] * inv_freq.to(device=query.device, dtype=torch.float32)  # [B, 1, q, D/2]
     ang = torch.cat([ang, ang], dim=-1)
+    if query.shape[2] == 1:
+        # One query per row (decoding): rotating the query back by `back` against the sink keys equals rotating
+        # the sink keys forward by it ((R(-b) q) . k = q . (R(b) k)); same head size, no second attention width.
+        k = key.float()
+        rot_k = torch.cat([-k[..., D // 2:], k[..., : D // 2]], dim=-1)  # rotate_half(k)
+        k_fwd = (k * ang.cos() + rot_k * ang.sin()).to(key.dtype)  # ang [B, 1, 1, D] broadcasts over keys
+        key2 = torch.where(key_is_sink[:, None, :, None].to(key.device), k_fwd, key)
+        return query, key2, value, scaling if scaling is not None else D**-0.5
     q = query.float()
     rot = torch.cat([q[..., D // 2:], -q[..., : D // 2]], dim=-1)  # rotate_half(q) rotated by -angle
     q_sink = (q * ang.cos() + rot * ang.sin()).to(query.dtype)
