@@ -274,7 +274,8 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
     leaves = resolve_tasks(s.tasks)
     _check_settings(s, leaves)
     settings_path, units_path = out / "settings.json", out / "units.json"
-    mine = {k: v for k, v in asdict(s).items() if k not in ("batch_size", "device")}
+    mine = {k: _portable(v) if k in ("model", "base", "data_dir", "corpus_dir") else v
+            for k, v in asdict(s).items() if k not in ("batch_size", "device")}
     if settings_path.exists() and not overwrite:
         old = json.loads(settings_path.read_text())
         diff = sorted(k for k in set(old) | set(mine) if k not in ("methods", "lengths", "tasks")
@@ -342,6 +343,14 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
     return report
 
 
+def _portable(path):
+    """A path as stored in results: the home directory as ``~``, so that no machine's user path is recorded."""
+    if not isinstance(path, str):
+        return path
+    home = str(Path.home())
+    return "~" + path[len(home):] if path == home or path.startswith(home + os.sep) else path
+
+
 def summarize(s: EvalSettings, done: dict, base_context: int, config) -> dict:
     rows = {}
     for key, unit in done.items():
@@ -353,7 +362,8 @@ def summarize(s: EvalSettings, done: dict, base_context: int, config) -> dict:
                 **sc, "extrapolated": unit.get("extrapolated", False), "truncated": unit["truncation_warnings"] > 0}
     return {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
-        "torch": torch.__version__, "model": s.model, "base": s.base or config.base_model_name_or_path,
+        "torch": torch.__version__, "model": _portable(s.model),
+        "base": _portable(s.base or config.base_model_name_or_path),
         "ahn_type": config.ahn_type, "window": s.window or config.sliding_window,
         "sinks": s.sinks if s.sinks is not None else config.num_sinks, "base_context": base_context,
         "lengths": s.lengths, "methods": s.methods, "limit": s.limit, "seed": s.seed,

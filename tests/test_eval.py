@@ -359,3 +359,12 @@ def test_task_yamls_are_generated_from_the_script(tmp_path):
     made = {p.name: p.read_text() for p in monkey_dir.glob("*.yaml")}
     committed = {p.name: p.read_text() for p in src.glob("*.yaml")}
     assert made == committed
+
+
+def test_results_record_no_home_directory():
+    from modeling_ahn.evaluation import _portable
+
+    home = str(Path.home())
+    assert _portable(os.path.join(home, "x", "repo")) == os.path.join("~", "x", "repo")
+    assert _portable("/srv/models/repo") == "/srv/models/repo" and _portable(None) is None
+    assert _portable(home + "other/repo") == home + "other/repo"  # only the directory itself, not a prefix
