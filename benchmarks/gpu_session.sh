@@ -18,8 +18,9 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    SITE="${AHN_GPU_SITE:-$(mktemp -d)}"  # where the carried wheels are installed (a fresh temporary dir by default)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
