@@ -263,12 +263,11 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
 
     dev = query.device
     attn_out = attn_weights = None
-    if whole_sequence and spec.inner == "sdpa":
-        attn_out = _blocked_window_attention(spec, module, query, all_k, all_v, rpos_all.to(dev), W, S, scaling,
-                                             dropout)
-    elif spec.inner == "sdpa" and q_len > W:  # a long cached prefill chunk: the same blocking, after the cache
-        attn_out = _blocked_window_attention(spec, module, query, key, value, rpos_all.to(dev), W, S, scaling,
-                                             dropout, n_old=n_old, store_vis=layer.sink_filled)
+    if spec.inner == "sdpa" and (whole_sequence or q_len > W):  # a whole sequence or a long prefill chunk
+        # a whole sequence has no sink store (its sinks are among its own keys), a cached chunk has one
+        k_b, v_b, store = (all_k, all_v, None) if whole_sequence else (key, value, layer.sink_filled)
+        attn_out = _blocked_window_attention(spec, module, query, k_b, v_b, rpos_all.to(dev), W, S, scaling, dropout,
+                                             n_old=n_old, store_vis=store)
     if attn_out is None:  # mask over [sink store (S), window + new (n_all)], per row
         qidx = torch.arange(start, start + q_len, device=dev)
         kidx = torch.arange(start - n_old, start + q_len, device=dev)

@@ -321,8 +321,8 @@ def test_blocked_attention_equals_full_mask_with_padding_and_sinks(monkeypatch):
     ids, mask = _left_pad(rows)
     calls = []
     original = attention_ahn._blocked_window_attention
-    def counting(*args):
-        out = original(*args)
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
         calls.append(out is not None)
         return out
 
