@@ -300,7 +300,7 @@ LVEVAL_TASKS = ("hotpotwikiqa_mixup", "loogle_SD_mixup", "loogle_CR_mixup", "loo
                 "lic_mixup", "dureader_mixup")
 
 
-def _local_benchmark(benchmark: str, rows: list[dict], template: str, kwargs, default_budget: int):
+def _local_benchmark(rows: list[dict], template: str, kwargs, default_budget: int):
     tok = get_tokenizer(kwargs)
     budget = parse_length(kwargs.get("max_input_tokens", default_budget))
     limit = kwargs.get("num_samples")
@@ -320,7 +320,7 @@ def longbench(name: str):
             row.setdefault("question", row.get("input", ""))
             row.setdefault("all_classes", None)
         cfg = builtin_task(f"longbench/{name}")
-        return _local_benchmark("LongBench", rows, cfg["doc_to_text"], kwargs, 32000)
+        return _local_benchmark(rows, cfg["doc_to_text"], kwargs, 32000)
 
     build.__name__ = f"longbench_{name}"
     return build
@@ -347,8 +347,7 @@ def infinitebench(name: str):
             if isinstance(row.get("answer"), str):
                 row["answer"] = [row["answer"]]
         cfg = builtin_task(f"infinitebench/infinitebench_{name}")
-        return _local_benchmark("InfiniteBench", rows, cfg.get("description", "") + cfg["doc_to_text"], kwargs,
-                                128000)
+        return _local_benchmark(rows, cfg.get("description", "") + cfg["doc_to_text"], kwargs, 128000)
 
     build.__name__ = f"infinitebench_{name}"
     return build
@@ -461,7 +460,7 @@ def lveval(name: str):
         for row in rows:
             row["answers"] = [row["answers"]] if isinstance(row.get("answers"), str) else list(row.get("answers", []))
             row["answer_keywords"] = row.get("answer_keywords") or row.get("gold_ans") or ""
-        return _local_benchmark("LV-Eval", rows, LVEVAL_PROMPTS[name], kwargs, 256000)
+        return _local_benchmark(rows, LVEVAL_PROMPTS[name], kwargs, 256000)
 
     build.__name__ = f"lveval_{name}"
     return build

@@ -163,14 +163,10 @@ def _check_settings(s: EvalSettings, leaves: dict[str, list[str]]) -> None:
             raise FileNotFoundError(f"--data-dir {s.data_dir} does not exist.")
 
 
-def _load_models(s: EvalSettings, method: str):
-    """(model, tokenizer, its config, the base's trained length) for one method."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _load_models(s: EvalSettings, method: str, config):
+    """(model, tokenizer) for one method; ``config`` is the AHN repo's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(s.model, trust_remote_code=True)
-    if getattr(config, "model_type", None) != "ahn":
-        raise ValueError(f"{s.model} is not an AHN repo (model_type {config.model_type!r}); give an exported AHN "
-                         "repo or directory (ahn export / save_pretrained).")
     base_name = s.base or config.base_model_name_or_path
     dtype = s.dtype if s.dtype == "auto" else getattr(torch, s.dtype)
     kw = {"dtype": dtype}
@@ -187,7 +183,7 @@ def _load_models(s: EvalSettings, method: str):
         tok = AutoTokenizer.from_pretrained(s.model, trust_remote_code=True)
     except (OSError, ValueError):
         tok = AutoTokenizer.from_pretrained(base_name)
-    return model.eval(), tok, config
+    return model.eval(), tok
 
 
 class _TruncationWatch(logging.Handler):
@@ -229,8 +225,9 @@ def _no_nltk_download() -> None:
         nltk.data.path.insert(0, str(root))
 
 
-def run_unit(lm, s: EvalSettings, task: str, length: int, tokenizer_name: str) -> dict:
-    """One task at one length through lm-eval's Python API; its leaf scores and whether anything was truncated."""
+def run_unit(lm, s: EvalSettings, task: str, leaves: list[str], length: int, tokenizer_name: str) -> dict:
+    """One task (whose leaf tasks are ``leaves``) at one length through lm-eval's Python API; its leaf scores and
+    whether anything was truncated."""
     from lm_eval import simple_evaluate
 
     meta = {"tokenizer": tokenizer_name, "max_seq_lengths": [length], "seed": s.seed}
@@ -239,7 +236,6 @@ def run_unit(lm, s: EvalSettings, task: str, length: int, tokenizer_name: str) -
     for k in ("data_dir", "corpus_dir", "max_input_tokens"):
         if getattr(s, k) is not None:
             meta[k] = getattr(s, k)
-    leaves = resolve_tasks([task])[task]
     if any(t in RULER_TASKS for t in leaves) and all(t in RULER_OFFLINE or t not in RULER_TASKS for t in leaves):
         _no_nltk_download()
     watch = _TruncationWatch()
@@ -294,6 +290,9 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(s.model, trust_remote_code=True)
+    if getattr(config, "model_type", None) != "ahn":
+        raise ValueError(f"{s.model} is not an AHN repo (model_type {config.model_type!r}); give an exported AHN "
+                         "repo or directory (ahn export / save_pretrained).")
     base_context = int(config.base_config.max_position_embeddings)
     effective = int(config.max_position_embeddings)
     too_long = [L for L in s.lengths if L > effective]
@@ -316,7 +315,7 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
     from lm_eval.models.huggingface import HFLM
 
     for method in [m for m in s.methods if any(u[0] == m for u in todo)]:
-        model, tok, _ = _load_models(s, method)
+        model, tok = _load_models(s, method, config)
         tok_name = s.model if (Path(s.model) / "tokenizer_config.json").exists() else (
             s.base or config.base_model_name_or_path)
         lm = HFLM(pretrained=model, tokenizer=tok, max_length=effective, batch_size=s.batch_size)
@@ -324,7 +323,7 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
         with mode:
             for m, task, L in [u for u in todo if u[0] == method]:
                 bar.set_postfix_str(f"{method} {task} {L}")
-                unit = run_unit(lm, s, task, L, tok_name)
+                unit = run_unit(lm, s, task, leaves[task], L, tok_name)
                 unit["extrapolated"] = method == "full" and L > base_context
                 if unit["truncation_warnings"]:
                     logger.warning("%s/%s/%d: lm-eval reported truncation (%d warnings): scores are of truncated "
@@ -381,8 +380,7 @@ def table(report: dict) -> str:
             cells = report["scores"][task].get(method, {})
             if not cells:
                 continue
-            metric = next(iter(cells.values()))["metric"]
-            metric = "score" if metric.isdigit() else metric  # RULER's per-length key
+            metric = _metric_label(next(iter(cells.values()))["metric"])
             vals = []
             for L in lengths:
                 c = cells.get(L)
@@ -399,6 +397,10 @@ def table(report: dict) -> str:
     if "‡" in marks:
         lines.append("\n‡ lm-eval reported truncation: these inputs were cut.")
     return "\n".join(lines)
+
+
+def _metric_label(metric: str) -> str:
+    return "score" if metric.isdigit() else metric  # RULER names its score by the length
 
 
 def _fmt_len(L: int) -> str:
@@ -428,8 +430,7 @@ def plot(report: dict, path: Path) -> None:
             pts = sorted((int(L), c) for L, c in cells.items())
             if not pts:
                 continue
-            metric = pts[0][1]["metric"]
-            metric = "score" if metric.isdigit() else metric
+            metric = _metric_label(pts[0][1]["metric"])
             inside = [(L, c["value"]) for L, c in pts if not c["extrapolated"]]
             outside = [(L, c["value"]) for L, c in pts if c["extrapolated"]]
             if inside:

@@ -189,7 +189,6 @@ def test_scorers():
     assert ed.passkey_results(doc, [" 123456"])["score"] == 0.0
     assert ed.needle_results({"max_length": 77}, [" to eat a sandwich in the park"])["score"] == 0.5
     assert ed.aggregate_ignoring_missing([-1, 1.0, 0.0, -1]) == 0.5
-    assert ed.middle_truncate.__doc__
 
 
 def test_middle_truncation_keeps_both_ends(env):
@@ -333,6 +332,12 @@ def test_ahn_eval_bad_input(env, tmp_path, kw, error, match):
     s = EvalSettings(**{"model": env["repo"], "tasks": ["ahn_passkey"], "lengths": [P], **kw})
     with pytest.raises(error, match=match):
         evaluate(s, tmp_path / "bad", progress=False)
+
+
+def test_ahn_eval_refuses_a_plain_base(env, tmp_path):
+    s = EvalSettings(model=env["base"], tasks=["ahn_passkey"], lengths=[P])
+    with pytest.raises(ValueError, match="is not an AHN repo"):
+        evaluate(s, tmp_path / "plain", progress=False)
 
 
 def test_task_groups_resolve():
