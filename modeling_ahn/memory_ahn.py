@@ -221,6 +221,12 @@ def _use_kernels(ahn_type: str, x: torch.Tensor) -> bool:
     return ok
 
 
+def _fp32(x: torch.Tensor):
+    """The torch recurrences run in fp32 even under ``torch.autocast`` (bf16 training): autocast would cast every
+    chunk product to bf16 (a copy per operand) and hand the state recurrence back in bf16."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type):
     """(Gated) delta rule over ``[B,T,H,D]`` inputs; ``g is None`` for DeltaNet."""
     if _use_kernels(ahn_type, q):
@@ -237,9 +243,10 @@ def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type):
                 qq, kk, vv, g=g.float(), beta=beta.to(dtype), scale=scale, initial_state=state, output_final_state=True
             )
         return o.float(), S.float()
-    if q.shape[1] == 1:
-        return torch_recurrent_rule(q, k, v, g, beta, initial_state, scale, delta=True)
-    return torch_chunk_rule(q, k, v, g, beta, initial_state, scale, delta=True)
+    with _fp32(q):
+        if q.shape[1] == 1:
+            return torch_recurrent_rule(q, k, v, g, beta, initial_state, scale, delta=True)
+        return torch_chunk_rule(q, k, v, g, beta, initial_state, scale, delta=True)
 
 
 def ssd_rule(q, k, v, dt, A, initial_state):
@@ -270,10 +277,11 @@ def ssd_rule(q, k, v, dt, A, initial_state):
             return_final_states=True,
         )
         return y.float(), S.float().transpose(-1, -2)
-    g = dt.float() * A.float()
-    if q.shape[1] == 1:
-        return torch_recurrent_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
-    return torch_chunk_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
+    with _fp32(q):
+        g = dt.float() * A.float()
+        if q.shape[1] == 1:
+            return torch_recurrent_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
+        return torch_chunk_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -176,6 +176,25 @@ def test_chunk_kernel_gradients_match_recurrence():
         assert (a - b).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_recurrence_stays_fp32_under_bf16_autocast(ahn_type):
+    """bf16 training runs under autocast; the memory recurrence must not be cast to bf16 with it."""
+    fn = _random_memory(ahn_type)
+    torch.manual_seed(2)
+    q, k, v = torch.randn(1, 3, 70, 8), torch.randn(1, 3, 70, 8), torch.randn(1, 3, 70, 8)
+    x = torch.randn(1, 70, 24)
+    valid = torch.ones(1, 70, dtype=torch.bool)
+    with torch.no_grad():
+        gates = fn.write_gates(x)
+        ref, ref_state = fn(q, k, v, gates, valid, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, state = fn(q, k, v, gates, valid, x)
+    assert state.dtype == torch.float32
+    assert torch.allclose(state, ref_state, atol=1e-6, rtol=0)
+    # the read passes through o_proj (a bf16 matmul under autocast): only that last product may round
+    assert (out.float() - ref).abs().max() < 2e-2 * ref.abs().max()
+
+
 def test_invalid_tokens_leave_the_state_unchanged():
     fn = _random_memory("gdn")
     q, k, v = torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8)
