@@ -10,9 +10,10 @@
 #            flash-linear-attention fla-core einops
 #   2. there:  bash benchmarks/gpu_session.sh        (OUT=<dir> for the results; default benchmarks/results/gpu)
 #
-# It installs the carried wheels (if any), runs the CUDA parity tests (fla kernels = torch path), then
-# `ahn bench` on a Qwen2.5-3B-shaped random model in bf16 at 32k/64k/128k against full attention and sinks+SWA,
-# and writes everything under $OUT.
+# It installs the carried wheels (if any), runs the CUDA parity tests (fla kernels = torch path) and the static
+# cache tests, then `ahn bench` on a Qwen2.5-3B-shaped random model in bf16 at 32k/64k/128k against full attention
+# and sinks+SWA, eager and compiled (StaticCache / StaticAhnCache, CUDA graphs), and the decode roofline
+# (benchmarks/roofline.py), and writes everything under $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
@@ -34,6 +35,8 @@ print("kernels: gdn", modeling_ahn.kernels_available("gdn"), "dn", modeling_ahn.
       "mamba2", modeling_ahn.kernels_available("mamba2"))
 PY
 python3 -m pytest -q -m "not slow" -k cuda -p no:cacheprovider tests/test_memory.py 2>&1 | tee "$OUT/cuda_parity.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_static_cache.py 2>&1 | tee "$OUT/static_cache.txt"
 python3 -m modeling_ahn.cli bench --base random:qwen2.5-3b --lengths 32k,64k,128k \
-    --methods full,sinks_swa,ahn_gdn --window 32640 --sinks 128 --chunk 4096 --decode 32 --dtype bfloat16 \
-    --device cuda --out "$OUT/bench_gpu.json" --no-progress 2>&1 | tee "$OUT/bench_gpu.txt"
+    --methods full,sinks_swa,ahn_gdn,full_static,ahn_gdn_static --window 32640 --sinks 128 --chunk 4096 \
+    --decode 32 --dtype bfloat16 --device cuda --out "$OUT/bench_gpu.json" --no-progress 2>&1 | tee "$OUT/bench_gpu.txt"
+python3 benchmarks/roofline.py "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/roofline.txt"

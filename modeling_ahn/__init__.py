@@ -8,7 +8,7 @@ AHN repos load without remote code when the package is installed.
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .attention_ahn import AHN_ATTENTION, ahn_attention_forward, attach_ahn
-from .cache_ahn import AhnCache, SinkWindowLayer
+from .cache_ahn import AhnCache, SinkWindowLayer, StaticAhnCache, StaticSinkWindowLayer
 from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig
 from .evaluation import lm_eval_include_path
 from .memory_ahn import (
@@ -46,6 +46,8 @@ __all__ = [
     "Mamba2",
     "SUPPORTED_BASE_MODEL_TYPES",
     "SinkWindowLayer",
+    "StaticAhnCache",
+    "StaticSinkWindowLayer",
     "ahn_attention_forward",
     "attach_ahn",
     "build_memory",

@@ -148,17 +148,11 @@ def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
     D = query.shape[-1]
     if inv_freq is None or 2 * inv_freq.numel() != D:
         return None  # no (full-dimension) rotary embedding to undo
-    back = (qpos - (limit - 1)).clamp(min=0).to(torch.float32)  # [B, q]
-    ang = back[:, None, :, None] * inv_freq.to(device=query.device, dtype=torch.float32)  # [B, 1, q, D/2]
-    ang = torch.cat([ang, ang], dim=-1)
+    ang = _sink_angles(spec, qpos, inv_freq, query.device)
     if query.shape[2] == 1:
         # One query per row (decoding): rotating the query back by `back` against the sink keys equals rotating
         # the sink keys forward by it ((R(-b) q) . k = q . (R(b) k)); same head size, no second attention width.
-        k = key.float()
-        rot_k = torch.cat([-k[..., D // 2:], k[..., : D // 2]], dim=-1)  # rotate_half(k)
-        k_fwd = (k * ang.cos() + rot_k * ang.sin()).to(key.dtype)  # ang [B, 1, 1, D] broadcasts over keys
-        key2 = torch.where(key_is_sink[:, None, :, None].to(key.device), k_fwd, key)
-        return query, key2, value, scaling if scaling is not None else D**-0.5
+        return query, _sinks_rotated_forward(key, ang, key_is_sink), value, scaling if scaling is not None else D**-0.5
     q = query.float()
     rot = torch.cat([q[..., D // 2:], -q[..., : D // 2]], dim=-1)  # rotate_half(q) rotated by -angle
     q_sink = (q * ang.cos() + rot * ang.sin()).to(query.dtype)
@@ -166,6 +160,54 @@ def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
     key2 = torch.cat([key * (1 - is_sink), key * is_sink], dim=-1)
     value2 = F.pad(value, (0, D))
     return torch.cat([query, q_sink], dim=-1), key2, value2, scaling if scaling is not None else D**-0.5
+
+
+def _sink_angles(spec, qpos, inv_freq, device):
+    """``[B, 1, q, D]`` RoPE angles by which the sinks are moved for queries at ``qpos`` (zero up to ``P - 1``)."""
+    back = (qpos - (spec.sink_position_limit - 1)).clamp(min=0).to(torch.float32)  # [B, q]
+    ang = back[:, None, :, None] * inv_freq.to(device=device, dtype=torch.float32)  # [B, 1, q, D/2]
+    return torch.cat([ang, ang], dim=-1)
+
+
+def _sinks_rotated_forward(key, ang, key_is_sink):
+    """``key`` with the sink keys rotated forward by ``ang`` (``[B, 1, 1, D]``, one query per row)."""
+    D = key.shape[-1]
+    k = key.float()
+    rot_k = torch.cat([-k[..., D // 2:], k[..., : D // 2]], dim=-1)  # rotate_half(k)
+    k_fwd = (k * ang.cos() + rot_k * ang.sin()).to(key.dtype)
+    return torch.where(key_is_sink[:, None, :, None].to(key.device), k_fwd, key)
+
+
+def _static_decode_step(spec, module, layer, query, key, value, hidden, mask2d, scaling, dropout):
+    """One token per row over a :class:`StaticSinkWindowLayer`: the same result as the dynamic path, with
+    fixed shapes and no host sync (``torch.compile`` / CUDA graphs). ``key``/``value`` are
+    ``[sink store (S), ring (W)]``, the new token already in its slot; the evicted token is in ``layer.pending``."""
+    pending = layer.pending
+    slot, ev = pending["slot"], pending["evicted"]
+    S = layer.num_sinks
+    B = query.shape[0]
+    rpos_new = layer.real_positions(None if mask2d is None else mask2d[:, -1:], 1)  # [B, 1]
+    ring_rpos = layer.ring_rpos.index_copy(1, slot, rpos_new)
+    is_slot = torch.arange(layer.sliding_window, device=query.device) == slot
+    # visible: filled sink slots, real tokens of the ring (all within the window), and the query itself
+    mask = torch.cat([layer.sink_filled, (ring_rpos >= 0) | is_slot], dim=-1)[:, None, None, :]
+    limit = spec.sink_position_limit
+    inv_freq = spec.inv_freq()
+    if limit is not None and inv_freq is not None and 2 * inv_freq.numel() == query.shape[-1]:
+        key_is_sink = torch.cat([torch.ones_like(layer.sink_filled), (ring_rpos >= 0) & (ring_rpos < S)], dim=-1)
+        key = _sinks_rotated_forward(key, _sink_angles(spec, rpos_new, inv_freq, query.device), key_is_sink)
+    attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
+    memory = spec.memory
+    gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
+    layer.ensure_buffers(gates_new, B, query.shape[1], query.shape[-1], value.shape[-1])
+    state = None
+    if spec.mode == "ahn":  # the evicted token enters memory if it is real and no sink; then the query reads
+        valid = ev["rpos"][:, None] >= S
+        ev_gates = ev["gates"] if ev["gates"] is not None else torch.zeros_like(gates_new)
+        mem_out, state = memory(query, ev["keys"], ev["values"], ev_gates, valid, hidden, layer.recurrent_state)
+        attn_out = attn_out + mem_out
+    layer.commit_step(slot, rpos_new, gates_new, state)
+    return attn_out, attn_weights
 
 
 def _window_attention(spec, module, query, key, value, mask, scaling, dropout, qpos, key_is_sink):
@@ -254,6 +296,8 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
         )
 
     B, _, q_len, _ = query.shape
+    if layer.pending.get("static"):
+        return _static_decode_step(spec, module, layer, query, key, value, hidden, mask2d, scaling, dropout)
     pending = layer.pending
     start, n_old = pending["start"], pending["num_old"]
     all_k, all_v = pending["keys"], pending["values"]

@@ -20,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2")
+METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2", "full_static", "ahn_gdn_static")
+# "*_static": a fixed-size cache (transformers' StaticCache / StaticAhnCache) and a torch.compile'd decoding step
+# (CUDA graphs on GPU: mode="reduce-overhead"); the prefill runs eagerly. Compilation is timed apart (compile_s).
+COMPILE_WARMUP = 3
 
 
 def parse_length(text: str) -> int:
@@ -79,12 +82,12 @@ def _load(method: str, base: str, window: int, sinks: int, dtype, device):
             return AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=dtype)
         return AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
 
-    if method == "full":
+    if method in ("full", "full_static"):
         return base_model().to(device).eval(), None
     if method == "swa_hf":
         return base_model(sliding=True).to(device).eval(), None
     mode = "swa" if method == "sinks_swa" else "ahn"
-    ahn_type = "gdn" if method == "sinks_swa" else method.split("_", 1)[1]
+    ahn_type = "gdn" if method == "sinks_swa" else method.split("_")[1]
     m = AhnForCausalLM.from_base(base_model(), ahn_type=ahn_type, sliding_window=window, num_sinks=sinks,
                                  ahn_dtype=torch.float32, prefill_chunk_size=None)
     with torch.no_grad():  # a non-zero memory, so the read-out is real work
@@ -101,7 +104,8 @@ def _peak_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def worker(method, base, length, window, sinks, chunk, decode, dtype_name, device_name) -> dict:
+def worker(method, base, length, window, sinks, chunk, decode, dtype_name, device_name,
+           compile_backend="inductor") -> dict:
     """One measurement point, in this process."""
     import contextlib
 
@@ -124,8 +128,19 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    static = method.endswith("_static")
+    step, compile_s = model, None
+    if static:
+        from transformers import StaticCache
+
+        cache = (model.new_cache(static=True) if mode else
+                 StaticCache(config=model.config, max_cache_len=length + decode + COMPILE_WARMUP))
+        decoder = model.base_causal_lm if mode else model
+        opts = dict(mode="reduce-overhead") if device.type == "cuda" and compile_backend == "inductor" else {}
+        step = torch.compile(decoder.forward, fullgraph=True, backend=compile_backend, **opts)
     with torch.inference_mode(), ctx:
-        cache = model.new_cache() if mode else DynamicCache(config=model.config)
+        if not static:
+            cache = model.new_cache() if mode else DynamicCache(config=model.config)
         sync()
         t0 = time.perf_counter()
         for s in range(0, length, chunk):
@@ -133,10 +148,16 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
         sync()
         prefill_s = time.perf_counter() - t0
         nxt = out.logits[:, -1:].argmax(-1)
+        if static:  # compile (and record CUDA graphs) on a few untimed steps
+            t1 = time.perf_counter()
+            for _ in range(COMPILE_WARMUP):
+                nxt = step(input_ids=nxt, **{CACHE_KWARG: cache}, use_cache=True).logits[:, -1:].argmax(-1)
+            sync()
+            compile_s = time.perf_counter() - t1
         lat = []
         for _ in range(decode):
             t1 = time.perf_counter()
-            out = model(input_ids=nxt, **{CACHE_KWARG: cache}, use_cache=True)
+            out = step(input_ids=nxt, **{CACHE_KWARG: cache}, use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
             sync()
             lat.append(time.perf_counter() - t1)
@@ -147,7 +168,8 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
     lat_sorted = sorted(lat)
     return dict(method=method, length=length, prefill_s=prefill_s, prefill_tok_s=length / prefill_s,
                 decode_ms=1000 * lat_sorted[len(lat) // 2] if lat else None, decode_tok_s=(len(lat) / sum(lat))
-                if lat else None, peak_bytes=_peak_bytes(device), cache_bytes=int(cache_bytes))
+                if lat else None, peak_bytes=_peak_bytes(device), cache_bytes=int(cache_bytes), compile_s=compile_s,
+                weight_bytes=sum(p.nbytes for p in model.parameters()))
 
 
 def machine_info(device_name: str) -> dict:
@@ -169,7 +191,7 @@ def machine_info(device_name: str) -> dict:
 
 def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: int, chunk: int, decode: int,
         dtype: str, device: str, out: str | Path, max_full: int | None = None, progress: bool = True,
-        timeout: int = 3600) -> dict:
+        timeout: int = 3600, compile_backend: str = "inductor") -> dict:
     from tqdm.auto import tqdm
 
     unknown = sorted(set(methods) - set(METHODS))
@@ -190,7 +212,7 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
         if (m, L) in done:
             continue
         args = dict(method=m, base=base, length=L, window=window, sinks=sinks, chunk=chunk, decode=decode,
-                    dtype_name=dtype, device_name=device)
+                    dtype_name=dtype, device_name=device, compile_backend=compile_backend)
         code = ("import json,sys; from modeling_ahn.bench import worker; "
                 "print('BENCH ' + json.dumps(worker(**json.loads(sys.argv[1]))))")
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
@@ -206,7 +228,8 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
     rows = [done[(m, L)] for L, m in points]
     result = dict(machine=machine_info(device), settings=dict(base=base if base.startswith("random:") else
                                                                Path(base).name, window=window, sinks=sinks,
-                                                               chunk=chunk, decode=decode, dtype=dtype),
+                                                               chunk=chunk, decode=decode, dtype=dtype,
+                                                               compile_backend=compile_backend),
                   rows=rows)
     out.write_text(json.dumps(result, indent=2))
     plot(result, out.with_suffix(".png"))

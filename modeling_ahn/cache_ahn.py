@@ -159,6 +159,145 @@ class SinkWindowLayer(CacheLayerMixin):
         return sum(getattr(self, n).nbytes for n in self._tensors() if getattr(self, n) is not None)
 
 
+class StaticSinkWindowLayer(SinkWindowLayer):
+    """An AHN cache layer with fixed-size buffers, for ``torch.compile`` / CUDA-graph decoding.
+
+    The window is a ring of ``W`` slots (``ring_keys/ring_values [B, Hkv, W, D]``, ``ring_rpos [B, W]``, ``-1``
+    = empty or padding, ``ring_gates [B, W, G, H]``): the token of slot counter ``n`` lives in ring slot ``n % W``,
+    so a decoding step overwrites one slot in place, after reading the token it evicts. The sink store, the
+    per-row counts and the fp32 memory state are preallocated too, and ``slot_counter`` is a tensor: a
+    one-token step has no host sync, no shape change and no new allocation. Inputs of several tokens (the
+    prompt, a chat continuation) run through :class:`SinkWindowLayer`'s path on an ordered view of the ring and
+    are written back, so both paths compute the same thing (``tests/test_static_cache.py``).
+    """
+
+    is_compileable = True
+
+    def __init__(self, num_sinks: int, sliding_window: int, **kwargs):
+        super().__init__(num_sinks, sliding_window)
+        self.kv_keys = self.kv_values = self.ring_keys = self.ring_values = None
+        self.ring_rpos = self.ring_gates = self.slot_counter = None
+
+    def __repr__(self):
+        return f"StaticSinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window})"
+
+    def lazy_initialization(self, key_states, value_states):
+        super().lazy_initialization(key_states, value_states)
+        B, Hkv, _, D = key_states.shape
+        W, S = self.sliding_window, self.num_sinks
+        # one buffer per K and V: the sink store in slots [0, S), the ring in [S, S + W) -- attention reads it
+        # whole, with no concatenation per step
+        self.kv_keys = key_states.new_zeros(B, Hkv, S + W, D)
+        self.kv_values = value_states.new_zeros(B, Hkv, S + W, value_states.shape[-1])
+        self.sink_keys, self.ring_keys = self.kv_keys[:, :, :S], self.kv_keys[:, :, S:]
+        self.sink_values, self.ring_values = self.kv_values[:, :, :S], self.kv_values[:, :, S:]
+        self.ring_rpos = torch.full((B, W), -1, dtype=torch.long, device=self.device)
+        self.slot_counter = torch.zeros((), dtype=torch.long, device=self.device)
+        for t in (self.kv_keys, self.kv_values, self.ring_rpos, self.slot_counter, self.sink_filled, self.num_real):
+            _mark_static(t)
+
+    def ensure_buffers(self, gates: torch.Tensor, batch: int, heads: int, key_dim: int, value_dim: int):
+        """Allocate the gate ring and the fp32 state once their shapes are known (the first AHN step)."""
+        if self.ring_gates is None:
+            self.ring_gates = gates.new_zeros(batch, self.sliding_window, *gates.shape[2:])
+            _mark_static(self.ring_gates)
+        if self.recurrent_state is None:
+            self.recurrent_state = torch.zeros(batch, heads, key_dim, value_dim, dtype=torch.float32,
+                                               device=self.device)
+            _mark_static(self.recurrent_state)
+
+    def _ordered_slots(self, seen: int) -> torch.Tensor:
+        n = min(seen, self.sliding_window)
+        return torch.arange(seen - n, seen, device=self.device) % self.sliding_window
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if key_states.shape[-2] != 1:  # several tokens: the dynamic path over the ordered window
+            idx = self._ordered_slots(self.cumulative_length)
+            self.keys, self.values = self.ring_keys[:, :, idx], self.ring_values[:, :, idx]
+            self.window_rpos = self.ring_rpos[:, idx]
+            self.window_gates = None if self.ring_gates is None else self.ring_gates[:, idx]
+            return super().update(key_states, value_states, *args, **kwargs)
+        if self.pending is not None:
+            raise RuntimeError("SinkWindowLayer.update called twice without commit (is the AHN attention active?)")
+        slot = (self.slot_counter % self.sliding_window).reshape(1)
+        evicted = dict(keys=self.ring_keys.index_select(2, slot), values=self.ring_values.index_select(2, slot),
+                       rpos=self.ring_rpos.index_select(1, slot)[:, 0],
+                       gates=None if self.ring_gates is None else self.ring_gates.index_select(1, slot))
+        self.ring_keys.index_copy_(2, slot, key_states)
+        self.ring_values.index_copy_(2, slot, value_states)
+        S = self.num_sinks
+        if S:  # the evicted token is sink s -> store slot s (no host sync)
+            hit = evicted["rpos"][:, None] == torch.arange(S, device=self.device)  # [B, S]
+            self.sink_keys.copy_(torch.where(hit[:, None, :, None], evicted["keys"], self.sink_keys))
+            self.sink_values.copy_(torch.where(hit[:, None, :, None], evicted["values"], self.sink_values))
+            self.sink_filled.logical_or_(hit)
+        self.pending = dict(static=True, slot=slot, evicted=evicted)
+        self.cumulative_length += 1
+        return self.kv_keys, self.kv_values  # [sink store (S), ring (W)]
+
+    def commit_step(self, slot, rpos_new, gates_new, recurrent_state=None):
+        """End of a one-token step: the new token's position and gates into its ring slot, counts, state."""
+        self.pending = None
+        self.ring_rpos.index_copy_(1, slot, rpos_new)
+        self.ring_gates.index_copy_(1, slot, gates_new)
+        self.num_real.add_((rpos_new[:, 0] >= 0).long())
+        self.slot_counter.add_(1)
+        if recurrent_state is not None:
+            self.recurrent_state.copy_(recurrent_state)
+
+    def commit(self, rpos_new, gates_new, recurrent_state=None):
+        buffers = {n: getattr(self, n) for n in ("sink_keys", "sink_values", "sink_filled", "num_real")}
+        before = self.recurrent_state
+        super().commit(rpos_new, gates_new, recurrent_state)
+        for name, buf in buffers.items():  # the dynamic path made new tensors: back into the fixed buffers
+            buf.copy_(getattr(self, name))
+            setattr(self, name, buf)
+        idx = self._ordered_slots(self.cumulative_length)
+        self.ring_keys[:, :, idx] = self.keys
+        self.ring_values[:, :, idx] = self.values
+        self.ring_rpos[:, idx] = self.window_rpos
+        if self.window_gates is not None:
+            if self.ring_gates is None:
+                self.ring_gates = self.window_gates.new_zeros(self.window_gates.shape[0], self.sliding_window,
+                                                              *self.window_gates.shape[2:])
+                _mark_static(self.ring_gates)
+            self.ring_gates[:, idx] = self.window_gates
+        self.slot_counter.fill_(self.cumulative_length)
+        if before is not None and self.recurrent_state is not before:  # keep the buffer's address
+            before.copy_(self.recurrent_state)
+            self.recurrent_state = before
+        elif before is None and self.recurrent_state is not None:
+            _mark_static(self.recurrent_state)
+        # the ordered views are rebuilt from the ring by the next multi-token update
+        self.keys, self.values = self.ring_keys[:, :, :0], self.ring_values[:, :, :0]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.num_sinks + self.sliding_window + query_length, 0
+
+    def _tensors(self):
+        return ("kv_keys", "kv_values", "ring_rpos", "ring_gates", "slot_counter", "sink_filled", "num_real",
+                "recurrent_state")
+
+    def _apply_batch(self, fn):  # beam search & co.: new buffers (the slot counter is per batch, not per row),
+        counter, self.slot_counter = self.slot_counter, None  # then the views into them again
+        super()._apply_batch(fn)
+        self.slot_counter = counter
+        S = self.num_sinks
+        self.sink_keys, self.ring_keys = self.kv_keys[:, :, :S], self.kv_keys[:, :, S:]
+        self.sink_values, self.ring_values = self.kv_values[:, :, :S], self.kv_values[:, :, S:]
+
+    def reset(self) -> None:
+        self.__init__(self.num_sinks, self.sliding_window)
+
+
+def _mark_static(t: torch.Tensor) -> None:
+    """Tag a buffer as a fixed address for CUDA graphs (as transformers' static layers do)."""
+    if not torch.compiler.is_compiling():
+        torch._dynamo.mark_static_address(t)
+
+
 def _gather_sinks(store, hit, filled, evicted):
     """``store[b, :, s] = evicted[b, :, e]`` where ``hit[b, e, s]`` (each slot is hit at most once)."""
     picked = torch.einsum("bes,bhed->bhsd", hit.to(evicted.dtype), evicted)
@@ -183,9 +322,16 @@ class AhnCache(Cache):
         if num_layers is None or sliding_window is None or num_sinks is None:
             raise ValueError("AhnCache needs a config, or num_layers, sliding_window and num_sinks.")
         full = set(full_attention_layers or ())
-        layers = [DynamicLayer() if i in full else SinkWindowLayer(num_sinks, sliding_window)
-                  for i in range(num_layers)]
+        layer_class = self._ahn_layer_class
+        if full and layer_class is not SinkWindowLayer:
+            raise ValueError(
+                f"{type(self).__name__} needs AHN in every layer; this model keeps layers {sorted(full)} at full "
+                "attention (their KV grows with the input): use AhnCache."
+            )
+        layers = [DynamicLayer() if i in full else layer_class(num_sinks, sliding_window) for i in range(num_layers)]
         super().__init__(layers=layers)
+
+    _ahn_layer_class = SinkWindowLayer
 
     def cache_bytes(self) -> int:
         """Bytes held by the cache over all layers (sinks, window, gates, states; full layers' KV)."""
@@ -198,4 +344,11 @@ class AhnCache(Cache):
         return total
 
 
-__all__ = ["AhnCache", "SinkWindowLayer"]
+class StaticAhnCache(AhnCache):
+    """:class:`AhnCache` of :class:`StaticSinkWindowLayer` s: fixed-size buffers, ``is_compileable``, so that
+    ``generate(..., cache_implementation="static")`` decodes under ``torch.compile`` (auto-compiled on CUDA)."""
+
+    _ahn_layer_class = StaticSinkWindowLayer
+
+
+__all__ = ["AhnCache", "SinkWindowLayer", "StaticAhnCache", "StaticSinkWindowLayer"]

@@ -81,7 +81,7 @@ def cmd_distill(args) -> int:
         lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_steps=args.max_steps,
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
         activation_checkpointing=not args.no_activation_checkpointing, eval_every=args.eval_every,
-        save_every=args.save_every, seed=args.seed, cpu=args.cpu,
+        save_every=args.save_every, seed=args.seed, cpu=args.cpu, init_adapter=args.init_adapter,
     )
     adapter = distill(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"adapter repo: {adapter}")
@@ -122,7 +122,7 @@ def cmd_bench(args) -> int:
     res = run(base, [parse_length(x) for x in args.lengths.split(",")], args.methods.split(","), args.window,
               args.sinks, args.chunk, args.decode, args.dtype, device, args.out,
               max_full=parse_length(args.max_full_length) if args.max_full_length else None,
-              progress=not args.no_progress)
+              progress=not args.no_progress, compile_backend=args.compile_backend)
     print(table(res))
     print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png")
     return 0
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    p.add_argument("--init-adapter", default=None, help="start from this exported AHN repo's weights (continued "
+                   "training; same base and --ahn-type) instead of a fresh AHN")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
     p.add_argument("--no-progress", action="store_true")
@@ -255,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="model dir, or random:smollm2 | random:qwen2.5-3b (same shapes, "
                    "random weights); default: the fetched SmolLM2 (Qwen2 copy), else random:smollm2")
     p.add_argument("--lengths", default="1k,2k,4k,8k,16k,32k,64k")
-    p.add_argument("--methods", default="full,swa_hf,sinks_swa,ahn_gdn,ahn_dn,ahn_mamba2")
+    p.add_argument("--methods", default="full,swa_hf,sinks_swa,ahn_gdn,ahn_dn,ahn_mamba2",
+                   help="comma-separated; also full_static, ahn_gdn_static (fixed-size cache, compiled decoding)")
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--sinks", type=int, default=64)
     p.add_argument("--chunk", type=int, default=2048, help="prefill tokens per forward (all methods)")
@@ -263,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--max-full-length", default=None, help="skip full attention beyond this length")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the *_static methods")
     p.add_argument("--out", default="benchmarks/results/bench.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -69,6 +69,7 @@ class DistillConfig:
     seed: int = 0
     cpu: bool = False
     base_dtype: str | None = None  # default: bfloat16 with bf16, else float32
+    init_adapter: str | None = None  # an exported AHN repo to start from (continued training), else a fresh AHN
 
     def validate(self):
         if self.loss not in ("kl", "ce", "kl+ce"):
@@ -351,6 +352,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     model = AhnForCausalLM.from_base(cfg.base, ahn_type=cfg.ahn_type, sliding_window=eval_window,
                                      num_sinks=eval_sinks, dtype=dtype, ahn_dtype=torch.float32,
                                      prefill_chunk_size=None)
+    if cfg.init_adapter and not resume:
+        _load_init_adapter(model, cfg)
     for name, p in model.named_parameters():  # GDN's D is stored by the release but unused
         if name.endswith(".ahn.fn.D"):
             p.requires_grad_(False)
@@ -492,6 +495,21 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
             print("matplotlib is not installed: no loss_curve.png (pip install 'modeling-ahn[train]')")
     accelerator.wait_for_everyone()
     return adapter
+
+
+def _load_init_adapter(model, cfg: DistillConfig) -> None:
+    """Start from the weights of an exported AHN repo (same base shape and memory type)."""
+    from .memory_ahn import canonical_ahn_type
+    from .modeling_ahn import _read_adapter_weights
+
+    config_file = Path(cfg.init_adapter) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"--init-adapter {cfg.init_adapter} is not an exported AHN repo (no config.json)")
+    saved = json.loads(config_file.read_text()).get("ahn_type")
+    if saved is None or canonical_ahn_type(saved) != canonical_ahn_type(cfg.ahn_type):
+        raise ValueError(f"--init-adapter {cfg.init_adapter} holds an AHN of type {saved!r}, "
+                         f"but this run trains {cfg.ahn_type!r}")
+    model.load_ahn_state_dict(_read_adapter_weights(cfg.init_adapter, {}))
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -27,7 +27,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn
-from .cache_ahn import AhnCache
+from .cache_ahn import AhnCache, StaticAhnCache
 from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, head_dim_of, parse_layer_ids
 from .memory_ahn import AhnMemory, AhnModule, build_memory
 
@@ -248,8 +248,9 @@ class AhnPreTrainedModel(PreTrainedModel):
                 own[k].copy_(v.to(device=own[k].device, dtype=own[k].dtype))
         return missing, unexpected
 
-    def new_cache(self) -> AhnCache:
-        return AhnCache(self.config)
+    def new_cache(self, static: bool = False) -> AhnCache:
+        """A fresh cache; ``static=True``: fixed-size buffers for compiled decoding (:class:`StaticAhnCache`)."""
+        return StaticAhnCache(self.config) if static else AhnCache(self.config)
 
     @contextlib.contextmanager
     def attention_mode(self, mode: str):
@@ -477,14 +478,21 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         given = any(model_kwargs.get(k) is not None for k in ("cache", "past_key_values"))
         if not given and generation_config.use_cache is not False:
-            if generation_config.cache_implementation not in (None, "dynamic"):
+            if generation_config.cache_implementation not in (None, "dynamic", "static"):
                 raise ValueError(
                     f"cache_implementation={generation_config.cache_implementation!r} is not supported by AHN models; "
-                    "leave it unset (an AhnCache is used)."
+                    "leave it unset (an AhnCache is used) or pass 'static' (a StaticAhnCache, for compiled decoding)."
                 )
-            model_kwargs[CACHE_KWARG] = self.new_cache()
+            model_kwargs[CACHE_KWARG] = self.new_cache(static=generation_config.cache_implementation == "static")
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def create_masks_for_generate(self, config, inputs_embeds, attention_mask=None, **kwargs):
+        """generate() asks for 4D masks with a compileable cache (StaticAhnCache); AHN attention takes the 2D
+        padding mask, or none when nothing is padded (so a compiled decoding step sees no growing mask)."""
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and bool(attention_mask.all()):
+            return None
+        return attention_mask
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cache=None, **kwargs):

@@ -36,9 +36,43 @@ def test_bench_runs_every_method_and_writes_json_and_plot(tmp_path):
     assert len(partial.read_text().splitlines()) == n
 
 
+def test_static_methods_run_compiled(tmp_path):
+    """full_static / ahn_gdn_static: fixed-size caches and a compiled decoding step (the eager backend here, so
+    no C++ toolchain is needed; inductor and CUDA graphs are the GPU session's job)."""
+    res = run("random:tiny", [96, 320], ["full_static", "ahn_gdn_static"], window=32, sinks=4, chunk=64, decode=3,
+              dtype="float32", device="cpu", out=tmp_path / "s.json", progress=False, compile_backend="eager")
+    rows = {(r["method"], r["length"]): r for r in res["rows"]}
+    assert all("error" not in r for r in rows.values()), rows
+    assert all(r["compile_s"] > 0 and r["decode_ms"] > 0 for r in rows.values())
+    assert rows[("ahn_gdn_static", 320)]["cache_bytes"] == rows[("ahn_gdn_static", 96)]["cache_bytes"]
+    assert rows[("full_static", 320)]["cache_bytes"] > 3 * rows[("full_static", 96)]["cache_bytes"]
+    assert res["settings"]["compile_backend"] == "eager"
+
+
 def test_bench_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         run("random:tiny", [64], ["flash"], 32, 4, 64, 2, "float32", "cpu", tmp_path / "x.json", progress=False)
     res = run("random:nope", [64], ["full"], 32, 4, 64, 2, "float32", "cpu", tmp_path / "y.json", progress=False)
     assert "unknown random shape" in res["rows"][0]["error"]
     assert cli_main(["bench", "--methods", "full,warp", "--out", str(tmp_path / "z.json")]) == 2
+
+
+def test_roofline_fraction_from_bench_rows(tmp_path):
+    """benchmarks/roofline.py: bandwidth / (weights + cache) bytes per token, against the measured speed."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "roofline", Path(__file__).resolve().parents[1] / "benchmarks" / "roofline.py")
+    roofline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roofline)
+    result = {"machine": {"gpu": "NVIDIA H200"}, "rows": [
+        {"method": "ahn_gdn_static", "length": 131072, "decode_tok_s": 400.0, "weight_bytes": 6e9,
+         "cache_bytes": 2e9},
+        {"method": "full", "length": 131072, "error": "OOM"}]}
+    bw = roofline.bandwidth_for(result["machine"]["gpu"])
+    assert bw == 4.8e12 and roofline.bandwidth_for("NVIDIA H100 80GB HBM3") == 3.35e12
+    (row,) = roofline.roofline_rows(result, bw)
+    assert row["roofline_tok_s"] == pytest.approx(600.0) and row["fraction"] == pytest.approx(400 / 600)
+    (tmp_path / "b.json").write_text(json.dumps(result))
+    roofline.main([str(tmp_path / "b.json")])

@@ -228,3 +228,18 @@ def test_saved_datasets_dataset_and_checkpoint_contents(corpus, tmp_path):
     assert {p.name for p in ckpt.iterdir()} == {"ahn.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt",
                                                 "state.json"}
     assert json.loads((ckpt / "state.json").read_text()) == {"step": 2, "samples": 2}
+
+
+def test_init_adapter_continues_from_an_exported_repo(corpus, tmp_path):
+    first = distill(_cfg(corpus, tmp_path / "a", max_steps=10, eval_every=10, save_every=10), progress=False)
+    distill(_cfg(corpus, tmp_path / "b", max_steps=1, eval_every=1, init_adapter=str(first)), progress=False)
+    evals_a = [r["eval"] for r in _log(tmp_path / "a") if "eval" in r]
+    evals_b = [r["eval"] for r in _log(tmp_path / "b") if "eval" in r]
+    assert evals_a[-1]["kl_ahn"] < evals_a[0]["kl_ahn"]
+    # the continued run starts where the first one ended, not from a fresh (= sinks+SWA) adapter
+    assert evals_b[0]["kl_ahn"] == pytest.approx(evals_a[-1]["kl_ahn"], rel=1e-5)
+    assert json.loads((tmp_path / "b" / "run_config.json").read_text())["init_adapter"] == str(first)
+    with pytest.raises(ValueError, match="holds an AHN of type 'gdn', but this run trains 'mamba2'"):
+        distill(_cfg(corpus, tmp_path / "c", ahn_type="mamba2", init_adapter=str(first)), progress=False)
+    with pytest.raises(ValueError, match="is not an exported AHN repo"):
+        distill(_cfg(corpus, tmp_path / "d", init_adapter=str(tmp_path)), progress=False)

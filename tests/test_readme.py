@@ -23,12 +23,14 @@ def _section_code(title: str) -> str:
 
 
 def test_python_example_runs_as_written(capsys):
-    code = _section_code("Python example")
-    exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
+    namespace = {"__name__": "__readme__"}
+    for code in _section_blocks("Python example"):  # the blocks continue one another
+        exec(compile(code, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "torch.Size([1, 320])" in out
     assert "300 64" in out
     assert "['model.layers.0.ahn.fn.A_log', 'model.layers.0.ahn.fn.D']" in out
+    assert out.rstrip().endswith("True")  # the static cache generated the same tokens
 
 
 def test_hub_section_runs_as_written(tmp_path, monkeypatch, capsys):
