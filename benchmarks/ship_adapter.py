@@ -2,16 +2,19 @@
 log, loss curve, and a card with the recipe and the quality report.
 
     python benchmarks/ship_adapter.py RUN_DIR [--name smollm2-135m-instruct-ahn-gdn]
-        [--quality benchmarks/results/quality_smollm2_gdn.json]
+        [--quality benchmarks/results/quality_smollm2_gdn.json] [--previous SHIPPED_DIR]
 
 RUN_DIR must hold `adapter/`, `train_log.jsonl`, `loss_curve.png`, `run_config.json` and `cmd.txt` (the exact
-command, written by whoever launched the run).
+command, written by whoever launched the run). A run that continued a shipped adapter (`--init-adapter`) is
+shipped with `--previous <that adapter's folder, as committed>`: the card then lists every stage, the earlier
+stages' logs are kept as `train_log_stage<k>.jsonl` and `stages.json` records them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -28,12 +31,39 @@ def _choices(values, default: str) -> str:
     return default if values is None else "{" + ", ".join(str(v) for v in values) + "}"
 
 
-def card(name, run_cfg, log, quality, command) -> str:
-    steps = [r for r in log if "loss" in r]
-    evals = [r for r in log if "eval" in r]
-    first, last = evals[0]["eval"], evals[-1]["eval"]
-    secs = sum(r["step_s"] for r in steps)
-    toks = sum(r["tokens"] for r in steps)
+def config_from_command(command: str) -> dict:
+    """The ``ahn distill`` settings of a recorded command line (comments and env assignments ignored)."""
+    from modeling_ahn.cli import build_parser
+
+    line = " ".join(x for x in command.splitlines() if x.strip() and not x.lstrip().startswith("#"))
+    words = shlex.split(line)
+    args = build_parser().parse_args(words[words.index("distill"):])
+    return dict(max_length=args.max_length, windows=[int(x) for x in args.windows.split(",")]
+                if args.windows != "paper" else None, sinks=[int(x) for x in args.sinks.split(",")]
+                if args.sinks != "paper" else None, lr=args.lr, warmup_ratio=args.warmup_ratio,
+                weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, init_adapter=args.init_adapter)
+
+
+def previous_stages(folder: Path) -> list[dict]:
+    """The training stages behind a shipped adapter folder: its ``stages.json``, or one stage from its command."""
+    if (folder / "stages.json").exists():
+        stages = json.loads((folder / "stages.json").read_text())
+    else:
+        stages = [{"log": "train_log.jsonl", "command": (folder / "train_command.txt").read_text()}]
+    for st in stages:
+        st["rows"] = [json.loads(x) for x in (folder / st["log"]).read_text().splitlines() if x.strip()]
+        st.setdefault("config", config_from_command(st["command"]))
+    return stages
+
+
+def card(name, stages, quality) -> str:
+    """``stages``: dicts with ``config`` (run settings), ``rows`` (the train log) and ``command``, oldest first."""
+    all_steps = [r for st in stages for r in st["rows"] if "loss" in r]
+    secs = sum(r["step_s"] for r in all_steps)
+    toks = sum(r["tokens"] for r in all_steps)
+    multi = len(stages) > 1
+    commands = "\n".join((f"# stage {i + 1}\n" if multi else "") + st["command"].strip()
+                         for i, st in enumerate(stages))
     lines = [
         "---",
         "license: apache-2.0",
@@ -66,37 +96,58 @@ def card(name, run_cfg, log, quality, command) -> str:
         "## Training",
         "",
         "Self-distillation from the frozen base (teacher: full attention; student: sinks + window + AHN; KL on "
-        "positions beyond the window), on this project's 2-core CPU (no GPU was available), bf16 autocast:",
+        "positions beyond the window), on this project's 2-core CPU (no GPU was available), bf16 autocast"
+        + (f", in {len(stages)} stages (each continuing the previous one's adapter with `--init-adapter`):"
+           if multi else ":"),
         "",
         "```bash",
-        command.strip(),
+        commands,
         "```",
         "",
-        "| setting | value |",
-        "|---|---|",
-        f"| steps × sequences | {len(steps)} × 1 (batch 1) |",
-        f"| sequence length | {run_cfg['max_length']} tokens (documents ≥ 2048 tokens, truncated) |",
-        f"| training tokens seen | {toks:,} |",
-        f"| windows / sinks | random per step: windows {_choices(run_cfg['windows'], 'the paper set in (L/8, L)')}; "
-        f"sinks {_choices(run_cfg['sinks'], 'the paper set {0, 32, 64, ...}')} up to W/2 |",
-        f"| optimiser | AdamW, lr {run_cfg['lr']}, cosine, {int(run_cfg['warmup_ratio'] * 100)} % warm-up, "
-        f"wd {run_cfg['weight_decay']}, clip {run_cfg['max_grad_norm']} |",
-        "| data | `ahn corpora` training split: Linux kernel, Python and Perl docs, Advanced Bash-Scripting Guide, "
-        "KJV Bible, 38 Shakespeare plays (held-out sources never used) |",
-        f"| wall time | {secs / 60:.0f} min ({toks / secs:.0f} tokens/s) |",
-        "",
-        f"Held-out Austen (6 sequences of 2048 tokens, window {first['eval_window']}, {first['eval_sinks']} sinks, "
-        "the run's own evaluation):",
-        "",
-        "| step | KL(teacher‖AHN) | KL(teacher‖SWA) | ppl AHN | ppl SWA | ppl full |",
-        "|---|---|---|---|---|---|",
+        "| setting | " + " | ".join(f"stage {i + 1}" for i in range(len(stages))) + " |" if multi
+        else "| setting | value |",
+        "|---|" + "---|" * len(stages),
     ]
-    for r in evals:
-        e = r["eval"]
-        lines.append(f"| {r['step']} | {e['kl_ahn']:.4f} | {e['kl_swa']:.4f} | {e['ppl_ahn']:.2f} | {e['ppl_swa']:.2f} "
-                     f"| {e['ppl_full']:.2f} |")
-    lines += ["", f"KL to the teacher beyond the window: {first['kl_ahn']:.4f} → {last['kl_ahn']:.4f} "
-              f"({(1 - last['kl_ahn'] / first['kl_ahn']) * 100:.0f} % lower).", ""]
+
+    def row(label, fn):
+        lines.append(f"| {label} | " + " | ".join(fn(st) for st in stages) + " |")
+
+    def n_steps(st):
+        return sum(1 for r in st["rows"] if "loss" in r)
+
+    row("steps × sequences", lambda st: f"{n_steps(st)} × 1 (batch 1)")
+    row("sequence length", lambda st: f"{st['config']['max_length']} tokens (documents ≥ that length, truncated)")
+    row("training tokens seen", lambda st: f"{sum(r['tokens'] for r in st['rows'] if 'loss' in r):,}")
+    row("windows / sinks", lambda st: f"random per step: windows "
+        f"{_choices(st['config']['windows'], 'the paper set in (L/8, L)')}; sinks "
+        f"{_choices(st['config']['sinks'], 'the paper set {0, 32, 64, ...}')} up to W/2")
+    row("optimiser", lambda st: f"AdamW, lr {st['config']['lr']}, cosine, {int(st['config']['warmup_ratio'] * 100)} "
+        f"% warm-up, wd {st['config']['weight_decay']}, clip {st['config']['max_grad_norm']}")
+    row("data", lambda st: "`ahn corpora` training split: Linux kernel, Python and Perl docs, Advanced "
+        "Bash-Scripting Guide, KJV Bible, 38 Shakespeare plays (held-out sources never used)")
+    row("wall time", lambda st: (lambda s_, t_: f"{s_ / 60:.0f} min ({t_ / s_:.0f} tokens/s)")(
+        sum(r["step_s"] for r in st["rows"] if "loss" in r), sum(r["tokens"] for r in st["rows"] if "loss" in r)))
+    if multi:
+        lines.append(f"| total | {len(all_steps)} steps, {toks:,} tokens, {secs / 60:.0f} min |"
+                     + " |" * (len(stages) - 1))
+    lines.append("")
+    for i, st in enumerate(stages):
+        evals = [r for r in st["rows"] if "eval" in r]
+        if not evals:
+            continue
+        first, last = evals[0]["eval"], evals[-1]["eval"]
+        n_seq = round(first["eval_positions"] / max(1, st["config"]["max_length"] - first["eval_window"]))
+        lines += [f"Held-out Austen{f' (stage {i + 1})' if multi else ''}: {n_seq} sequences of "
+                  f"{st['config']['max_length']} tokens, window {first['eval_window']}, {first['eval_sinks']} sinks, "
+                  "the run's own evaluation:", "",
+                  "| step | KL(teacher‖AHN) | KL(teacher‖SWA) | ppl AHN | ppl SWA | ppl full |",
+                  "|---|---|---|---|---|---|"]
+        for r in evals:
+            e = r["eval"]
+            lines.append(f"| {r['step']} | {e['kl_ahn']:.4f} | {e['kl_swa']:.4f} | {e['ppl_ahn']:.2f} | "
+                         f"{e['ppl_swa']:.2f} | {e['ppl_full']:.2f} |")
+        lines += ["", f"KL to the teacher beyond the window: {first['kl_ahn']:.4f} → {last['kl_ahn']:.4f} "
+                  f"({(1 - last['kl_ahn'] / first['kl_ahn']) * 100:.0f} % lower).", ""]
     if quality:
         lines += ["## Quality report", "", "`python benchmarks/quality.py` (results in "
                   "`benchmarks/results/quality_smollm2_gdn.{json,png}`), measured "
@@ -138,14 +189,31 @@ def main(argv=None):
     ap.add_argument("run", type=Path)
     ap.add_argument("--name", default="smollm2-135m-instruct-ahn-gdn")
     ap.add_argument("--quality", type=Path, default=ROOT / "benchmarks/results/quality_smollm2_gdn.json")
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="the shipped adapter folder this run continued (its stages go into the card)")
+    ap.add_argument("--dest", type=Path, default=None, help="default: adapters/<name> in this repo")
     args = ap.parse_args(argv)
-    dest = ROOT / "adapters" / args.name
+    dest = args.dest or ROOT / "adapters" / args.name
+    stages = previous_stages(args.previous) if args.previous else []
+    for k, st in enumerate(stages):  # copied out before dest (which may be the same folder) is overwritten
+        st["log_text"] = (args.previous / st["log"]).read_text()
+        st["log"] = f"train_log_stage{k + 1}.jsonl"
     log = [json.loads(x) for x in (args.run / "train_log.jsonl").read_text().splitlines() if x.strip()]
     run_cfg = json.loads((args.run / "run_config.json").read_text())
     command = (args.run / "cmd.txt").read_text()
+    stages.append({"log": "train_log.jsonl", "command": command, "config": run_cfg, "rows": log})
     quality = json.loads(args.quality.read_text()) if args.quality.exists() else None
-    install_adapter(args.run / "adapter", dest, card(args.name, run_cfg, log, quality, command))
-    (dest / "train_command.txt").write_text(command)
+    install_adapter(args.run / "adapter", dest, card(args.name, stages, quality))
+    for st in stages[:-1]:
+        (dest / st["log"]).write_text(st.pop("log_text"))
+    if len(stages) > 1:
+        (dest / "stages.json").write_text(json.dumps(
+            [{"log": st["log"], "command": st["command"], "config": {k: st["config"].get(k) for k in (
+                "max_length", "windows", "sinks", "lr", "warmup_ratio", "weight_decay", "max_grad_norm",
+                "init_adapter")}} for st in stages], indent=2) + "\n")
+    (dest / "train_command.txt").write_text("\n\n".join(
+        (f"# stage {i + 1}\n" if len(stages) > 1 else "") + st["command"].strip() for i, st in enumerate(stages))
+        + "\n")
     shutil.copyfile(args.run / "train_log.jsonl", dest / "train_log.jsonl")
     if (args.run / "loss_curve.png").exists():
         shutil.copyfile(args.run / "loss_curve.png", dest / "loss_curve.png")

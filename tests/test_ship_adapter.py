@@ -1,0 +1,63 @@
+"""benchmarks/ship_adapter.py: a run that continued a shipped adapter is shipped with every stage in the card."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("ship_adapter", ROOT / "benchmarks" / "ship_adapter.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _log(path, steps, length, seconds):
+    rows = [{"step": 0, "eval": {"kl_ahn": 0.05, "kl_swa": 0.05, "ppl_ahn": 30.0, "ppl_swa": 30.0, "ppl_full": 29.0,
+                                 "eval_window": 512, "eval_sinks": 64, "eval_positions": 4 * (length - 512)}}]
+    rows += [{"step": i + 1, "loss": 0.1, "tokens": length, "step_s": seconds} for i in range(steps)]
+    rows.append({"step": steps, "eval": dict(rows[0]["eval"], kl_ahn=0.04, ppl_ahn=29.5)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_two_stage_card_logs_and_commands(tmp_path):
+    ship = _module()
+    shipped = tmp_path / "shipped"  # stage 1, as committed: command + log, no stages.json
+    shipped.mkdir()
+    (shipped / "train_command.txt").write_text(
+        "OMP_NUM_THREADS=1 ahn distill --base b --data d --out o --max-length 2048 --windows 256,512 --lr 1e-3\n"
+        "# stopped early\n")
+    _log(shipped / "train_log.jsonl", 3, 2048, 20.0)
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    save_file({"model.layers.0.ahn.fn.A_log": torch.zeros(2)}, run / "adapter" / "model.safetensors")
+    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "ahn", "_name_or_path": "/x/y"}))
+    _log(run / "train_log.jsonl", 2, 4096, 40.0)
+    (run / "run_config.json").write_text(json.dumps({"max_length": 4096, "windows": [256, 512, 1024], "sinks": None,
+                                                     "lr": 5e-4, "warmup_ratio": 0.05, "weight_decay": 0.1,
+                                                     "max_grad_norm": 1.0, "init_adapter": "adapters/x"}))
+    (run / "cmd.txt").write_text("ahn distill --base b --data d --out r --init-adapter adapters/x --max-length 4096\n")
+    # the destination is the shipped folder itself, as when a stage replaces the committed adapter
+    ship.main([str(run), "--previous", str(shipped), "--dest", str(shipped), "--quality", str(tmp_path / "none")])
+    card = (shipped / "README.md").read_text()
+    assert "in 2 stages" in card and "| setting | stage 1 | stage 2 |" in card
+    assert "| steps × sequences | 3 × 1 (batch 1) | 2 × 1 (batch 1) |" in card
+    assert "| total | 5 steps, 14,336 tokens, 2 min |" in card
+    assert "windows {256, 512}" in card and "lr 0.001" in card and "lr 0.0005" in card
+    assert "4 sequences of 2048 tokens" in card and "4 sequences of 4096 tokens" in card
+    commands = (shipped / "train_command.txt").read_text()
+    assert commands.index("# stage 1") < commands.index("--max-length 2048") < commands.index("# stage 2")
+    assert len((shipped / "train_log_stage1.jsonl").read_text().splitlines()) == 5  # stage 1's log, kept
+    assert len((shipped / "train_log.jsonl").read_text().splitlines()) == 4
+    stages = json.loads((shipped / "stages.json").read_text())
+    assert [s["log"] for s in stages] == ["train_log_stage1.jsonl", "train_log.jsonl"]
+    assert json.loads((shipped / "config.json").read_text())["base_model_name_or_path"].startswith("smollm2")
+    # a third stage reads the two from stages.json
+    assert [len(s["rows"]) for s in ship.previous_stages(shipped)] == [5, 4]
