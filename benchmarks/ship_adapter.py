@@ -139,7 +139,8 @@ def card(name, stages, quality) -> str:
         n_seq = round(first["eval_positions"] / max(1, st["config"]["max_length"] - first["eval_window"]))
         lines += [f"Held-out Austen{f' (stage {i + 1})' if multi else ''}: {n_seq} sequences of "
                   f"{st['config']['max_length']} tokens, window {first['eval_window']}, {first['eval_sinks']} sinks, "
-                  "the run's own evaluation:", "",
+                  "the run's own evaluation" + (f" (step 0: the stage-{i} adapter it starts from)" if i else "") + ":",
+                  "",
                   "| step | KL(teacher‖AHN) | KL(teacher‖SWA) | ppl AHN | ppl SWA | ppl full |",
                   "|---|---|---|---|---|---|"]
         for r in evals:
