@@ -198,13 +198,17 @@ class StaticSinkWindowLayer(SinkWindowLayer):
 
     def ensure_buffers(self, gates: torch.Tensor, batch: int, heads: int, key_dim: int, value_dim: int):
         """Allocate the gate ring and the fp32 state once their shapes are known (the first AHN step)."""
-        if self.ring_gates is None:
-            self.ring_gates = gates.new_zeros(batch, self.sliding_window, *gates.shape[2:])
-            _mark_static(self.ring_gates)
+        self._ensure_gate_ring(gates)
         if self.recurrent_state is None:
             self.recurrent_state = torch.zeros(batch, heads, key_dim, value_dim, dtype=torch.float32,
                                                device=self.device)
             _mark_static(self.recurrent_state)
+
+    def _ensure_gate_ring(self, gates: torch.Tensor) -> None:
+        """The ring of write gates ``[B, W, G, H]``, allocated from the first gates seen ``[B, T, G, H]``."""
+        if self.ring_gates is None:
+            self.ring_gates = gates.new_zeros(gates.shape[0], self.sliding_window, *gates.shape[2:])
+            _mark_static(self.ring_gates)
 
     def _ordered_slots(self, seen: int) -> torch.Tensor:
         n = min(seen, self.sliding_window)
@@ -259,10 +263,7 @@ class StaticSinkWindowLayer(SinkWindowLayer):
         self.ring_values[:, :, idx] = self.values
         self.ring_rpos[:, idx] = self.window_rpos
         if self.window_gates is not None:
-            if self.ring_gates is None:
-                self.ring_gates = self.window_gates.new_zeros(self.window_gates.shape[0], self.sliding_window,
-                                                              *self.window_gates.shape[2:])
-                _mark_static(self.ring_gates)
+            self._ensure_gate_ring(self.window_gates)
             self.ring_gates[:, idx] = self.window_gates
         self.slot_counter.fill_(self.cumulative_length)
         if before is not None and self.recurrent_state is not before:  # keep the buffer's address
