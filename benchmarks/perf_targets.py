@@ -44,8 +44,8 @@ def targets(bench: dict, kernel: dict | None, ahn: str = "ahn_gdn") -> list[dict
     x = ratio(ahn32, swa32, "decode_ms")
     add("AHN / sinks+SWA decode latency at 32k", x, "<= 1.3", x is not None and x <= 1.3)
     if kernel:
-        x = max(kernel["speedup_vs_recurrent"].values())
-        add(f"torch chunk kernel / per-token loop at {kernel['tokens']} tokens", x, ">= 10", x >= 10)
+        name, x = max(kernel["speedup_vs_recurrent"].items(), key=lambda kv: kv[1])
+        add(f"torch chunk kernel / per-token loop at {kernel['tokens']} tokens ({name})", x, ">= 10", x >= 10)
     return out
 
 

@@ -130,6 +130,69 @@ def ahn_attention_forward(module, *args, **kwargs):
     return spec.attention(module, *args, **kwargs)
 
 
+def _clamp_angles(spec, query, qpos, key_is_sink):
+    """``[B, 1, q, D]`` angles by which queries rotate back against the sinks, or ``None`` if nothing is clamped."""
+    limit = spec.sink_position_limit
+    if limit is None or qpos.numel() == 0 or int(qpos.max()) < limit or not bool(key_is_sink.any()):
+        return None
+    inv_freq = spec.inv_freq()
+    if inv_freq is None or 2 * inv_freq.numel() != query.shape[-1]:
+        return None  # no (full-dimension) rotary embedding to undo
+    return _sink_angles(spec, qpos, inv_freq, query.device)
+
+
+def _rotated_back(query, ang):
+    """``R(-ang) q``: the queries as the sinks see them (``[B, H, q, D]``, computed in float32)."""
+    D = query.shape[-1]
+    q = query.float()
+    rot = torch.cat([q[..., D // 2:], -q[..., : D // 2]], dim=-1)  # rotate_half(q) rotated by -angle
+    return q * ang.cos() + rot * ang.sin()
+
+
+# Extra head channels of the merged attention: two carry the sinks' log-normaliser (hi + lo parts, so that it
+# survives bf16), one returns the sinks' share; padded to a multiple of 8 for the fused SDPA kernels.
+_MERGE_CHANNELS = 8
+
+
+def _sink_merged_attention(module, query, key, value, mask, scaling, dropout, ang, key_is_sink):
+    """Sinks (clamped) + window attention in one fused SDPA call over the window keys plus one summary key.
+
+    The sinks are scored apart, with the rotated-back queries: ``lse_s = logsumexp(s_sink)``,
+    ``o_s = softmax(s_sink) v_sink`` (``S`` keys: cheap). The window keys go to SDPA together with a summary key
+    whose score is ``lse_s`` for every query (an extra channel: query ``lse_s / scale``, key 1) and whose value is
+    a one-hot channel, so SDPA returns ``o_w' = sum_w e^s_w v_w / Z`` and the summary's weight ``p = e^lse_s / Z``
+    with ``Z = sum_w e^s_w + e^lse_s``; the result ``o_w' + p o_s`` is exactly softmax attention over all keys.
+    The head grows by 8 channels (the doubled head of ``_sink_clamped`` costs twice the attention).
+    """
+    B, H, q_len, D = query.shape
+    Hkv = key.shape[1]
+    scale = scaling if scaling is not None else D**-0.5
+    sink_cols = key_is_sink.any(0).nonzero()[:, 0].to(key.device)  # sink columns of any row
+    ks = repeat_kv(key[:, :, sink_cols], H // Hkv).float()  # [B, H, ns, D]
+    vs = repeat_kv(value[:, :, sink_cols], H // Hkv).float()
+    sink_vis = mask[..., sink_cols] & key_is_sink[:, None, None, sink_cols].to(mask.device)  # [B, 1, q, ns]
+    scores = (_rotated_back(query, ang) @ ks.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~sink_vis, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # [B, H, q], -inf where no sink is visible
+    o_s = torch.softmax(scores.masked_fill(~sink_vis, torch.finfo(scores.dtype).min), dim=-1) @ vs
+    lse_q = (lse.clamp(min=-1e4) / scale)[..., None]
+    hi = lse_q.to(query.dtype)
+    lo = (lse_q - hi.float()).to(query.dtype)
+    E = _MERGE_CHANNELS
+    q2 = torch.cat([query, hi, lo, query.new_zeros(B, H, q_len, E - 2)], dim=-1)
+    summary_k = key.new_zeros(B, Hkv, 1, D + E)
+    summary_k[..., D: D + 2] = 1
+    summary_v = value.new_zeros(B, Hkv, 1, D + E)
+    summary_v[..., D] = 1
+    k2 = torch.cat([F.pad(key, (0, E)), summary_k], dim=2)
+    v2 = torch.cat([F.pad(value, (0, E)), summary_v], dim=2)
+    win_vis = mask & ~key_is_sink[:, None, None, :].to(mask.device)
+    m2 = torch.cat([win_vis, win_vis.new_ones(*win_vis.shape[:-1], 1)], dim=-1)
+    out, _ = sdpa_attention_forward(module, q2, k2, v2, m2, dropout=dropout, scaling=scale)  # [B, q, H, D + E]
+    p = out[..., D: D + 1].float()
+    return (out[..., :D].float() + p * o_s.transpose(1, 2)).to(query.dtype)
+
+
 def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
     """Queries beyond the base's trained context see the sinks as if they sat at its last position.
 
@@ -139,23 +202,18 @@ def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
     ``t - P`` for the sink keys only, which one attention call does by doubling the head size:
     ``[q, R(P - t) q] . [k * not_sink, k * sink]``. Exact (RoPE rotations compose). Values are zero-padded
     to the same size, so that SDPA keeps its fused kernel (it falls back to the slow math path when the
-    value head size differs from the query's).
+    value head size differs from the query's). SDPA prefill uses the cheaper ``_sink_merged_attention``; this
+    form serves eager attention (and is the reference it is tested against).
     """
-    limit = spec.sink_position_limit
-    if limit is None or qpos.numel() == 0 or int(qpos.max()) < limit or not bool(key_is_sink.any()):
+    ang = _clamp_angles(spec, query, qpos, key_is_sink)
+    if ang is None:
         return None
-    inv_freq = spec.inv_freq()
     D = query.shape[-1]
-    if inv_freq is None or 2 * inv_freq.numel() != D:
-        return None  # no (full-dimension) rotary embedding to undo
-    ang = _sink_angles(spec, qpos, inv_freq, query.device)
     if query.shape[2] == 1:
         # One query per row (decoding): rotating the query back by `back` against the sink keys equals rotating
         # the sink keys forward by it ((R(-b) q) . k = q . (R(b) k)); same head size, no second attention width.
         return query, _sinks_rotated_forward(key, ang, key_is_sink), value, scaling if scaling is not None else D**-0.5
-    q = query.float()
-    rot = torch.cat([q[..., D // 2:], -q[..., : D // 2]], dim=-1)  # rotate_half(q) rotated by -angle
-    q_sink = (q * ang.cos() + rot * ang.sin()).to(query.dtype)
+    q_sink = _rotated_back(query, ang).to(query.dtype)
     is_sink = key_is_sink[:, None, :, None].to(device=key.device, dtype=key.dtype)
     key2 = torch.cat([key * (1 - is_sink), key * is_sink], dim=-1)
     value2 = F.pad(value, (0, D))
@@ -213,6 +271,10 @@ def _static_decode_step(spec, module, layer, query, key, value, hidden, mask2d, 
 def _window_attention(spec, module, query, key, value, mask, scaling, dropout, qpos, key_is_sink):
     """``_inner_attention`` over sinks + window keys, with the sinks clamped for queries beyond the base's
     trained context (see ``_sink_clamped``)."""
+    if spec.inner == "sdpa" and query.shape[2] > 1 and not (dropout and module.training):  # (dropout: sinks too)
+        ang = _clamp_angles(spec, query, qpos, key_is_sink)
+        if ang is not None:
+            return _sink_merged_attention(module, query, key, value, mask, scaling, dropout, ang, key_is_sink), None
     clamped = _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling)
     if clamped is None:
         return _inner_attention(spec, module, query, key, value, mask, scaling, dropout)

@@ -127,9 +127,28 @@ def torch_recurrent_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=
 # Chunk length of the torch kernel. Measured on the 2-core CPU (one thread, SmolLM2's 9 heads of 64, 8k tokens):
 # 32 beats 64 by ~20 %; the intra-chunk work grows with C, the sequential loop with T / C.
 TORCH_CHUNK_SIZE = 32
+# Tokens per segment: the chunk-parallel work runs one segment at a time (state carried across), so that its
+# [B, H, chunks, C, ...] intermediates stay cache-sized instead of growing with T (see benchmarks/kernel_speed.py).
+TORCH_SEGMENT = 512
 
 
-def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=TORCH_CHUNK_SIZE):
+def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=TORCH_CHUNK_SIZE,
+                     segment=TORCH_SEGMENT):
+    """Chunked (parallel) form of the recurrence, ``segment`` tokens at a time (``None``: all at once).
+    Returns ``(o [B,T,H,V] fp32, state)``; see ``_chunk_segment`` for the maths."""
+    T = k.shape[1]
+    if segment is None or T <= segment:
+        return _chunk_segment(q, k, v, g, beta, initial_state, scale, delta, chunk_size)
+    seg = max(chunk_size, segment - segment % chunk_size)
+    S, outs = initial_state, []
+    for s in range(0, T, seg):
+        o, S = _chunk_segment(q[:, s:s + seg], k[:, s:s + seg], v[:, s:s + seg],
+                              None if g is None else g[:, s:s + seg], beta[:, s:s + seg], S, scale, delta, chunk_size)
+        outs.append(o)
+    return torch.cat(outs, dim=1), S
+
+
+def _chunk_segment(q, k, v, g, beta, initial_state, scale, delta, chunk_size):
     """Chunked (parallel) form of the recurrence, exact up to float rounding.
 
     Inside a chunk of ``C`` steps with cumulative log-decay ``c_i = sum_{j<=i} g_j``:
@@ -137,62 +156,65 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
     ``A_ij = beta_i exp(c_i - c_j) k_i.k_j`` for ``j < i`` (the WY form of the delta rule; ``U = beta*V``
     without the delta rule), then ``O = (Q*exp(c)) S0 + (QK^T * exp(c_i - c_j))_{j<=i} U`` and
     ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Everything but the ``S`` recurrence is computed for all
-    chunks at once; the loop over chunks does one ``[2C, K] x [K, V]`` product (``(beta exp(c) K T) S`` and
-    ``(Q exp(c)) S`` together) and two fused multiply-adds. Returns ``(o [B,T,H,V] fp32, state)``.
+    chunks at once (the per-row factors ``beta``, ``exp(c)`` are applied to the ``C x C`` matrices, not to the
+    ``C x D`` keys and values); the loop over chunks does four small products with ``S``. Tensors are laid out
+    chunk-major (``[chunks, B*H, C, ...]``), so that every chunk's operands are contiguous views.
+    Returns ``(o [B,T,H,V] fp32, state)``.
     """
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = chunk_size
+    BH = B * H
     S = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
     if T == 0:
         return v.new_zeros(B, 0, H, V, dtype=torch.float32), S
     pad = (-T) % C
     n = (T + pad) // C
 
-    def prep(x):  # [B, T, H, ...] -> [B, H, n, C, ...] float32, zero-padded in time
-        x = x.float().transpose(1, 2)
+    def prep(x):  # [B, T, H, ...] -> [n, B*H, C, ...] float32, zero-padded in time
+        x = x.float()
         if pad:
-            x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-        return x.reshape(B, H, n, C, *x.shape[3:])
+            x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+        x = x.reshape(B, n, C, H, *x.shape[3:])
+        return x.permute(1, 0, 3, 2, *range(4, x.dim())).reshape(n, BH, C, *x.shape[4:])
 
     q, k, v, beta = prep(q), prep(k), prep(v), prep(beta)
-    gc = prep(g).cumsum(-1) if g is not None else torch.zeros_like(beta)
+    gc = prep(g).cumsum(-1) if g is not None else torch.zeros_like(beta)  # [n, BH, C]
     tril = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
     decay = (gc[..., :, None] - gc[..., None, :]).masked_fill(~tril, float("-inf")).exp()  # exp(c_i - c_j), j <= i
     egc = gc.exp()
-    kb = k * beta[..., None]
     if delta:
-        A = ((kb @ k.transpose(-1, -2)) * decay).tril(-1)
+        A = ((k @ k.transpose(-1, -2)) * (decay * beta[..., :, None])).tril(-1)
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
         # T = (I + A)^-1 once per chunk (a C x C right-hand side, cheaper than solving for [V | K] columns)
         t_mat = torch.linalg.solve_triangular(A + eye, eye.expand_as(A), upper=False, unitriangular=True)
-        w_value = t_mat @ (v * beta[..., None])  # U = w_value - w_key @ S0
-        w_key = t_mat @ (kb * egc[..., None])
-        reads = torch.cat([w_key, q * egc[..., None]], dim=-2)  # [B,H,n,2C,K]: one product with S per chunk
+        t_beta = t_mat * beta[..., None, :]  # T diag(beta)
+        w_value = t_beta @ v  # U = w_value - w_key @ S0
+        w_key = (t_beta * egc[..., None, :]) @ k
     else:
         w_value = v * beta[..., None]
-        reads = q * egc[..., None]
-
-    qk = (q @ k.transpose(-1, -2)) * decay  # [B,H,n,C,C], j <= i
-    k_to_end = (k * (gc[..., -1:] - gc).exp()[..., None]).transpose(-1, -2)  # [B,H,n,K,C]
-    chunk_decay = egc[..., -1][..., None, None]  # [B,H,n,1,1]
-    # One unbind per tensor, not x[:, :, i] per chunk: each indexing op's backward would materialise a zero
-    # tensor of the full [B,H,n,...] shape, making the backward O(n^2) in the number of chunks.
-    w_value_c, reads_c, qk_c = w_value.unbind(2), reads.unbind(2), qk.unbind(2)
-    decay_c, k_to_end_c = chunk_decay.unbind(2), k_to_end.unbind(2)
-    BH = B * H
+    q_decayed = q * egc[..., None]
+    qk = (q @ k.transpose(-1, -2)) * decay  # [n, BH, C, C], j <= i
+    k_to_end = (k * (gc[..., -1:] - gc).exp()[..., None]).transpose(-1, -2)  # [n, BH, K, C]
+    chunk_decay = egc[..., -1][..., None, None]  # [n, BH, 1, 1]
+    # One unbind per tensor, not x[i] per chunk: each indexing op's backward would materialise a zero tensor of
+    # the full [n, ...] shape, making the backward O(n^2) in the number of chunks.
+    q_c, qk_c, wv_c, kend_c, decay_c = (x.unbind(0) for x in (q_decayed, qk, w_value, k_to_end, chunk_decay))
+    wk_c = w_key.unbind(0) if delta else None
+    S = S.reshape(BH, K, V)
+    # without autograd each chunk's output is written into one buffer (out= has no backward: else a list + stack)
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, beta, gc, S))
+    o = None if grad else q.new_empty(n, BH, C, V)
     outs = []
     for i in range(n):
-        rs = reads_c[i] @ S
-        if delta:
-            u, qs = w_value_c[i] - rs[..., :C, :], rs[..., C:, :]
+        u = torch.baddbmm(wv_c[i], wk_c[i], S, alpha=-1) if delta else wv_c[i]
+        if grad:
+            outs.append(torch.baddbmm(torch.bmm(q_c[i], S), qk_c[i], u))
         else:
-            u, qs = w_value_c[i], rs
-        outs.append(torch.baddbmm(qs.reshape(BH, C, V), qk_c[i].reshape(BH, C, C), u.reshape(BH, C, V)))
-        S = torch.baddbmm((S * decay_c[i]).reshape(BH, K, V), k_to_end_c[i].reshape(BH, K, C),
-                          u.reshape(BH, C, V)).view(B, H, K, V)
-    o = torch.stack(outs, dim=1).reshape(B, H, n * C, V)[:, :, :T] * scale
-    return o.transpose(1, 2), S
+            torch.baddbmm(torch.bmm(q_c[i], S), qk_c[i], u, out=o[i])
+        S = torch.baddbmm(S * decay_c[i], kend_c[i], u)
+    o = (torch.stack(outs, 0) if grad else o).view(n, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, n * C, H, V)
+    return o[:, :T] * scale, S.view(B, H, K, V)
 
 
 # ----------------------------------------------------------------------------------------------

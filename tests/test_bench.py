@@ -10,6 +10,18 @@ from modeling_ahn.bench import parse_length, run, table
 from modeling_ahn.cli import main as cli_main
 
 
+def _bench_script(name):
+    """A script of ``benchmarks/`` (not a package) loaded as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_parse_length():
     assert [parse_length(x) for x in ("1k", "64K", "512", "0.5k")] == [1024, 65536, 512, 512]
 
@@ -59,13 +71,7 @@ def test_bench_errors(tmp_path):
 
 def test_roofline_fraction_from_bench_rows(tmp_path):
     """benchmarks/roofline.py: bandwidth / (weights + cache) bytes per token, against the measured speed."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "roofline", Path(__file__).resolve().parents[1] / "benchmarks" / "roofline.py")
-    roofline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(roofline)
+    roofline = _bench_script("roofline")
     result = {"machine": {"gpu": "NVIDIA H200"}, "rows": [
         {"method": "ahn_gdn_static", "length": 131072, "decode_tok_s": 400.0, "weight_bytes": 6e9,
          "cache_bytes": 2e9},
@@ -76,3 +82,19 @@ def test_roofline_fraction_from_bench_rows(tmp_path):
     assert row["roofline_tok_s"] == pytest.approx(600.0) and row["fraction"] == pytest.approx(400 / 600)
     (tmp_path / "b.json").write_text(json.dumps(result))
     roofline.main([str(tmp_path / "b.json")])
+
+
+def test_kernel_speed_times_every_variant_per_thread_count_and_feeds_the_targets(tmp_path):
+    out = tmp_path / "k.json"
+    _bench_script("kernel_speed").main(["--tokens", "100", "--heads", "2", "--head-dim", "8", "--threads", "1,2",
+                                        "--chunk-sizes", "8", "--segments", "32,none", "--repeats", "1",
+                                        "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res["speedup_vs_recurrent"]) == {"t1/chunk8/seg32", "t1/chunk8/segnone", "t2/chunk8/seg32",
+                                                "t2/chunk8/segnone"}
+    assert set(res["seconds"]) == set(res["speedup_vs_recurrent"]) | {"t1/recurrent", "t2/recurrent"}
+    assert max(res["max_abs_diff_vs_recurrent"].values()) < 1e-5
+    best = max(res["speedup_vs_recurrent"].items(), key=lambda kv: kv[1])
+    rows = _bench_script("perf_targets").targets({"rows": []}, res)
+    (row,) = [r for r in rows if "kernel" in r["target"]]
+    assert best[0] in row["target"] and row["measured"] == pytest.approx(best[1])

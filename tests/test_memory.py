@@ -145,8 +145,9 @@ def test_naive_reference_equals_chunked_and_step_forms(ahn_type):
 
 @pytest.mark.parametrize("delta", [True, False])
 @pytest.mark.parametrize("gated", [True, False])
-@pytest.mark.parametrize("chunk_size", [1, 7, 64])
-def test_chunk_kernel_equals_recurrence(delta, gated, chunk_size):
+@pytest.mark.parametrize("chunk_size,segment", [(1, None), (7, None), (64, None), (7, 20), (8, 256)])
+def test_chunk_kernel_equals_recurrence(delta, gated, chunk_size, segment):
+    """``segment``: the chunk-parallel work one segment at a time (20 -> segments of 14 with chunks of 7)."""
     torch.manual_seed(0)
     B, T, H, K, V = 2, 93, 3, 16, 12
     q = memory_ahn.l2norm(torch.randn(B, T, H, K))
@@ -156,7 +157,7 @@ def test_chunk_kernel_equals_recurrence(delta, gated, chunk_size):
     beta = torch.rand(B, T, H)
     s0 = torch.randn(B, H, K, V)
     o1, s1 = torch_recurrent_rule(q, k, v, g, beta, s0, 0.5, delta)
-    o2, s2 = torch_chunk_rule(q, k, v, g, beta, s0, 0.5, delta, chunk_size=chunk_size)
+    o2, s2 = torch_chunk_rule(q, k, v, g, beta, s0, 0.5, delta, chunk_size=chunk_size, segment=segment)
     assert (o1 - o2).abs().max() < 1e-5 and (s1 - s2).abs().max() < 1e-5
 
 
@@ -166,7 +167,7 @@ def test_chunk_kernel_gradients_match_recurrence():
     base = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, K)]
     g0, b0 = -torch.rand(B, T, H), torch.rand(B, T, H)
     grads = []
-    for fn in (torch_recurrent_rule, lambda *a: torch_chunk_rule(*a, chunk_size=8)):
+    for fn in (torch_recurrent_rule, lambda *a: torch_chunk_rule(*a, chunk_size=4, segment=8)):
         q, k, v = (x.clone().requires_grad_() for x in base)
         g, b = g0.clone().requires_grad_(), b0.clone().requires_grad_()
         o, s = fn(memory_ahn.l2norm(q), memory_ahn.l2norm(k), v, g, b, None, 0.3, True)

@@ -107,3 +107,30 @@ def test_no_sinks_or_flag_off_leaves_the_spec_untouched():
     assert spec.sink_position_limit is None
     model.config.clamp_sink_positions, model.config.num_sinks = True, 0
     assert spec.sink_position_limit is None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
+def test_merged_sink_attention_equals_the_doubled_head_reference(dtype, tol, attention_path, monkeypatch):
+    """Prefill beyond P with SDPA merges the clamped sinks into one summary key (``_sink_merged_attention``);
+    eager attention rotates the queries with a doubled head. Same logits (bf16: within bf16 rounding of the
+    fp32 result, and as close as the doubled head gets)."""
+    from modeling_ahn import attention_ahn
+
+    calls = []
+    real = attention_ahn._sink_merged_attention
+    monkeypatch.setattr(attention_ahn, "_sink_merged_attention", lambda *a: calls.append(1) or real(*a))
+    ids = _tokens(41, 8)[None]
+    out = {}
+    for inner in ("sdpa", "eager"):
+        model = _model().to(dtype)
+        for layer in model.model.layers:
+            layer.self_attn.__dict__["_ahn"].inner = inner
+        with torch.no_grad():
+            out[inner] = model(ids, use_cache=False).logits.float()
+    assert calls, "the merged path did not run"
+    ref = _model()
+    with torch.no_grad():
+        fp32 = ref(ids, use_cache=False).logits
+    assert (out["sdpa"] - out["eager"]).abs().max() < tol
+    if dtype == torch.bfloat16:
+        assert (out["sdpa"] - fp32).abs().max() <= 1.5 * (out["eager"] - fp32).abs().max() + 1e-3
