@@ -16,6 +16,8 @@ Hub remote-code payload: flat, sibling imports only.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -167,10 +169,9 @@ def _sink_merged_attention(module, query, key, value, mask, scaling, dropout, an
     B, H, q_len, D = query.shape
     Hkv = key.shape[1]
     scale = scaling if scaling is not None else D**-0.5
-    sink_cols = key_is_sink.any(0).nonzero()[:, 0].to(key.device)  # sink columns of any row
+    sink_cols, sink_vis, m2 = _merge_masks(mask, key_is_sink, key.device)
     ks = repeat_kv(key[:, :, sink_cols], H // Hkv).float()  # [B, H, ns, D]
     vs = repeat_kv(value[:, :, sink_cols], H // Hkv).float()
-    sink_vis = mask[..., sink_cols] & key_is_sink[:, None, None, sink_cols].to(mask.device)  # [B, 1, q, ns]
     scores = (_rotated_back(query, ang) @ ks.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~sink_vis, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # [B, H, q], -inf where no sink is visible
@@ -186,11 +187,26 @@ def _sink_merged_attention(module, query, key, value, mask, scaling, dropout, an
     summary_v[..., D] = 1
     k2 = torch.cat([F.pad(key, (0, E)), summary_k], dim=2)
     v2 = torch.cat([F.pad(value, (0, E)), summary_v], dim=2)
-    win_vis = mask & ~key_is_sink[:, None, None, :].to(mask.device)
-    m2 = torch.cat([win_vis, win_vis.new_ones(*win_vis.shape[:-1], 1)], dim=-1)
     out, _ = sdpa_attention_forward(module, q2, k2, v2, m2, dropout=dropout, scaling=scale)  # [B, q, H, D + E]
     p = out[..., D: D + 1].float()
     return (out[..., :D].float() + p * o_s.transpose(1, 2)).to(query.dtype)
+
+
+_MERGE_MEMO = threading.local()
+
+
+def _merge_masks(mask, key_is_sink, device):
+    """The sink columns, their visibility ``[B, 1, q, ns]`` and the window mask plus the summary key, for
+    ``_sink_merged_attention``; reused while the same mask objects come back (every layer of one forward)."""
+    memo = getattr(_MERGE_MEMO, "value", None)
+    if memo is not None and memo[0] is mask and memo[1] is key_is_sink:  # the memo holds them: ids cannot recur
+        return memo[2]
+    sink_cols = key_is_sink.any(0).nonzero()[:, 0].to(device)  # sink columns of any row
+    sink_vis = mask[..., sink_cols] & key_is_sink[:, None, None, sink_cols].to(mask.device)  # [B, 1, q, ns]
+    win_vis = mask & ~key_is_sink[:, None, None, :].to(mask.device)
+    m2 = torch.cat([win_vis, win_vis.new_ones(*win_vis.shape[:-1], 1)], dim=-1)
+    _MERGE_MEMO.value = (mask, key_is_sink, (sink_cols, sink_vis, m2))
+    return sink_cols, sink_vis, m2
 
 
 def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
@@ -301,15 +317,56 @@ def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scali
     blocking saves nothing.
     """
     L = query.shape[2]
+    plans = _block_plans(rpos, W, S, n_old, L, store_vis, query.device)
+    if plans is None:
+        return None
+    outs = []
+    for q0, q1, aidx, mask, key_is_sink in plans:
+        out, _ = _window_attention(spec, module, query[:, :, q0:q1], key[:, :, aidx], value[:, :, aidx],
+                                   mask, scaling, dropout, rpos[:, n_old + q0: n_old + q1], key_is_sink)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
+
+
+class _Memo(threading.local):
+    """The last result of a function of (small tensors, ints), reused while its inputs are equal: the attention
+    masks of one forward are the same in every layer, so they are built once per forward, not once per layer."""
+
+    def __init__(self):
+        self.key, self.tensors, self.value = None, (), None
+
+    def get(self, key, tensors):
+        if key == self.key and len(tensors) == len(self.tensors) and all(
+                (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
+                                              and a.device == b.device and torch.equal(a, b))
+                for a, b in zip(tensors, self.tensors)):
+            return self.value
+        return None
+
+    def put(self, key, tensors, value):
+        self.key, self.tensors, self.value = key, tuple(None if t is None else t.clone() for t in tensors), value
+        return value
+
+
+_PLAN_MEMO = _Memo()
+
+
+def _block_plans(rpos, W, S, n_old, L, store_vis, dev):
+    """Query blocks of ``_blocked_window_attention``: ``[(q0, q1, key index, mask [B,1,q,k], key_is_sink [B,k])]``,
+    or ``None`` when blocking saves nothing. A pure function of its inputs, memoised across layers."""
+    key = (W, S, n_old, L, str(dev), BLOCK_MIN)
+    hit = _PLAN_MEMO.get(key, (rpos, store_vis))
+    if hit is not None:
+        return hit[0]
     P = 0 if store_vis is None else store_vis.shape[1]
     block = max(W, BLOCK_MIN)
     is_sink = (rpos >= 0) & (rpos < S)
     sink_end = int(is_sink.nonzero()[:, 1].max()) + 1 if S and bool(is_sink.any()) else 0
     if P + sink_end + block + W >= 0.75 * (P + n_old + L):
-        return None
-    dev = query.device
-    B = query.shape[0]
-    outs = []
+        return _PLAN_MEMO.put(key, (rpos, store_vis), (None,))[0]
+    B = rpos.shape[0]
+    rpos = rpos.to(dev)
+    plans = []
     for q0 in range(0, L, block):
         q1 = min(L, q0 + block)
         a0 = max(0, n_old + q0 - W + 1)
@@ -321,10 +378,8 @@ def _blocked_window_attention(spec, module, query, key, value, rpos, W, S, scali
             mask = torch.cat([store_vis[:, None, :].to(dev).expand(B, q1 - q0, P), mask], dim=-1)
             key_is_sink = torch.cat([torch.ones_like(store_vis, dtype=torch.bool).to(dev), key_is_sink], dim=-1)
             aidx = torch.cat([torch.arange(P, device=dev), aidx + P])
-        out, _ = _window_attention(spec, module, query[:, :, q0:q1], key[:, :, aidx], value[:, :, aidx],
-                                   mask[:, None], scaling, dropout, rpos[:, n_old + q0: n_old + q1], key_is_sink)
-        outs.append(out)
-    return torch.cat(outs, dim=1)
+        plans.append((q0, q1, aidx, mask[:, None], key_is_sink))
+    return _PLAN_MEMO.put(key, (rpos, store_vis), (plans,))[0]
 
 
 def _ahn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

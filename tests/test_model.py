@@ -372,3 +372,30 @@ def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
         alone = model(ids[:, :-pad], use_cache=False).logits
     assert (out[0] - ref[0]).abs().max() < 1e-4
     assert (out[1, pad:] - alone[0]).abs().max() < 1e-4
+
+
+def test_block_masks_are_built_once_per_forward_and_never_reused_stale(monkeypatch):
+    """The blocked attention's masks are the same in every layer of a forward and are built once; a batch of the
+    same shape with other padding gets its own (the memo compares the padding, not just shapes)."""
+    from modeling_ahn import attention_ahn
+
+    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 6)
+    built = []
+    original = attention_ahn._window_mask
+    monkeypatch.setattr(attention_ahn, "_window_mask", lambda *a: built.append(1) or original(*a))
+    model = make_ahn("llama", "gdn", 4, 3)
+    rows_a = [_ids(n, seed=n)[0] for n in (40, 33)]
+    rows_b = [_ids(n, seed=n)[0] for n in (35, 40)]  # same padded shape, other padding
+    ids_a, mask_a = _left_pad(rows_a)
+    ids_b, mask_b = _left_pad(rows_b)
+    assert ids_a.shape == ids_b.shape and not torch.equal(mask_a, mask_b)
+    with torch.no_grad():
+        out_a = model(ids_a, attention_mask=mask_a, use_cache=False).logits
+        n_blocks = len(built)
+        assert n_blocks == 7  # 40 tokens in blocks of 6, built once for both layers
+        out_b = model(ids_b, attention_mask=mask_b, use_cache=False).logits
+        assert len(built) == 2 * n_blocks  # rebuilt for the new padding
+        for rows, out in ((rows_a, out_a), (rows_b, out_b)):
+            for i, r in enumerate(rows):
+                alone = model(r[None], use_cache=False).logits[0]
+                assert (out[i, -len(r):] - alone).abs().max() < 1e-4
