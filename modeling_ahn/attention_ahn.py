@@ -209,21 +209,18 @@ def _merge_masks(mask, key_is_sink, device):
     return sink_cols, sink_vis, m2
 
 
-def _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling):
+def _sink_clamped(query, key, value, ang, key_is_sink, scaling):
     """Queries beyond the base's trained context see the sinks as if they sat at its last position.
 
-    ``qpos`` ``[B, q]``: the queries' real (RoPE) positions; ``key_is_sink`` ``[B, kv]``. Returns
+    ``ang``: the queries' clamp angles (``_clamp_angles``); ``key_is_sink`` ``[B, kv]``. Returns
     ``(query, key, value, scaling)`` to attend with instead (the output's first ``D`` channels are the
-    result), or ``None`` when nothing needs clamping. A query at position ``t > P`` is rotated back by
+    result). A query at position ``t > P`` is rotated back by
     ``t - P`` for the sink keys only, which one attention call does by doubling the head size:
     ``[q, R(P - t) q] . [k * not_sink, k * sink]``. Exact (RoPE rotations compose). Values are zero-padded
     to the same size, so that SDPA keeps its fused kernel (it falls back to the slow math path when the
     value head size differs from the query's). SDPA prefill uses the cheaper ``_sink_merged_attention``; this
     form serves eager attention (and is the reference it is tested against).
     """
-    ang = _clamp_angles(spec, query, qpos, key_is_sink)
-    if ang is None:
-        return None
     D = query.shape[-1]
     if query.shape[2] == 1:
         # One query per row (decoding): rotating the query back by `back` against the sink keys equals rotating
@@ -287,13 +284,12 @@ def _static_decode_step(spec, module, layer, query, key, value, hidden, mask2d, 
 def _window_attention(spec, module, query, key, value, mask, scaling, dropout, qpos, key_is_sink):
     """``_inner_attention`` over sinks + window keys, with the sinks clamped for queries beyond the base's
     trained context (see ``_sink_clamped``)."""
-    if spec.inner == "sdpa" and query.shape[2] > 1 and not (dropout and module.training):  # (dropout: sinks too)
-        ang = _clamp_angles(spec, query, qpos, key_is_sink)
-        if ang is not None:
-            return _sink_merged_attention(module, query, key, value, mask, scaling, dropout, ang, key_is_sink), None
-    clamped = _sink_clamped(spec, query, key, value, qpos, key_is_sink, scaling)
-    if clamped is None:
+    ang = _clamp_angles(spec, query, qpos, key_is_sink)
+    if ang is None:
         return _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
+    if spec.inner == "sdpa" and query.shape[2] > 1 and not (dropout and module.training):  # (dropout: sinks too)
+        return _sink_merged_attention(module, query, key, value, mask, scaling, dropout, ang, key_is_sink), None
+    clamped = _sink_clamped(query, key, value, ang, key_is_sink, scaling)
     out, weights = _inner_attention(spec, module, *clamped[:3], mask, clamped[3], dropout)
     return out[..., : value.shape[-1]], weights
 
@@ -337,9 +333,7 @@ class _Memo(threading.local):
 
     def get(self, key, tensors):
         if key == self.key and len(tensors) == len(self.tensors) and all(
-                (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
-                                              and a.device == b.device and torch.equal(a, b))
-                for a, b in zip(tensors, self.tensors)):
+                map(_same_tensor, tensors, self.tensors)):
             return self.value
         return None
 
@@ -348,14 +342,20 @@ class _Memo(threading.local):
         return value
 
 
+def _same_tensor(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+
+
 _PLAN_MEMO = _Memo()
 
 
 def _block_plans(rpos, W, S, n_old, L, store_vis, dev):
     """Query blocks of ``_blocked_window_attention``: ``[(q0, q1, key index, mask [B,1,q,k], key_is_sink [B,k])]``,
     or ``None`` when blocking saves nothing. A pure function of its inputs, memoised across layers."""
-    key = (W, S, n_old, L, str(dev), BLOCK_MIN)
-    hit = _PLAN_MEMO.get(key, (rpos, store_vis))
+    key, inputs = (W, S, n_old, L, str(dev), BLOCK_MIN), (rpos, store_vis)
+    hit = _PLAN_MEMO.get(key, inputs)
     if hit is not None:
         return hit[0]
     P = 0 if store_vis is None else store_vis.shape[1]
@@ -363,7 +363,7 @@ def _block_plans(rpos, W, S, n_old, L, store_vis, dev):
     is_sink = (rpos >= 0) & (rpos < S)
     sink_end = int(is_sink.nonzero()[:, 1].max()) + 1 if S and bool(is_sink.any()) else 0
     if P + sink_end + block + W >= 0.75 * (P + n_old + L):
-        return _PLAN_MEMO.put(key, (rpos, store_vis), (None,))[0]
+        return _PLAN_MEMO.put(key, inputs, (None,))[0]
     B = rpos.shape[0]
     rpos = rpos.to(dev)
     plans = []
@@ -379,7 +379,7 @@ def _block_plans(rpos, W, S, n_old, L, store_vis, dev):
             key_is_sink = torch.cat([torch.ones_like(store_vis, dtype=torch.bool).to(dev), key_is_sink], dim=-1)
             aidx = torch.cat([torch.arange(P, device=dev), aidx + P])
         plans.append((q0, q1, aidx, mask[:, None], key_is_sink))
-    return _PLAN_MEMO.put(key, (rpos, store_vis), (plans,))[0]
+    return _PLAN_MEMO.put(key, inputs, (plans,))[0]
 
 
 def _ahn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
