@@ -16,6 +16,7 @@ import argparse
 import json
 import shlex
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from modeling_ahn.shipped import install_adapter
@@ -31,17 +32,24 @@ def _choices(values, default: str) -> str:
     return default if values is None else "{" + ", ".join(str(v) for v in values) + "}"
 
 
+# the run settings a stage records (stages.json) and the card shows
+STAGE_KEYS = ("max_length", "windows", "sinks", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "init_adapter")
+
+
+def stage_commands(stages, sep: str) -> str:
+    """The stages' commands, oldest first, each under a ``# stage k`` header when there are several."""
+    multi = len(stages) > 1
+    return sep.join((f"# stage {i + 1}\n" if multi else "") + st["command"].strip() for i, st in enumerate(stages))
+
+
 def config_from_command(command: str) -> dict:
     """The ``ahn distill`` settings of a recorded command line (comments and env assignments ignored)."""
-    from modeling_ahn.cli import build_parser
+    from modeling_ahn.cli import build_parser, distill_config
 
     line = " ".join(x for x in command.splitlines() if x.strip() and not x.lstrip().startswith("#"))
     words = shlex.split(line)
-    args = build_parser().parse_args(words[words.index("distill"):])
-    return dict(max_length=args.max_length, windows=[int(x) for x in args.windows.split(",")]
-                if args.windows != "paper" else None, sinks=[int(x) for x in args.sinks.split(",")]
-                if args.sinks != "paper" else None, lr=args.lr, warmup_ratio=args.warmup_ratio,
-                weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, init_adapter=args.init_adapter)
+    cfg = asdict(distill_config(build_parser().parse_args(words[words.index("distill"):])))
+    return {k: cfg[k] for k in STAGE_KEYS}
 
 
 def previous_stages(folder: Path) -> list[dict]:
@@ -58,12 +66,10 @@ def previous_stages(folder: Path) -> list[dict]:
 
 def card(name, stages, quality) -> str:
     """``stages``: dicts with ``config`` (run settings), ``rows`` (the train log) and ``command``, oldest first."""
-    all_steps = [r for st in stages for r in st["rows"] if "loss" in r]
-    secs = sum(r["step_s"] for r in all_steps)
-    toks = sum(r["tokens"] for r in all_steps)
+    steps = [[r for r in st["rows"] if "loss" in r] for st in stages]  # training rows, per stage
+    secs = [sum(r["step_s"] for r in rows) for rows in steps]
+    toks = [sum(r["tokens"] for r in rows) for rows in steps]
     multi = len(stages) > 1
-    commands = "\n".join((f"# stage {i + 1}\n" if multi else "") + st["command"].strip()
-                         for i, st in enumerate(stages))
     lines = [
         "---",
         "license: apache-2.0",
@@ -101,7 +107,7 @@ def card(name, stages, quality) -> str:
            if multi else ":"),
         "",
         "```bash",
-        commands,
+        stage_commands(stages, "\n"),
         "```",
         "",
         "| setting | " + " | ".join(f"stage {i + 1}" for i in range(len(stages))) + " |" if multi
@@ -110,25 +116,22 @@ def card(name, stages, quality) -> str:
     ]
 
     def row(label, fn):
-        lines.append(f"| {label} | " + " | ".join(fn(st) for st in stages) + " |")
+        lines.append(f"| {label} | " + " | ".join(fn(i, st) for i, st in enumerate(stages)) + " |")
 
-    def n_steps(st):
-        return sum(1 for r in st["rows"] if "loss" in r)
-
-    row("steps × sequences", lambda st: f"{n_steps(st)} × 1 (batch 1)")
-    row("sequence length", lambda st: f"{st['config']['max_length']} tokens (documents ≥ that length, truncated)")
-    row("training tokens seen", lambda st: f"{sum(r['tokens'] for r in st['rows'] if 'loss' in r):,}")
-    row("windows / sinks", lambda st: f"random per step: windows "
+    row("steps × sequences", lambda i, st: f"{len(steps[i])} × 1 (batch 1)")
+    row("sequence length", lambda i, st: f"{st['config']['max_length']} tokens (documents ≥ that length, truncated)")
+    row("training tokens seen", lambda i, st: f"{toks[i]:,}")
+    row("windows / sinks", lambda i, st: f"random per step: windows "
         f"{_choices(st['config']['windows'], 'the paper set in (L/8, L)')}; sinks "
         f"{_choices(st['config']['sinks'], 'the paper set {0, 32, 64, ...}')} up to W/2")
-    row("optimiser", lambda st: f"AdamW, lr {st['config']['lr']}, cosine, {int(st['config']['warmup_ratio'] * 100)} "
-        f"% warm-up, wd {st['config']['weight_decay']}, clip {st['config']['max_grad_norm']}")
-    row("data", lambda st: "`ahn corpora` training split: Linux kernel, Python and Perl docs, Advanced "
+    row("optimiser", lambda i, st: f"AdamW, lr {st['config']['lr']}, cosine, "
+        f"{int(st['config']['warmup_ratio'] * 100)} % warm-up, wd {st['config']['weight_decay']}, "
+        f"clip {st['config']['max_grad_norm']}")
+    row("data", lambda i, st: "`ahn corpora` training split: Linux kernel, Python and Perl docs, Advanced "
         "Bash-Scripting Guide, KJV Bible, 38 Shakespeare plays (held-out sources never used)")
-    row("wall time", lambda st: (lambda s_, t_: f"{s_ / 60:.0f} min ({t_ / s_:.0f} tokens/s)")(
-        sum(r["step_s"] for r in st["rows"] if "loss" in r), sum(r["tokens"] for r in st["rows"] if "loss" in r)))
+    row("wall time", lambda i, st: f"{secs[i] / 60:.0f} min ({toks[i] / secs[i]:.0f} tokens/s)")
     if multi:
-        lines.append(f"| total | {len(all_steps)} steps, {toks:,} tokens, {secs / 60:.0f} min |"
+        lines.append(f"| total | {sum(map(len, steps))} steps, {sum(toks):,} tokens, {sum(secs) / 60:.0f} min |"
                      + " |" * (len(stages) - 1))
     lines.append("")
     for i, st in enumerate(stages):
@@ -209,12 +212,9 @@ def main(argv=None):
         (dest / st["log"]).write_text(st.pop("log_text"))
     if len(stages) > 1:
         (dest / "stages.json").write_text(json.dumps(
-            [{"log": st["log"], "command": st["command"], "config": {k: st["config"].get(k) for k in (
-                "max_length", "windows", "sinks", "lr", "warmup_ratio", "weight_decay", "max_grad_norm",
-                "init_adapter")}} for st in stages], indent=2) + "\n")
-    (dest / "train_command.txt").write_text("\n\n".join(
-        (f"# stage {i + 1}\n" if len(stages) > 1 else "") + st["command"].strip() for i, st in enumerate(stages))
-        + "\n")
+            [{"log": st["log"], "command": st["command"], "config": {k: st["config"].get(k) for k in STAGE_KEYS}}
+             for st in stages], indent=2) + "\n")
+    (dest / "train_command.txt").write_text(stage_commands(stages, "\n\n") + "\n")
     shutil.copyfile(args.run / "train_log.jsonl", dest / "train_log.jsonl")
     if (args.run / "loss_curve.png").exists():
         shutil.copyfile(args.run / "loss_curve.png", dest / "loss_curve.png")

@@ -70,10 +70,11 @@ def _ints(text):
     return None if text in (None, "", "paper") else [int(x) for x in str(text).split(",") if x.strip()]
 
 
-def cmd_distill(args) -> int:
-    from .distill import DistillConfig, distill
+def distill_config(args):
+    """The ``DistillConfig`` of parsed ``ahn distill`` arguments."""
+    from .distill import DistillConfig
 
-    cfg = DistillConfig(
+    return DistillConfig(
         base=args.base, data=args.data, output_dir=args.out, eval_data=args.eval_data, ahn_type=args.ahn_type,
         windows=_ints(args.windows), sinks=_ints(args.sinks), eval_window=args.eval_window,
         eval_sinks=args.eval_sinks, loss=args.loss, kl_chunk_size=args.kl_chunk_size, max_length=args.max_length,
@@ -83,7 +84,12 @@ def cmd_distill(args) -> int:
         activation_checkpointing=not args.no_activation_checkpointing, eval_every=args.eval_every,
         save_every=args.save_every, seed=args.seed, cpu=args.cpu, init_adapter=args.init_adapter,
     )
-    adapter = distill(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+
+
+def cmd_distill(args) -> int:
+    from .distill import distill
+
+    adapter = distill(distill_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"adapter repo: {adapter}")
     return 0
 
