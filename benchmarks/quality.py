@@ -73,6 +73,7 @@ def main(argv=None):
     def record(key, value):
         done.update(stored())
         done[key] = value
+        done.setdefault("dates", {})[key] = time.strftime("%Y-%m-%d")  # units of one report may be days apart
         partial_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = partial_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(done, indent=1, sort_keys=True))
@@ -162,6 +163,10 @@ def summarize(done, args, base, adapter):
            "date": time.strftime("%Y-%m-%d"), "base": Path(base).name,
            "adapter": Path(adapter).name if adapter else None,
            "window": args.window, "sinks": args.sinks}
+    dates = {}
+    for k, d in done.get("dates", {}).items():  # the days each method's units were measured on
+        dates.setdefault(k.split("/")[1], set()).add(d)
+    rep["dates"] = {m: sorted(d) for m, d in sorted(dates.items())}
     a = {m: [v for k, v in done.items() if k.startswith(f"a/{m}/")] for m in ("full", "swa", "ahn")}
     if all(a.values()):
         n = min(len(v) for v in a.values())

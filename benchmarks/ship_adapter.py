@@ -33,7 +33,8 @@ def _choices(values, default: str) -> str:
 
 
 # the run settings a stage records (stages.json) and the card shows
-STAGE_KEYS = ("max_length", "windows", "sinks", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "init_adapter")
+STAGE_KEYS = ("max_length", "windows", "sinks", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "init_adapter",
+              "memory_span")
 
 
 def stage_commands(stages, sep: str) -> str:
@@ -62,6 +63,23 @@ def previous_stages(folder: Path) -> list[dict]:
         st["rows"] = [json.loads(x) for x in (folder / st["log"]).read_text().splitlines() if x.strip()]
         st.setdefault("config", config_from_command(st["command"]))
     return stages
+
+
+METHOD_ROWS = {"ahn": "the AHN rows", "full": "the full-attention rows", "swa": "the sinks+SWA rows"}
+
+
+def _measured(quality) -> str:
+    """When and how the quality report was measured; its rows may be from different days (the baselines do not
+    depend on the adapter and are kept when a new adapter is measured)."""
+    how = f"on the 2-core CPU, bf16, window {quality['window']}, {quality['sinks']} sinks"
+    by_date = {}
+    for m, days in quality.get("dates", {}).items():
+        by_date.setdefault(", ".join(days), []).append(m)
+    if len(by_date) <= 1:
+        return f"{next(iter(by_date), quality['date'])} {how}:"
+    parts = [" and ".join(METHOD_ROWS[m] for m in ms) + f" on {d}" for d, ms in
+             sorted(by_date.items(), key=lambda x: "ahn" not in x[1])]
+    return f"{how}: " + "; ".join(parts) + " (the baselines do not depend on the adapter):"
 
 
 def card(name, stages, quality) -> str:
@@ -124,6 +142,11 @@ def card(name, stages, quality) -> str:
     row("windows / sinks", lambda i, st: f"random per step: windows "
         f"{_choices(st['config']['windows'], 'the paper set in (L/8, L)')}; sinks "
         f"{_choices(st['config']['sinks'], 'the paper set {0, 32, 64, ...}')} up to W/2")
+    if any(st["config"].get("memory_span") for st in stages):
+        row("memory initialisation", lambda i, st: (
+            f"continued from stage {i}" if st["config"].get("init_adapter") else
+            "decay half-lives {}–{} tokens, log-spaced over each layer's heads (`--memory-span`)".format(
+                *st["config"]["memory_span"]) if st["config"].get("memory_span") else "the release's (spec 2.1)"))
     row("optimiser", lambda i, st: f"AdamW, lr {st['config']['lr']}, cosine, "
         f"{int(st['config']['warmup_ratio'] * 100)} % warm-up, wd {st['config']['weight_decay']}, "
         f"clip {st['config']['max_grad_norm']}")
@@ -154,9 +177,7 @@ def card(name, stages, quality) -> str:
                   f"({(1 - last['kl_ahn'] / first['kl_ahn']) * 100:.0f} % lower).", ""]
     if quality:
         lines += ["## Quality report", "", "`python benchmarks/quality.py` (results in "
-                  "`benchmarks/results/quality_smollm2_gdn.{json,png}`), measured "
-                  f"{quality['date']} on the 2-core CPU, bf16, window {quality['window']}, {quality['sinks']} sinks:",
-                  ""]
+                  "`benchmarks/results/quality_smollm2_gdn.{json,png}`), measured " + _measured(quality), ""]
         p = quality.get("perplexity_8k")
         if p:
             lines += [f"**(a) Perplexity**, held-out Austen, {p['segments']} segments of 8192 tokens, "

@@ -83,6 +83,7 @@ def distill_config(args):
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
         activation_checkpointing=not args.no_activation_checkpointing, eval_every=args.eval_every,
         save_every=args.save_every, seed=args.seed, cpu=args.cpu, init_adapter=args.init_adapter,
+        memory_span=_ints(args.memory_span),
     )
 
 
@@ -229,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     p.add_argument("--init-adapter", default=None, help="start from this exported AHN repo's weights (continued "
                    "training; same base and --ahn-type) instead of a fresh AHN")
+    p.add_argument("--memory-span", default=None, metavar="LO,HI",
+                   help="GDN only: start each layer's memory heads with half-lives log-spaced from LO to HI tokens "
+                        "(e.g. 16,8192) instead of the release's initialisation, whose heads mostly forget within "
+                        "a few tokens")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
     p.add_argument("--no-progress", action="store_true")

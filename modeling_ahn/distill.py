@@ -70,6 +70,7 @@ class DistillConfig:
     cpu: bool = False
     base_dtype: str | None = None  # default: bfloat16 with bf16, else float32
     init_adapter: str | None = None  # an exported AHN repo to start from (continued training), else a fresh AHN
+    memory_span: list[int] | None = None  # [lo, hi]: GDN decays set to half-lives lo..hi tokens; None: spec 2.1
 
     def validate(self):
         if self.loss not in ("kl", "ce", "kl+ce"):
@@ -81,6 +82,18 @@ class DistillConfig:
             if values is not None and (not values or any(v < (1 if name == "windows" else 0) for v in values)):
                 raise ValueError(f"{name} must be a non-empty list of {'positive' if name == 'windows' else '>= 0'} "
                                  f"integers, got {values}")
+        if self.memory_span is not None:
+            from .memory_ahn import canonical_ahn_type
+
+            if len(self.memory_span) != 2 or not 1 <= self.memory_span[0] <= self.memory_span[1]:
+                raise ValueError(f"memory_span must be two half-lives [lo, hi] with 1 <= lo <= hi tokens, "
+                                 f"got {self.memory_span}")
+            if canonical_ahn_type(self.ahn_type) != "gdn":
+                raise ValueError(f"memory_span sets GatedDeltaNet's decays; ahn_type {self.ahn_type!r} has "
+                                 f"{'no decay' if canonical_ahn_type(self.ahn_type) == 'dn' else 'its own dt gates'}")
+            if self.init_adapter:
+                raise ValueError("memory_span initialises a fresh AHN; it cannot be combined with init_adapter, "
+                                 "whose trained decays are kept")
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -354,6 +367,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
                                      prefill_chunk_size=None)
     if cfg.init_adapter and not resume:
         _load_init_adapter(model, cfg)
+    if cfg.memory_span and not resume:
+        init_memory_span(model, *cfg.memory_span)
     for name, p in model.named_parameters():  # GDN's D is stored by the release but unused
         if name.endswith(".ahn.fn.D"):
             p.requires_grad_(False)
@@ -482,6 +497,9 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
                   "max length": cfg.max_length, "lr": cfg.lr, "warmup": cfg.warmup_ratio,
                   "weight decay": cfg.weight_decay, "windows": cfg.windows or "paper {32..8192} in (L/8, L)",
                   "sinks": cfg.sinks or "{0, 32, 64, ...} <= W/2", "bf16": cfg.bf16,
+                  "memory init": (f"decay half-lives {cfg.memory_span[0]}-{cfg.memory_span[1]} tokens (--memory-span)"
+                                  if cfg.memory_span else "from --init-adapter" if cfg.init_adapter
+                                  else "the release's (spec 2.1)"),
                   "training sequences": len(sequences), "training tokens seen": sum(r["tokens"] for r in train_rows),
                   "mean tokens/s": round(sum(r["tokens"] for r in train_rows)
                                          / max(1e-9, sum(r["step_s"] for r in train_rows)), 1)}
@@ -495,6 +513,24 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
             print("matplotlib is not installed: no loss_curve.png (pip install 'modeling-ahn[train]')")
     accelerator.wait_for_everyone()
     return adapter
+
+
+@torch.no_grad()
+def init_memory_span(model, lo: float, hi: float) -> None:
+    """Set every GatedDeltaNet's decay so that its heads' memory half-lives (at ``a_proj(x) = 0``) are
+    log-spaced from ``lo`` to ``hi`` tokens, rotated by one head per layer.
+
+    The release's initialisation (spec 2.1) gives half-lives of a few tokens to most heads (median about 10
+    on SmolLM2), so an AHN trained briefly remembers little beyond the window; with ``A = 1`` and ``dt_bias``
+    the inverse softplus of ``ln 2 / half-life`` the memory starts out long. Other parameters are untouched.
+    """
+    for i, module in sorted(model.ahn_modules().items()):
+        fn = module.fn
+        H = fn.num_heads
+        half_life = torch.logspace(math.log10(lo), math.log10(hi), H).roll(i % H)
+        rate = math.log(2) / half_life
+        fn.A_log.zero_()
+        fn.dt_bias.copy_((rate + torch.log(-torch.expm1(-rate))).to(fn.dt_bias.dtype))
 
 
 def _load_init_adapter(model, cfg: DistillConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -98,3 +99,25 @@ def test_kernel_speed_times_every_variant_per_thread_count_and_feeds_the_targets
     rows = _bench_script("perf_targets").targets({"rows": []}, res)
     (row,) = [r for r in rows if "kernel" in r["target"]]
     assert best[0] in row["target"] and row["measured"] == pytest.approx(best[1])
+
+
+def test_memory_span_window_equivalent_interpolates_log_linearly():
+    eq = _bench_script("memory_span").window_equivalent
+    swa = {512: 27.0, 1024: 26.0, 2048: 25.5}
+    assert eq(27.0, swa) == pytest.approx(512)
+    assert eq(26.5, swa) == pytest.approx(512 * 2 ** 0.5)  # halfway in log(window)
+    assert eq(25.75, swa) == pytest.approx(1024 * 2 ** 0.5)
+    assert eq(28.0, swa) is None and eq(25.0, swa) is None  # outside the measured windows
+
+
+def test_quality_report_keeps_the_day_each_method_was_measured():
+    import argparse
+
+    q = _bench_script("quality")
+    done = {"a/full/0": [10.0, 5], "a/swa/0": [11.0, 5], "a/ahn/0": [10.5, 5],
+            "dates": {"a/full/0": "2026-11-23", "a/swa/0": "2026-11-23", "a/ahn/0": "2026-12-01"}}
+    rep = q.summarize(done, argparse.Namespace(window=512, sinks=64), "base", "adapter")
+    assert rep["dates"] == {"ahn": ["2026-12-01"], "full": ["2026-11-23"], "swa": ["2026-11-23"]}
+    ppl = {m: math.exp(v[0] / v[1]) for m, v in (("full", done["a/full/0"]), ("swa", done["a/swa/0"]),
+                                                  ("ahn", done["a/ahn/0"]))}
+    assert rep["perplexity_8k"]["gap_closed"] == pytest.approx((ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"]))

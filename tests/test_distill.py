@@ -243,3 +243,52 @@ def test_init_adapter_continues_from_an_exported_repo(corpus, tmp_path):
         distill(_cfg(corpus, tmp_path / "c", ahn_type="mamba2", init_adapter=str(first)), progress=False)
     with pytest.raises(ValueError, match="is not an exported AHN repo"):
         distill(_cfg(corpus, tmp_path / "d", init_adapter=str(tmp_path)), progress=False)
+
+
+def test_memory_span_sets_the_decays_a_run_starts_from(corpus, tmp_path):
+    """``memory_span`` gives each layer's heads the requested half-lives (as the decay gate computes them),
+    rotated per layer, before the first step; the rest of the initialisation is the release's."""
+    import math
+
+    from modeling_ahn.distill import init_memory_span
+
+    torch.manual_seed(0)
+    model = AhnForCausalLM.from_base(str(corpus / "base"), ahn_type="gdn", sliding_window=16, num_sinks=4)
+    torch.manual_seed(0)
+    paper = AhnForCausalLM.from_base(str(corpus / "base"), ahn_type="gdn", sliding_window=16, num_sinks=4)
+    init_memory_span(model, 16, 4096)
+    heads = model.config.base_config.num_attention_heads
+    expected = torch.logspace(math.log10(16), math.log10(4096), heads, dtype=torch.float64)
+    for i, module in sorted(model.ahn_modules().items()):
+        fn = module.fn
+        with torch.no_grad():
+            fn.a_proj.weight.zero_()  # half-lives are defined at a_proj(x) = 0
+            log_decay = fn.write_gates(torch.randn(1, 3, model.config.base_config.hidden_size))[0, :, 1, :]  # [T, H]
+        half_life = (math.log(2) / -log_decay.double()).mean(0)
+        torch.testing.assert_close(half_life, expected.roll(i % heads), rtol=1e-4, atol=0)
+        other = dict(paper.ahn_modules()[i].fn.named_parameters())
+        for name, p in fn.named_parameters():
+            if name not in ("A_log", "dt_bias", "a_proj.weight"):
+                torch.testing.assert_close(p, other[name], rtol=0, atol=0)
+    assert {len(set(m.fn.dt_bias.tolist())) for m in model.ahn_modules().values()} == {heads}
+
+    # a run's first checkpoint starts from these decays; the saved config records the span
+    distill(_cfg(corpus, tmp_path / "run", max_steps=1, eval_every=100, save_every=1, lr=1e-9,
+                 memory_span=[16, 4096]), progress=False)
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["memory_span"] == [16, 4096]
+    saved = load_file(tmp_path / "run" / "checkpoints" / "step-0000001" / "ahn.safetensors")
+    for i, module in sorted(model.ahn_modules().items()):
+        key = next(k for k in saved if k.endswith(f"layers.{i}.ahn.fn.dt_bias"))
+        torch.testing.assert_close(saved[key], module.fn.dt_bias, rtol=0, atol=1e-6)
+
+
+def test_memory_span_bad_settings(corpus, tmp_path):
+    for span, match in (([0, 8], "1 <= lo <= hi"), ([64, 16], "1 <= lo <= hi"), ([16], "two half-lives")):
+        with pytest.raises(ValueError, match=match):
+            distill(_cfg(corpus, tmp_path / "r", memory_span=span), progress=False)
+    with pytest.raises(ValueError, match="'dn' has no decay"):
+        distill(_cfg(corpus, tmp_path / "r", ahn_type="dn", memory_span=[16, 64]), progress=False)
+    with pytest.raises(ValueError, match="'mamba2' has its own dt gates"):
+        distill(_cfg(corpus, tmp_path / "r", ahn_type="mamba2", memory_span=[16, 64]), progress=False)
+    with pytest.raises(ValueError, match="cannot be combined with init_adapter"):
+        distill(_cfg(corpus, tmp_path / "r", memory_span=[16, 64], init_adapter=str(tmp_path)), progress=False)

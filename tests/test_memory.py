@@ -10,7 +10,7 @@ import torch
 from modeling_ahn import memory_ahn
 from modeling_ahn.memory_ahn import build_memory, torch_chunk_rule, torch_recurrent_rule
 
-from .conftest import AHN_TYPES
+from .conftest import AHN_TYPES, make_ahn
 from .reference import naive_memory
 
 OFFICIAL_PARAMS = {
@@ -236,3 +236,35 @@ def test_cuda_kernels_equal_torch_path(ahn_type):
     scale = ot.abs().max()
     assert (ot - ok).abs().max() / scale < 2e-2  # bf16 kernels vs fp32 torch
     assert (st - sk).abs().max() / st.abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("ahn_type", ["gdn", "mamba2"])
+def test_memory_half_lives_are_those_of_the_decays_the_forward_applies(ahn_type):
+    """``longctx.memory_half_lives`` recomputes the gates from the hidden states; it must agree with the decays
+    the AHN forward itself feeds to the recurrence (recorded here), and skip padded positions."""
+    from modeling_ahn.longctx import memory_half_lives
+
+    model = make_ahn("llama", ahn_type=ahn_type, sliding_window=5, num_sinks=2)
+    ids = torch.randint(0, model.config.base_config.vocab_size, (1, 20))
+    recorded = {}
+    for i, module in model.ahn_modules().items():
+        fn, orig = module.fn, module.fn.write_gates
+
+        def wrap(x, fn=fn, orig=orig, i=i):
+            out = orig(x)
+            log_decay = out[..., 1, :] if ahn_type == "gdn" else -fn.A_log.float().exp() * out[..., 0, :]
+            recorded.setdefault(i, []).append(log_decay)
+            return out
+
+        fn.write_gates = wrap
+    with torch.no_grad():
+        for n in (20, 12):
+            recorded.clear()
+            model(ids[:, :n], use_cache=False)
+            expected = torch.stack([math.log(2) / -torch.cat(recorded[i], 1)[0].mean(0) for i in sorted(recorded)])
+            mask = (torch.arange(20) < n).long()[None]
+            got = memory_half_lives(model, ids, attention_mask=mask if n < 20 else None)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+    assert got.shape == (len(model.ahn_modules()), model.config.base_config.num_attention_heads)
+    with pytest.raises(ValueError, match="DeltaNet has no decay"):
+        memory_half_lives(make_ahn("llama", ahn_type="dn"), ids)

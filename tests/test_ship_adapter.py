@@ -61,3 +61,35 @@ def test_two_stage_card_logs_and_commands(tmp_path):
     assert json.loads((shipped / "config.json").read_text())["base_model_name_or_path"].startswith("smollm2")
     # a third stage reads the two from stages.json
     assert [len(s["rows"]) for s in ship.previous_stages(shipped)] == [5, 4]
+
+
+def test_memory_span_is_read_from_the_command_and_shown_in_the_card(tmp_path):
+    ship = _module()
+    cfg = ship.config_from_command("OMP_NUM_THREADS=1 ahn distill --base b --data d --out o --memory-span 16,8192\n"
+                                   "# a comment\n")
+    assert cfg["memory_span"] == [16, 8192]
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    save_file({"model.layers.0.ahn.fn.A_log": torch.zeros(2)}, run / "adapter" / "model.safetensors")
+    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "ahn", "_name_or_path": "/x/y"}))
+    _log(run / "train_log.jsonl", 2, 2048, 20.0)
+    (run / "run_config.json").write_text(json.dumps({"max_length": 2048, "windows": [256], "sinks": None, "lr": 1e-3,
+                                                     "warmup_ratio": 0.1, "weight_decay": 0.1, "max_grad_norm": 1.0,
+                                                     "init_adapter": None, "memory_span": [16, 8192]}))
+    (run / "cmd.txt").write_text("ahn distill --base b --data d --out r --memory-span 16,8192\n")
+    ship.main([str(run), "--dest", str(tmp_path / "shipped"), "--quality", str(tmp_path / "none")])
+    card = (tmp_path / "shipped" / "README.md").read_text()
+    assert "| memory initialisation | decay half-lives 16–8192 tokens, log-spaced over each layer's heads" in card
+    assert "--memory-span 16,8192" in (tmp_path / "shipped" / "train_command.txt").read_text()
+
+
+def test_quality_heading_gives_each_rows_measurement_day():
+    ship = _module()
+    q = {"date": "2026-12-02", "window": 512, "sinks": 64}
+    assert ship._measured(q).startswith("2026-12-02 on the 2-core CPU")
+    q["dates"] = {"ahn": ["2026-12-02"], "full": ["2026-12-02"], "swa": ["2026-12-02"]}
+    assert ship._measured(q).startswith("2026-12-02 on the 2-core CPU")
+    q["dates"] = {"ahn": ["2026-12-02"], "full": ["2026-11-23"], "swa": ["2026-11-23"]}
+    assert ship._measured(q) == ("on the 2-core CPU, bf16, window 512, 64 sinks: the AHN rows on 2026-12-02; "
+                                 "the full-attention rows and the sinks+SWA rows on 2026-11-23 (the baselines do "
+                                 "not depend on the adapter):")
