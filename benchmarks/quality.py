@@ -165,7 +165,8 @@ def summarize(done, args, base, adapter):
            "window": args.window, "sinks": args.sinks}
     dates = {}
     for k, d in done.get("dates", {}).items():  # the days each method's units were measured on
-        dates.setdefault(k.split("/")[1], set()).add(d)
+        part = k.split("/")  # a/<method>/<i>, b/<method>/<i>, c/<task>/<method>/<length>/<depth>
+        dates.setdefault(part[2] if part[0] == "c" else part[1], set()).add(d)
     rep["dates"] = {m: sorted(d) for m, d in sorted(dates.items())}
     a = {m: [v for k, v in done.items() if k.startswith(f"a/{m}/")] for m in ("full", "swa", "ahn")}
     if all(a.values()):

@@ -115,9 +115,11 @@ def test_quality_report_keeps_the_day_each_method_was_measured():
 
     q = _bench_script("quality")
     done = {"a/full/0": [10.0, 5], "a/swa/0": [11.0, 5], "a/ahn/0": [10.5, 5],
-            "dates": {"a/full/0": "2026-11-23", "a/swa/0": "2026-11-23", "a/ahn/0": "2026-12-01"}}
+            "c/needle/ahn/2048/0.100": {"score": 0.0}, "c/needle/full/2048/0.100": {"score": 1.0},
+            "dates": {"a/full/0": "2026-11-23", "a/swa/0": "2026-11-23", "a/ahn/0": "2026-12-01",
+                      "c/needle/ahn/2048/0.100": "2026-12-02", "c/needle/full/2048/0.100": "2026-11-23"}}
     rep = q.summarize(done, argparse.Namespace(window=512, sinks=64), "base", "adapter")
-    assert rep["dates"] == {"ahn": ["2026-12-01"], "full": ["2026-11-23"], "swa": ["2026-11-23"]}
+    assert rep["dates"] == {"ahn": ["2026-12-01", "2026-12-02"], "full": ["2026-11-23"], "swa": ["2026-11-23"]}
     ppl = {m: math.exp(v[0] / v[1]) for m, v in (("full", done["a/full/0"]), ("swa", done["a/swa/0"]),
                                                   ("ahn", done["a/ahn/0"]))}
     assert rep["perplexity_8k"]["gap_closed"] == pytest.approx((ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"]))
