@@ -520,9 +520,10 @@ def init_memory_span(model, lo: float, hi: float) -> None:
     """Set every GatedDeltaNet's decay so that its heads' memory half-lives (at ``a_proj(x) = 0``) are
     log-spaced from ``lo`` to ``hi`` tokens, rotated by one head per layer.
 
-    The release's initialisation (spec 2.1) gives half-lives of a few tokens to most heads (median about 10
-    on SmolLM2), so an AHN trained briefly remembers little beyond the window; with ``A = 1`` and ``dt_bias``
-    the inverse softplus of ``ln 2 / half-life`` the memory starts out long. Other parameters are untouched.
+    The release's initialisation (spec 2.1) gives most heads half-lives of a few tokens, and short runs keep
+    them (median 12-13 tokens in the SmolLM2 adapters trained from it; ``benchmarks/memory_span.py``), so such
+    an AHN remembers little beyond the window; with ``A = 1`` and ``dt_bias`` the inverse softplus of
+    ``ln 2 / half-life`` the memory starts out long. Other parameters are untouched.
     """
     for i, module in sorted(model.ahn_modules().items()):
         fn = module.fn
