@@ -525,13 +525,15 @@ def init_memory_span(model, lo: float, hi: float) -> None:
     an AHN remembers little beyond the window; with ``A = 1`` and ``dt_bias`` the inverse softplus of
     ``ln 2 / half-life`` the memory starts out long. Other parameters are untouched.
     """
+    from .memory_ahn import inverse_softplus
+
     for i, module in sorted(model.ahn_modules().items()):
         fn = module.fn
         H = fn.num_heads
         half_life = torch.logspace(math.log10(lo), math.log10(hi), H).roll(i % H)
         rate = math.log(2) / half_life
         fn.A_log.zero_()
-        fn.dt_bias.copy_((rate + torch.log(-torch.expm1(-rate))).to(fn.dt_bias.dtype))
+        fn.dt_bias.copy_(inverse_softplus(rate).to(fn.dt_bias.dtype))
 
 
 def _load_init_adapter(model, cfg: DistillConfig) -> None:

@@ -109,13 +109,12 @@ def memory_half_lives(model, ids: torch.Tensor, attention_mask: torch.Tensor | N
     ``ln 2 / mean(-log decay)`` of the per-token decay the head applies to its state, averaged over the real
     tokens of ``ids`` (``[B, L]``). GatedDeltaNet: ``log decay = -exp(A_log) * softplus(a_proj(x) + dt_bias)``;
     Mamba2: ``-exp(A_log) * dt``. DeltaNet has no decay (its memory fades only by being overwritten)."""
-    from .memory_ahn import DeltaNet, GatedDeltaNet
-
     modules = sorted(model.ahn_modules().items())
     if not modules:
         raise ValueError("the model has no AHN layers")
-    if isinstance(modules[0][1].fn, DeltaNet):
-        raise ValueError("DeltaNet has no decay gate: its memory has no half-life to measure")
+    fn = modules[0][1].fn
+    if fn.log_decay(torch.empty(0, 0, fn.num_gates, fn.num_heads)) is None:
+        raise ValueError(f"{fn.official_name} has no decay gate: its memory has no half-life to measure")
     mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     decoder = model.model
     hidden = decoder(input_ids=ids, attention_mask=attention_mask, output_hidden_states=True,
@@ -123,11 +122,7 @@ def memory_half_lives(model, ids: torch.Tensor, attention_mask: torch.Tensor | N
     rows = []
     for i, module in modules:
         fn = module.fn
-        gates = fn.write_gates(decoder.layers[i].input_layernorm(hidden[i]))  # [B, L, G, H] float32
-        if isinstance(fn, GatedDeltaNet):
-            log_decay = gates[..., 1, :]
-        else:  # Mamba2: the gate is dt
-            log_decay = -fn.A_log.float().exp() * gates[..., 0, :]
+        log_decay = fn.log_decay(fn.write_gates(decoder.layers[i].input_layernorm(hidden[i])))  # [B, L, H]
         rate = (-log_decay)[mask].mean(0)  # [H]
         rows.append(math.log(2) / rate)
     return torch.stack(rows)

@@ -91,6 +91,11 @@ def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
 
 
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``softplus(x) = y`` (``y > 0``)."""
+    return y + torch.log(-torch.expm1(-y))
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """RMSNorm over the last dimension in float32."""
     x = x.float()
@@ -339,6 +344,7 @@ class AhnMemory(nn.Module):
 
     ``write_gates(x)``: per-token write gates from the token's pre-normed input, ``[B, T, G, H]`` float32.
     They are cached with the window, so an evicted token needs no hidden state.
+    ``log_decay(gates)``: the per-token log-decay ``[B, T, H]`` the write applies to the state (``None``: no decay).
     ``forward(query, keys, values, gates, valid, x_read, state)`` writes token ``i`` of
     ``keys/values/gates`` (where ``valid``) and then reads the state with ``query`` ``i``.
     """
@@ -353,6 +359,9 @@ class AhnMemory(nn.Module):
     @property
     def official_name(self) -> str:
         return AHN_TYPES[self.ahn_type]
+
+    def log_decay(self, gates):
+        return None
 
     @staticmethod
     def _proj(linear, x):
@@ -370,8 +379,6 @@ class AhnMemory(nn.Module):
 class _DeltaRuleMemory(AhnMemory):
     """GDN and DN: delta-rule write, ``o = M q / sqrt(D)``, ``RMSNorm_D(o) * silu(g_proj(x_t))``, per-head o_proj."""
 
-    gated = False
-
     def _init_readout(self, hidden_size, num_heads, head_dim):
         self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
         self.g_proj = nn.Linear(hidden_size, num_heads, bias=False)
@@ -382,7 +389,8 @@ class _DeltaRuleMemory(AhnMemory):
         q, k, v = self._prepare(query, keys, values)
         valid = valid.to(torch.float32)[..., None]
         beta = gates[..., 0, :] * valid
-        g = gates[..., 1, :] * valid if self.gated else None
+        g = self.log_decay(gates)
+        g = None if g is None else g * valid
         o, state = delta_rule(l2norm(q.float()), l2norm(k.float()), v, g, beta, state,
                               1.0 / math.sqrt(self.head_dim), self.ahn_type)
         gate = F.silu(self._proj(self.g_proj, x_read))[..., None]  # one scalar per head
@@ -394,7 +402,6 @@ class GatedDeltaNet(_DeltaRuleMemory):
 
     ahn_type = "gdn"
     num_gates = 2  # beta, log-decay
-    gated = True
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
         super().__init__(hidden_size, num_heads, head_dim)
@@ -412,7 +419,7 @@ class GatedDeltaNet(_DeltaRuleMemory):
             lin.reset_parameters()
         self.A_log.copy_(torch.empty(H).uniform_(0, 16).log())
         dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_bias.copy_(inverse_softplus(dt))
         self.D.fill_(1.0)
         self.o_norm.weight.fill_(1.0)
         self.o_proj.weight.zero_()
@@ -421,6 +428,9 @@ class GatedDeltaNet(_DeltaRuleMemory):
         beta = torch.sigmoid(self._proj(self.b_proj, x))
         g = -self.A_log.float().exp() * F.softplus(self._proj(self.a_proj, x) + self.dt_bias.float())
         return torch.stack([beta, g], dim=-2)
+
+    def log_decay(self, gates):
+        return gates[..., 1, :]
 
 
 class DeltaNet(_DeltaRuleMemory):
@@ -473,6 +483,9 @@ class Mamba2(AhnMemory):
 
     def write_gates(self, x):
         return F.softplus(self._proj(self.dt_proj, x) + self.dt_bias.float())[..., None, :]
+
+    def log_decay(self, gates):  # the SSD step decays by exp(dt * A), A = -exp(A_log)
+        return gates[..., 0, :] * -self.A_log.float().exp()
 
     def forward(self, query, keys, values, gates, valid, x_read, state=None):
         q, k, v = self._prepare(query, keys, values)
