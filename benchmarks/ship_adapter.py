@@ -34,7 +34,25 @@ def _choices(values, default: str) -> str:
 
 # the run settings a stage records (stages.json) and the card shows
 STAGE_KEYS = ("max_length", "windows", "sinks", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "init_adapter",
-              "memory_span")
+              "memory_span", "data", "split_documents")
+# the `ahn corpora` training sources, as the card names them
+SOURCES = {"linuxdoc": "Linux kernel docs", "pythondoc": "Python docs", "perldoc": "Perl docs",
+           "absguide": "Advanced Bash-Scripting Guide", "kjv": "KJV Bible", "shakespeare": "38 Shakespeare plays"}
+
+
+def stage_config(cfg: dict) -> dict:
+    """A stage's recorded settings: ``STAGE_KEYS``, with data folders by name only (no machine paths)."""
+    out = {k: cfg.get(k) for k in STAGE_KEYS}
+    out["data"] = [Path(d).name for d in cfg.get("data") or []] or None
+    return out
+
+
+def _data(cfg: dict) -> str:
+    names = [Path(d).name for d in cfg.get("data") or []]
+    if not names or names == ["train"]:  # the whole training split (also: stages recorded before data was)
+        names = list(SOURCES)
+    return ("`ahn corpora` training split: " + ", ".join(SOURCES.get(n, f"`{n}`") for n in names)
+            + " (held-out sources never used)")
 
 
 def stage_commands(stages, sep: str) -> str:
@@ -50,7 +68,7 @@ def config_from_command(command: str) -> dict:
     line = " ".join(x for x in command.splitlines() if x.strip() and not x.lstrip().startswith("#"))
     words = shlex.split(line)
     cfg = asdict(distill_config(build_parser().parse_args(words[words.index("distill"):])))
-    return {k: cfg[k] for k in STAGE_KEYS}
+    return stage_config(cfg)
 
 
 def previous_stages(folder: Path) -> list[dict]:
@@ -137,7 +155,9 @@ def card(name, stages, quality) -> str:
         lines.append(f"| {label} | " + " | ".join(fn(i, st) for i, st in enumerate(stages)) + " |")
 
     row("steps × sequences", lambda i, st: f"{len(steps[i])} × 1 (batch 1)")
-    row("sequence length", lambda i, st: f"{st['config']['max_length']} tokens (documents ≥ that length, truncated)")
+    row("sequence length", lambda i, st: f"{st['config']['max_length']} tokens " + (
+        "(every chunk of that length of each document; none spans two)" if st["config"].get("split_documents")
+        else "(documents ≥ that length, truncated)"))
     row("training tokens seen", lambda i, st: f"{toks[i]:,}")
     row("windows / sinks", lambda i, st: f"random per step: windows "
         f"{_choices(st['config']['windows'], 'the paper set in (L/8, L)')}; sinks "
@@ -150,8 +170,7 @@ def card(name, stages, quality) -> str:
     row("optimiser", lambda i, st: f"AdamW, lr {st['config']['lr']}, cosine, "
         f"{int(st['config']['warmup_ratio'] * 100)} % warm-up, wd {st['config']['weight_decay']}, "
         f"clip {st['config']['max_grad_norm']}")
-    row("data", lambda i, st: "`ahn corpora` training split: Linux kernel, Python and Perl docs, Advanced "
-        "Bash-Scripting Guide, KJV Bible, 38 Shakespeare plays (held-out sources never used)")
+    row("data", lambda i, st: _data(st["config"]))
     row("wall time", lambda i, st: f"{secs[i] / 60:.0f} min ({toks[i] / secs[i]:.0f} tokens/s)")
     if multi:
         lines.append(f"| total | {sum(map(len, steps))} steps, {sum(toks):,} tokens, {sum(secs) / 60:.0f} min |"
@@ -233,7 +252,7 @@ def main(argv=None):
         (dest / st["log"]).write_text(st.pop("log_text"))
     if len(stages) > 1:
         (dest / "stages.json").write_text(json.dumps(
-            [{"log": st["log"], "command": st["command"], "config": {k: st["config"].get(k) for k in STAGE_KEYS}}
+            [{"log": st["log"], "command": st["command"], "config": stage_config(st["config"])}
              for st in stages], indent=2) + "\n")
     (dest / "train_command.txt").write_text(stage_commands(stages, "\n\n") + "\n")
     shutil.copyfile(args.run / "train_log.jsonl", dest / "train_log.jsonl")

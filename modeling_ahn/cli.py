@@ -78,7 +78,8 @@ def distill_config(args):
         base=args.base, data=args.data, output_dir=args.out, eval_data=args.eval_data, ahn_type=args.ahn_type,
         windows=_ints(args.windows), sinks=_ints(args.sinks), eval_window=args.eval_window,
         eval_sinks=args.eval_sinks, loss=args.loss, kl_chunk_size=args.kl_chunk_size, max_length=args.max_length,
-        min_length=args.min_length, pack=args.pack, text_field=args.text_field, eval_sequences=args.eval_sequences,
+        min_length=args.min_length, pack=args.pack, split_documents=args.split_documents,
+        text_field=args.text_field, eval_sequences=args.eval_sequences,
         lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_steps=args.max_steps,
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
         activation_checkpointing=not args.no_activation_checkpointing, eval_every=args.eval_every,
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--min-length", type=int, default=None, help="drop shorter sequences (default: smallest window+1)")
     p.add_argument("--pack", action="store_true", help="concatenate documents and cut max-length chunks")
+    p.add_argument("--split-documents", action="store_true",
+                   help="train on every max-length chunk of a long document, not only its first (no chunk spans two "
+                        "documents; --eval-data still gives one sequence per document)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--eval-sequences", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)

@@ -86,11 +86,17 @@ def _iter_dataset(name, tokenizer, text_field, from_disk):
         yield _row_text(row, text_field, tokenizer, f"{name}[{i}]")
 
 
-def tokenize_documents(texts, tokenizer, max_length: int, min_length: int, pack: bool = False) -> TokenizedData:
-    """Tokenise; ``pack`` concatenates documents (separated by EOS) and cuts ``max_length`` chunks, else each
-    document is truncated to ``max_length``. Sequences shorter than ``min_length`` are dropped."""
+def tokenize_documents(texts, tokenizer, max_length: int, min_length: int, pack: bool = False,
+                       split: bool = False) -> TokenizedData:
+    """Tokenise. By default each document is truncated to its first ``max_length`` tokens; ``split`` cuts each
+    document into consecutive ``max_length`` chunks instead (no chunk spans two documents); ``pack``
+    concatenates documents (separated by EOS) and cuts ``max_length`` chunks. Sequences (and a split
+    document's last chunk) shorter than ``min_length`` are dropped; ``dropped_short`` counts documents that
+    gave no sequence at all."""
     if min_length > max_length:
         raise ValueError(f"min_length ({min_length}) is larger than max_length ({max_length}).")
+    if pack and split:
+        raise ValueError("pack and split are exclusive: pack joins documents, split keeps each one apart.")
     eos = tokenizer.eos_token_id
     sequences, dropped, docs, buffer = [], 0, 0, []
     for text in texts:
@@ -101,10 +107,13 @@ def tokenize_documents(texts, tokenizer, max_length: int, min_length: int, pack:
             while len(buffer) >= max_length:
                 sequences.append(buffer[:max_length])
                 buffer = buffer[max_length:]
-        elif len(ids) >= min_length:
-            sequences.append(ids[:max_length])
-        else:
+        elif len(ids) < min_length:
             dropped += 1
+        elif split:
+            sequences.extend(c for c in (ids[i : i + max_length] for i in range(0, len(ids), max_length))
+                             if len(c) >= min_length)
+        else:
+            sequences.append(ids[:max_length])
     if pack and buffer:
         if len(buffer) >= min_length:
             sequences.append(buffer)

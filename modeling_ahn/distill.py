@@ -51,6 +51,7 @@ class DistillConfig:
     max_length: int = 2048
     min_length: int | None = None  # None: the smallest window + 1
     pack: bool = False
+    split_documents: bool = False  # every max_length chunk of a long document, not only its first
     text_field: str = "text"
     eval_fraction: float = 0.05
     eval_sequences: int = 8
@@ -82,6 +83,8 @@ class DistillConfig:
             if values is not None and (not values or any(v < (1 if name == "windows" else 0) for v in values)):
                 raise ValueError(f"{name} must be a non-empty list of {'positive' if name == 'windows' else '>= 0'} "
                                  f"integers, got {values}")
+        if self.pack and self.split_documents:
+            raise ValueError("pack and split_documents are exclusive: pack joins documents, split keeps each apart")
         if self.memory_span is not None:
             from .memory_ahn import canonical_ahn_type
 
@@ -331,7 +334,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     if resume and (out / "run_config.json").exists():
         saved = json.loads((out / "run_config.json").read_text())
         keys = set(run_cfg) - {"max_steps", "eval_every", "save_every", "keep_checkpoints", "output_dir"}
-        diff = sorted(k for k in keys if saved.get(k) != run_cfg.get(k))
+        defaults = asdict(DistillConfig(base="", data=[], output_dir=""))  # a run saved before a setting existed
+        diff = sorted(k for k in keys if saved.get(k, defaults[k]) != run_cfg.get(k))
         if diff:
             raise ValueError(f"--resume with settings that differ from the saved run: {diff}")
     elif main:
@@ -343,7 +347,7 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     min_window = min(cfg.windows) if cfg.windows else PAPER_WINDOWS[0]
     min_length = cfg.min_length or min_window + 1
     data = tokenize_documents(iter_documents(cfg.data, tokenizer, cfg.text_field), tokenizer, cfg.max_length,
-                              min_length, cfg.pack)
+                              min_length, cfg.pack, cfg.split_documents)
     sequences = data.sequences
     if cfg.eval_data:
         held_out = tokenize_documents(iter_documents(cfg.eval_data, tokenizer, cfg.text_field), tokenizer,
@@ -494,7 +498,10 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         train_rows = [r for r in history if "loss" in r]
         eval_rows = _eval_table(evals)
         recipe = {"base": cfg.base, "loss": cfg.loss, "steps": cfg.max_steps, "global batch": per_step,
-                  "max length": cfg.max_length, "lr": cfg.lr, "warmup": cfg.warmup_ratio,
+                  "max length": cfg.max_length,
+                  "documents": ("packed" if cfg.pack else "split into max-length chunks" if cfg.split_documents
+                                else "first max-length tokens of each"),
+                  "lr": cfg.lr, "warmup": cfg.warmup_ratio,
                   "weight decay": cfg.weight_decay, "windows": cfg.windows or "paper {32..8192} in (L/8, L)",
                   "sinks": cfg.sinks or "{0, 32, 64, ...} <= W/2", "bf16": cfg.bf16,
                   "memory init": (f"decay half-lives {cfg.memory_span[0]}-{cfg.memory_span[1]} tokens (--memory-span)"

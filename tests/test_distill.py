@@ -182,6 +182,23 @@ def test_jsonl_text_messages_and_packing(corpus, tmp_path):
     assert all(len(s) == 8 for s in packed.sequences[:-1]) and packed.tokens == sum(map(len, packed.sequences))
 
 
+def test_split_documents_keeps_every_chunk_of_each_document_apart():
+    from modeling_ahn.data_ahn import tokenize_documents
+
+    tok = make_tokenizer()
+    docs = ["the window " * 9, "memory", "the hippocampus folds tokens " * 6]
+    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    assert len(ids[0]) > 16 and len(ids[1]) < 5 and len(ids[2]) > 16
+    split = tokenize_documents(docs, tok, max_length=8, min_length=5, split=True)
+    expected = [c for d in ids if len(d) >= 5 for c in (d[i : i + 8] for i in range(0, len(d), 8)) if len(c) >= 5]
+    assert split.sequences == expected and split.dropped_short == 1
+    assert sum(map(len, split.sequences)) > len(ids[0]) + 8  # more than the first chunk of each document
+    first = tokenize_documents(docs, tok, max_length=8, min_length=5)
+    assert first.sequences == [ids[0][:8], ids[2][:8]] and set(map(tuple, first.sequences)) < set(map(tuple, expected))
+    with pytest.raises(ValueError, match="exclusive"):
+        tokenize_documents(docs, tok, max_length=8, min_length=5, pack=True, split=True)
+
+
 def test_too_short_data_says_how_many_were_dropped(corpus, tmp_path):
     (tmp_path / "short").mkdir()
     for i in range(3):
@@ -207,12 +224,19 @@ def test_bad_settings(corpus, tmp_path):
         distill(_cfg(corpus, tmp_path / "r", loss="mse"), progress=False)
     with pytest.raises(ValueError, match="windows must be a non-empty list"):
         distill(_cfg(corpus, tmp_path / "r", windows=[]), progress=False)
+    with pytest.raises(ValueError, match="pack and split_documents are exclusive"):
+        distill(_cfg(corpus, tmp_path / "r", pack=True, split_documents=True), progress=False)
 
 
 def test_resume_with_other_settings_is_refused(corpus, tmp_path):
     distill(_cfg(corpus, tmp_path / "run", max_steps=2, eval_every=100), progress=False)
     with pytest.raises(ValueError, match=r"differ from the saved run: \['lr'\]"):
         distill(_cfg(corpus, tmp_path / "run", max_steps=4, lr=5e-3), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"differ from the saved run: \['split_documents'\]"):
+        distill(_cfg(corpus, tmp_path / "run", max_steps=4, split_documents=True), resume=True, progress=False)
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    del saved["split_documents"]  # a run saved before the setting existed resumes with its default
+    (tmp_path / "run" / "run_config.json").write_text(json.dumps(saved))
     more = distill(_cfg(corpus, tmp_path / "run", max_steps=4, eval_every=100), resume=True, progress=False)
     assert [r["step"] for r in _log(tmp_path / "run") if "loss" in r] == [1, 2, 3, 4]
     assert isinstance(AhnForCausalLM.from_pretrained(more), AhnForCausalLM)

@@ -80,7 +80,30 @@ def test_memory_span_is_read_from_the_command_and_shown_in_the_card(tmp_path):
     ship.main([str(run), "--dest", str(tmp_path / "shipped"), "--quality", str(tmp_path / "none")])
     card = (tmp_path / "shipped" / "README.md").read_text()
     assert "| memory initialisation | decay half-lives 16–8192 tokens, log-spaced over each layer's heads" in card
+    assert "(documents ≥ that length, truncated)" in card and "Linux kernel docs, Python docs" in card
     assert "--memory-span 16,8192" in (tmp_path / "shipped" / "train_command.txt").read_text()
+
+
+def test_card_names_the_data_and_how_documents_were_cut(tmp_path):
+    ship = _module()
+    cmd = "ahn distill --base b --data /m/corpora/train/kjv /m/corpora/train/shakespeare --split-documents --out o\n"
+    cfg = ship.config_from_command(cmd)
+    assert cfg["data"] == ["kjv", "shakespeare"] and cfg["split_documents"] is True  # names, not machine paths
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    save_file({"model.layers.0.ahn.fn.A_log": torch.zeros(2)}, run / "adapter" / "model.safetensors")
+    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "ahn", "_name_or_path": "/x/y"}))
+    _log(run / "train_log.jsonl", 2, 2048, 20.0)
+    (run / "run_config.json").write_text(json.dumps({"max_length": 2048, "windows": [256], "sinks": None, "lr": 1e-3,
+                                                     "warmup_ratio": 0.1, "weight_decay": 0.1, "max_grad_norm": 1.0,
+                                                     "init_adapter": None, "memory_span": None, "split_documents": True,
+                                                     "data": ["/m/corpora/train/kjv", "/m/corpora/train/shakespeare"]}))
+    (run / "cmd.txt").write_text(cmd)
+    ship.main([str(run), "--dest", str(tmp_path / "shipped"), "--quality", str(tmp_path / "none")])
+    card = (tmp_path / "shipped" / "README.md").read_text()
+    assert "| data | `ahn corpora` training split: KJV Bible, 38 Shakespeare plays (held-out" in card
+    assert "| sequence length | 2048 tokens (every chunk of that length of each document; none spans two) |" in card
+    assert "/m/corpora" not in card.split("```")[0] + card.split("```")[-1]  # only the command shows paths
 
 
 def test_quality_heading_gives_each_rows_measurement_day():
