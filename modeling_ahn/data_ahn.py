@@ -20,6 +20,7 @@ class TokenizedData:
     min_length: int
     max_length: int
     tokens: int
+    source_document: list[int] | None = None  # each sequence's document index (None when packed)
 
     def describe(self) -> str:
         return (f"{len(self.sequences)} sequences ({self.tokens:,} tokens) from {self.documents} documents; "
@@ -98,7 +99,7 @@ def tokenize_documents(texts, tokenizer, max_length: int, min_length: int, pack:
     if pack and split:
         raise ValueError("pack and split are exclusive: pack joins documents, split keeps each one apart.")
     eos = tokenizer.eos_token_id
-    sequences, dropped, docs, buffer = [], 0, 0, []
+    sequences, dropped, docs, buffer, source = [], 0, 0, [], []
     for text in texts:
         docs += 1
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -109,17 +110,18 @@ def tokenize_documents(texts, tokenizer, max_length: int, min_length: int, pack:
                 buffer = buffer[max_length:]
         elif len(ids) < min_length:
             dropped += 1
-        elif split:
-            sequences.extend(c for c in (ids[i : i + max_length] for i in range(0, len(ids), max_length))
-                             if len(c) >= min_length)
         else:
-            sequences.append(ids[:max_length])
+            chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)] if split else [ids[:max_length]]
+            chunks = [c for c in chunks if len(c) >= min_length]
+            sequences.extend(chunks)
+            source.extend([docs - 1] * len(chunks))
     if pack and buffer:
         if len(buffer) >= min_length:
             sequences.append(buffer)
         else:
             dropped += 1
-    data = TokenizedData(sequences, docs, dropped, min_length, max_length, sum(map(len, sequences)))
+    data = TokenizedData(sequences, docs, dropped, min_length, max_length, sum(map(len, sequences)),
+                         None if pack else source)
     if not sequences:
         raise ValueError(
             f"No training sequence left: {docs} documents read, {dropped} dropped for being shorter than "

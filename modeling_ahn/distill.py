@@ -273,6 +273,18 @@ def evaluate(model, sequences, window: int, sinks: int, pad_id: int, chunk_size:
 # ---------------------------------------------------------------------------------------------- the run
 
 
+def held_out_split(data, eval_sequences: int, eval_fraction: float, seed: int):
+    """A deterministic ``(train, held_out)`` split of tokenised ``data`` when no ``--eval-data`` is given. The other
+    chunks of a held-out sequence's document (``--split-documents``) are not trained on either."""
+    seqs = data.sequences
+    order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed + 10_000)).tolist()
+    n_eval = min(eval_sequences, max(1, int(len(seqs) * eval_fraction))) if len(seqs) > 1 else 0
+    doc = data.source_document
+    held_docs = {doc[i] for i in order[:n_eval]} if doc else set()
+    train = [seqs[i] for i in order[n_eval:] if not doc or doc[i] not in held_docs]
+    return train, [seqs[i] for i in order[:n_eval]]
+
+
 def _atomic_dir(final: Path, write) -> None:
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -352,11 +364,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     if cfg.eval_data:
         held_out = tokenize_documents(iter_documents(cfg.eval_data, tokenizer, cfg.text_field), tokenizer,
                                       cfg.max_length, min_length, cfg.pack).sequences[: cfg.eval_sequences]
-    else:  # a deterministic held-out split
-        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(cfg.seed + 10_000)).tolist()
-        n_eval = min(cfg.eval_sequences, max(1, int(len(sequences) * cfg.eval_fraction))) if len(sequences) > 1 else 0
-        held_out = [sequences[i] for i in order[:n_eval]]
-        sequences = [sequences[i] for i in order[n_eval:]]
+    else:
+        sequences, held_out = held_out_split(data, cfg.eval_sequences, cfg.eval_fraction, cfg.seed)
     if not sequences:
         raise ValueError("No training sequences are left after the held-out split; give more data or --eval-data.")
     if main and progress:

@@ -195,8 +195,28 @@ def test_split_documents_keeps_every_chunk_of_each_document_apart():
     assert sum(map(len, split.sequences)) > len(ids[0]) + 8  # more than the first chunk of each document
     first = tokenize_documents(docs, tok, max_length=8, min_length=5)
     assert first.sequences == [ids[0][:8], ids[2][:8]] and set(map(tuple, first.sequences)) < set(map(tuple, expected))
+    n0 = sum(len(ids[0][i : i + 8]) >= 5 for i in range(0, len(ids[0]), 8))
+    assert split.source_document == [0] * n0 + [2] * (len(expected) - n0) and first.source_document == [0, 2]
     with pytest.raises(ValueError, match="exclusive"):
         tokenize_documents(docs, tok, max_length=8, min_length=5, pack=True, split=True)
+
+
+def test_held_out_split_keeps_a_split_documents_other_chunks_out_of_training():
+    from modeling_ahn.data_ahn import tokenize_documents
+    from modeling_ahn.distill import held_out_split
+
+    tok = make_tokenizer()
+    docs = [f"{w} " * 40 for w in ("the", "window", "memory", "hippocampus", "folds", "tokens")]
+    truncated = tokenize_documents(docs, tok, max_length=8, min_length=5)
+    train, held = held_out_split(truncated, 2, 0.5, seed=0)
+    assert len(held) == 2 and len(train) == 4 and not set(map(tuple, train)) & set(map(tuple, held))
+    split = tokenize_documents(docs, tok, max_length=8, min_length=5, split=True)
+    assert len(split.sequences) > 2 * len(docs)
+    train, held = held_out_split(split, 2, 0.5, seed=0)
+    doc_of = {tuple(s): d for s, d in zip(split.sequences, split.source_document)}
+    held_docs = {doc_of[tuple(s)] for s in held}
+    assert len(held) == 2 and train and not held_docs & {doc_of[tuple(s)] for s in train}
+    assert len(train) == sum(d not in held_docs for d in split.source_document)  # every other chunk is kept
 
 
 def test_too_short_data_says_how_many_were_dropped(corpus, tmp_path):
