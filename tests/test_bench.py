@@ -123,3 +123,40 @@ def test_quality_report_keeps_the_day_each_method_was_measured():
     ppl = {m: math.exp(v[0] / v[1]) for m, v in (("full", done["a/full/0"]), ("swa", done["a/swa/0"]),
                                                   ("ahn", done["a/ahn/0"]))}
     assert rep["perplexity_8k"]["gap_closed"] == pytest.approx((ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"]))
+
+
+def test_memory_control_swaps_only_what_the_scored_windows_do_not_see():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from modeling_ahn import AhnForCausalLM
+    from modeling_ahn.longctx import token_nll
+
+    from .conftest import make_base_config, randomize_ahn
+
+    mc = _bench_script("memory_control")
+    a, b = list(range(100, 140)), list(range(200, 240))
+    swapped = mc.swap_prefix(a, b, sinks=3, prefix=20)
+    assert swapped[:3] == a[:3] and swapped[3:20] == b[3:20] and swapped[20:] == a[20:]
+    with pytest.raises(ValueError, match="sinks"):
+        mc.swap_prefix(a, b, sinks=30, prefix=20)
+    W, S, P = 6, 3, 20
+    start = mc.first_scored(P, W)
+    assert start == P + W - 1
+    for layers in (1, 2):
+        cfg = make_base_config("llama")
+        cfg.num_hidden_layers = layers
+        torch.manual_seed(0)
+        model = randomize_ahn(AhnForCausalLM.from_base(AutoModelForCausalLM.from_config(cfg), ahn_type="gdn",
+                                                        sliding_window=W, num_sinks=S)).eval()
+        ids = [t % cfg.vocab_size for t in a], [t % cfg.vocab_size for t in mc.swap_prefix(a, b, S, P)]
+
+        def nll(mode, x, model=model):
+            with model.attention_mode(mode):
+                return token_nll(model, torch.tensor([x]))
+
+        swa, ahn = [nll("swa", x) for x in ids], [nll("ahn", x) for x in ids]
+        reach = start + (layers - 1) * (W - 1)  # stacked windows carry older tokens forward
+        assert torch.equal(swa[0][reach:], swa[1][reach:])  # sinks+SWA: the same tokens in every window
+        assert not torch.allclose(swa[0][reach - 1], swa[1][reach - 1])  # ... and the boundary is tight
+        assert not torch.allclose(ahn[0][reach:], ahn[1][reach:])  # the memory sees the swap
