@@ -158,6 +158,21 @@ def _ppl(pairs):
     return math.exp(s / n) if n else None
 
 
+def gap_interval(units, draws: int = 2000, seed: int = 0):
+    """95 % bootstrap interval of the gap closed, resampling segments (each with its full / swa / ahn NLL sums,
+    kept together: the methods are compared on the same text)."""
+    import random
+
+    rng, gaps = random.Random(seed), []
+    for _ in range(draws):
+        pick = [rng.choice(units) for _ in units]
+        ppl = {m: _ppl([u[m] for u in pick]) for m in ("full", "swa", "ahn")}
+        if ppl["swa"] != ppl["full"]:
+            gaps.append((ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"]))
+    gaps.sort()
+    return [gaps[int(0.025 * len(gaps))], gaps[min(len(gaps) - 1, int(0.975 * len(gaps)))]] if gaps else None
+
+
 def summarize(done, args, base, adapter):
     rep = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%d"), "base": Path(base).name,
@@ -174,6 +189,9 @@ def summarize(done, args, base, adapter):
         ppl = {m: _ppl(a[m][:n]) for m in a}
         rep["perplexity_8k"] = {"segments": n, "positions": ">=1024", **ppl,
                                 "gap_closed": (ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"])}
+        per_segment = {m: {k.split("/")[2]: v for k, v in done.items() if k.startswith(f"a/{m}/")} for m in a}
+        common = sorted(set.intersection(*(set(v) for v in per_segment.values())), key=int)
+        rep["perplexity_8k"]["gap_closed_ci95"] = gap_interval([{m: per_segment[m][i] for m in a} for i in common])
     b = {m: [v for k, v in done.items() if k.startswith(f"b/{m}/")] for m in ("full", "swa", "ahn")}
     b = {m: rows for m, rows in b.items() if rows}
     if "ahn" in b:

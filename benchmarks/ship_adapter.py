@@ -202,7 +202,9 @@ def card(name, stages, quality) -> str:
             lines += [f"**(a) Perplexity**, held-out Austen, {p['segments']} segments of 8192 tokens, "
                       "positions ≥ 1024:",
                       "", "| full attention (8k) | sinks+SWA | AHN-GDN | SWA→full gap closed |", "|---|---|---|---|",
-                      f"| {_f(p['full'])} | {_f(p['swa'])} | {_f(p['ahn'])} | {p['gap_closed']:.2f} |", ""]
+                      f"| {_f(p['full'])} | {_f(p['swa'])} | {_f(p['ahn'])} | {p['gap_closed']:.2f}"
+                      + (" (95 % bootstrap over segments: {:.2f}–{:.2f})".format(*p["gap_closed_ci95"])
+                         if p.get("gap_closed_ci95") else "") + " |", ""]
         b = quality.get("beyond_8k")
         if b:
             lines += ["**(b) Beyond the base's 8k**, 32k-token Austen segments:", "",

@@ -160,3 +160,15 @@ def test_memory_control_swaps_only_what_the_scored_windows_do_not_see():
         assert torch.equal(swa[0][reach:], swa[1][reach:])  # sinks+SWA: the same tokens in every window
         assert not torch.allclose(swa[0][reach - 1], swa[1][reach - 1])  # ... and the boundary is tight
         assert not torch.allclose(ahn[0][reach:], ahn[1][reach:])  # the memory sees the swap
+
+
+def test_quality_gap_interval_resamples_whole_segments():
+    q = _bench_script("quality")
+    same = [{"full": [10.0, 5], "swa": [11.0, 5], "ahn": [10.5, 5]}] * 4
+    lo, hi = q.gap_interval(same, draws=200)
+    assert lo == pytest.approx(hi) and 0 < lo < 1  # every resample is the same text: no spread
+    varied = [{"full": [10.0, 5], "swa": [11.0 + 0.5 * i, 5], "ahn": [10.5 + 0.1 * i, 5]} for i in range(8)]
+    lo, hi = q.gap_interval(varied, draws=500)
+    ppl = {m: math.exp(sum(u[m][0] for u in varied) / 40) for m in ("full", "swa", "ahn")}
+    gap = (ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"])
+    assert lo < gap < hi and hi - lo > 0.02

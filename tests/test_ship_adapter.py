@@ -116,3 +116,18 @@ def test_quality_heading_gives_each_rows_measurement_day():
     assert ship._measured(q) == ("on the 2-core CPU, bf16, window 512, 64 sinks: the AHN rows on 2026-12-02; "
                                  "the full-attention rows and the sinks+SWA rows on 2026-11-23 (the baselines do "
                                  "not depend on the adapter):")
+
+
+def test_card_quality_table_gives_the_gap_and_its_interval(tmp_path):
+    ship = _module()
+    _log(tmp_path / "log.jsonl", 2, 2048, 20.0)
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    stage = {"command": "ahn distill --base b --data d --out o\n", "rows": rows,
+             "config": ship.config_from_command("ahn distill --base b --data d --out o")}
+    quality = {"date": "2026-12-01", "window": 512, "sinks": 64,
+               "perplexity_8k": {"segments": 30, "full": 24.85, "swa": 26.84, "ahn": 26.32, "gap_closed": 0.2601,
+                                 "gap_closed_ci95": [0.2446, 0.2756]}}
+    card = ship.card("x", [stage], quality)
+    assert "| 24.85 | 26.84 | 26.32 | 0.26 (95 % bootstrap over segments: 0.24–0.28) |" in card
+    del quality["perplexity_8k"]["gap_closed_ci95"]  # a report from before the interval existed
+    assert "| 24.85 | 26.84 | 26.32 | 0.26 |" in ship.card("x", [stage], quality)
