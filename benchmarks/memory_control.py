@@ -14,7 +14,10 @@ sinks+SWA, on those positions:
 - the same gain on the swapped A ("wrong memory").
 
 A memory that carried nothing document-specific would give the same gain in both; the share of the gain lost
-with the wrong memory is the part owed to what it remembered of *this* document.
+with the wrong memory is the part owed to what it remembered of *this* document. At query ``t = prefix +
+window - 1 + d`` the wrong memory has folded in B's tokens and then the ``d + 1`` newest of A's, so the gains
+are also reported in bins of ``d``: at small ``d`` the memory is (almost) all B, and an adapter whose memory
+is short only shows a difference there.
 Writes <out>.json and <out>.png.
 """
 
@@ -31,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
+BINS = (0, 16, 64, 256, 1024)  # distance bins past the first scored position
 
 
 def swap_prefix(a: list[int], b: list[int], sinks: int, prefix: int) -> list[int]:
@@ -90,45 +94,55 @@ def main(argv=None):
         raise SystemExit(f"only {len(segs)} held-out segments of {args.length} tokens exist")
     pairs = [(segs[i], swap_prefix(segs[i], segs[i + 1], args.sinks, args.prefix)) for i in range(args.segments)]
 
-    def nll_sum(model, mode, ids):
+    def nll(model, mode, ids):
         with model.attention_mode(mode), torch.autocast("cpu", dtype=torch.bfloat16):
-            nll = token_nll(model, torch.tensor([ids]))[start:]
-        return float(nll.double().sum()), nll.numel()
+            return token_nll(model, torch.tensor([ids]))[start:].double()
 
     versions = (("original", 0), ("wrong memory", 1))
-    model, sums = None, {}
+    model, per_pos = None, {}  # (method, version) -> [segments, scored positions] NLL
     for label, adapter in zip(labels, adapters):
         model = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True, base_model=base,
                                                      sliding_window=args.window, num_sinks=args.sinks,
                                                      dtype=torch.bfloat16).eval()
         for kind, k in versions:
-            sums[(label, kind)] = [nll_sum(model, "ahn", p[k]) for p in tqdm(pairs, desc=f"{label}: AHN, {kind}")]
-    for m, name in (("swa", "sinks+SWA"), ("full", "full attention")):
-        for kind, k in versions:
-            sums[(m, kind)] = [nll_sum(model, m, p[k]) for p in tqdm(pairs, desc=f"{name}, {kind}")]
+            per_pos[(label, kind)] = torch.stack([nll(model, "ahn", p[k])
+                                                  for p in tqdm(pairs, desc=f"{label}: AHN, {kind}")])
+    for kind, k in versions:
+        per_pos[("swa", kind)] = torch.stack([nll(model, "swa", p[k]) for p in tqdm(pairs, desc=f"sinks+SWA, {kind}")])
+    per_pos[("full", "original")] = torch.stack([nll(model, "full", p[0])
+                                                 for p in tqdm(pairs, desc="full attention")])
     report = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "base": Path(base).name, "segments": args.segments,
               "length": args.length, "prefix": args.prefix, "window": args.window, "sinks": args.sinks,
-              "positions": f"query positions {start}..{args.length - 2}", "adapters": {}}
-    for kind, _ in versions:
-        report[kind] = {m: _ppl(sums[(m, kind)]) for m in ("full", "swa")}
+              "positions": f"query positions {start}..{args.length - 2}",
+              "ppl_full": math.exp(per_pos[("full", "original")].mean()),
+              "ppl_swa": {kind: math.exp(per_pos[("swa", kind)].mean()) for kind, _ in versions}, "adapters": {}}
+    edges = [e for e in BINS if e < per_pos[("full", "original")].shape[1]] + [per_pos[("full", "original")].shape[1]]
     for label in labels:
-        row = {}
-        for kind, _ in versions:
-            full, swa, ahn = report[kind]["full"], report[kind]["swa"], _ppl(sums[(label, kind)])
-            row[kind] = {"ppl_ahn": ahn, "gain_nats": math.log(swa / ahn), "gap_closed": (swa - ahn) / (swa - full)}
-        gain, kept = row["original"]["gain_nats"], row["wrong memory"]["gain_nats"]
-        row["share_of_gain_from_content"] = (gain - kept) / gain if gain > 0 else None
+        row = {"ppl_ahn": {kind: math.exp(per_pos[(label, kind)].mean()) for kind, _ in versions}}
+        swa, full = report["ppl_swa"]["original"], report["ppl_full"]
+        row["gap_closed"] = (swa - row["ppl_ahn"]["original"]) / (swa - full)
+        gains = {kind: per_pos[("swa", kind)] - per_pos[(label, kind)] for kind, _ in versions}  # nats per token
+        row["gain_nats"] = {kind: float(g.mean()) for kind, g in gains.items()}
+        row["share_of_gain_from_content"] = content_share(*row["gain_nats"].values())
+        # by the number of this document's tokens the wrong memory already holds (the newest ones, d + 1 at d)
+        row["by_distance"] = [{"own_tokens_in_wrong_memory": [lo + 1, hi],
+                               "positions": int(gains["original"][:, lo:hi].numel()),
+                               **{kind: float(g[:, lo:hi].mean()) for kind, g in gains.items()}}
+                              for lo, hi in zip(edges, edges[1:])]
         report["adapters"][label] = row
-        print(label, json.dumps(row))
+        print(label, json.dumps({k: v for k, v in row.items() if k != "by_distance"}))
+        for r in row["by_distance"]:
+            print(f"   own tokens {r['own_tokens_in_wrong_memory']}: gain {r['original']:+.4f} (as written) "
+                  f"{r['wrong memory']:+.4f} (wrong memory) nats/token over {r['positions']} positions")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2))
     plot(report, Path(args.out + ".png"))
-    print(json.dumps({k: v for k, v in report.items() if k != "adapters"}, indent=2))
 
 
-def _ppl(rows):
-    return math.exp(sum(r[0] for r in rows) / sum(r[1] for r in rows))
+def content_share(gain: float, kept: float) -> float | None:
+    """The share of AHN's gain over sinks+SWA lost when the memory holds another document."""
+    return (gain - kept) / gain if gain > 0 else None
 
 
 def plot(rep, path):
@@ -139,22 +153,19 @@ def plot(rep, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    kinds = ("original", "wrong memory")
-    series = [("full attention", [rep[k]["full"] for k in kinds]), ("sinks+SWA", [rep[k]["swa"] for k in kinds])]
-    series += [(f"AHN {label}", [row[k]["ppl_ahn"] for k in kinds]) for label, row in rep["adapters"].items()]
-    fig, ax = plt.subplots(figsize=(3 + 1.2 * len(series), 4))
-    width = 0.8 / len(series)
-    for i, (name, values) in enumerate(series):
-        bars = ax.bar([j + i * width for j in range(len(kinds))], values, width, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    values = [v for _, vs in series for v in vs]
-    lo, hi = min(values), max(values)
-    ax.set_ylim(lo - 0.6 * (hi - lo) - 0.1, hi + 0.2 * (hi - lo) + 0.1)
-    ax.set_xticks([j + (len(series) - 1) * width / 2 for j in range(len(kinds))],
-                  ["A as written", f"A, tokens {rep['sinks']}..{rep['prefix']} from another novel"])
-    ax.set(ylabel=f"perplexity, {rep['positions']}",
-           title=f"{rep['segments']} Austen segments of {rep['length']} tokens, window {rep['window']}, "
-                 f"{rep['sinks']} sinks")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (label, row) in enumerate(rep["adapters"].items()):
+        xs = [math.sqrt(r["own_tokens_in_wrong_memory"][0] * r["own_tokens_in_wrong_memory"][1])
+              for r in row["by_distance"]]
+        color = f"C{i}"
+        ax.plot(xs, [r["original"] for r in row["by_distance"]], "o-", color=color, label=f"{label}: as written")
+        ax.plot(xs, [r["wrong memory"] for r in row["by_distance"]], "s--", color=color,
+                label=f"{label}: older memory from another novel")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set(xscale="log", xlabel="tokens of this document the wrong memory already holds (the newest ones)",
+           ylabel="AHN gain over sinks+SWA (nats/token)",
+           title=f"{rep['segments']} Austen segments of {rep['length']} tokens, tokens {rep['sinks']}..{rep['prefix']} "
+                 f"swapped; window {rep['window']}, {rep['sinks']} sinks")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()

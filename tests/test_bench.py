@@ -140,6 +140,7 @@ def test_memory_control_swaps_only_what_the_scored_windows_do_not_see():
     assert swapped[:3] == a[:3] and swapped[3:20] == b[3:20] and swapped[20:] == a[20:]
     with pytest.raises(ValueError, match="sinks"):
         mc.swap_prefix(a, b, sinks=30, prefix=20)
+    assert mc.content_share(0.02, 0.02) == 0 and mc.content_share(0.02, 0.0) == 1 and mc.content_share(0, 1) is None
     W, S, P = 6, 3, 20
     start = mc.first_scored(P, W)
     assert start == P + W - 1
