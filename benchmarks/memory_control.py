@@ -59,6 +59,8 @@ def main(argv=None):
     ap.add_argument("--segments", type=int, default=6)
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--prefix", type=int, default=4096, help="tokens [sinks, prefix) of A are swapped")
+    ap.add_argument("--other", default="austen", help="held-out corpus B comes from: austen (another novel), "
+                    "gnu_standards or pg_essays (another genre)")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--sinks", type=int, default=64)
     ap.add_argument("--out", default=str(HERE / "results" / "memory_control_smollm2"))
@@ -92,7 +94,14 @@ def main(argv=None):
     segs = segments(docs, args.length, args.segments + 1, skip=512)
     if len(segs) < args.segments + 1:
         raise SystemExit(f"only {len(segs)} held-out segments of {args.length} tokens exist")
-    pairs = [(segs[i], swap_prefix(segs[i], segs[i + 1], args.sinks, args.prefix)) for i in range(args.segments)]
+    if args.other == "austen":
+        others = segs[1:]
+    else:  # only B's first `prefix` tokens are used
+        other_docs = [tok(t, add_special_tokens=False)["input_ids"] for t in held_out_documents(args.other).values()]
+        others = segments(other_docs, args.prefix, args.segments)
+        if len(others) < args.segments:
+            raise SystemExit(f"{args.other} has only {len(others)} segments of {args.prefix} tokens")
+    pairs = [(segs[i], swap_prefix(segs[i], others[i], args.sinks, args.prefix)) for i in range(args.segments)]
 
     def nll(model, mode, ids):
         with model.attention_mode(mode), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -114,7 +123,7 @@ def main(argv=None):
     report = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "base": Path(base).name, "segments": args.segments,
               "length": args.length, "prefix": args.prefix, "window": args.window, "sinks": args.sinks,
-              "positions": f"query positions {start}..{args.length - 2}",
+              "other": args.other, "positions": f"query positions {start}..{args.length - 2}",
               "ppl_full": math.exp(per_pos[("full", "original")].mean()),
               "ppl_swa": {kind: math.exp(per_pos[("swa", kind)].mean()) for kind, _ in versions}, "adapters": {}}
     edges = [e for e in BINS if e < per_pos[("full", "original")].shape[1]] + [per_pos[("full", "original")].shape[1]]
@@ -160,12 +169,13 @@ def plot(rep, path):
         color = f"C{i}"
         ax.plot(xs, [r["original"] for r in row["by_distance"]], "o-", color=color, label=f"{label}: as written")
         ax.plot(xs, [r["wrong memory"] for r in row["by_distance"]], "s--", color=color,
-                label=f"{label}: older memory from another novel")
+                label=f"{label}: older memory from another text")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xscale="log", xlabel="tokens of this document the wrong memory already holds (the newest ones)",
            ylabel="AHN gain over sinks+SWA (nats/token)",
            title=f"{rep['segments']} Austen segments of {rep['length']} tokens, tokens {rep['sinks']}..{rep['prefix']} "
-                 f"swapped; window {rep['window']}, {rep['sinks']} sinks")
+                 f"from {'another novel' if rep.get('other', 'austen') == 'austen' else rep['other']}; "
+                 f"window {rep['window']}, {rep['sinks']} sinks")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()
