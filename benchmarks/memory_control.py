@@ -75,16 +75,10 @@ def main(argv=None):
     from modeling_ahn.corpora import held_out_documents
     from modeling_ahn.default_model import fetch_default
     from modeling_ahn.longctx import segments, token_nll
+    from modeling_ahn.shipped import adapters_to_compare
 
     base = args.base or str(fetch_default()["llama"])
-    adapters = args.adapter
-    if adapters is None:
-        from modeling_ahn.shipped import shipped_repo
-
-        adapters = [str(shipped_repo("gdn", base=base))]
-    labels = args.label or [Path(a).name for a in adapters]
-    if len(labels) != len(adapters):
-        raise SystemExit("give one --label per --adapter")
+    compared = adapters_to_compare(args.adapter, args.label, base)
 
     tok = AutoTokenizer.from_pretrained(base)
     docs = [tok(t, add_special_tokens=False)["input_ids"] for t in held_out_documents("austen").values()]
@@ -109,7 +103,7 @@ def main(argv=None):
 
     versions = (("original", 0), ("wrong memory", 1))
     model, per_pos = None, {}  # (method, version) -> [segments, scored positions] NLL
-    for label, adapter in zip(labels, adapters):
+    for label, adapter in compared:
         model = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True, base_model=base,
                                                      sliding_window=args.window, num_sinks=args.sinks,
                                                      dtype=torch.bfloat16).eval()
@@ -127,7 +121,7 @@ def main(argv=None):
               "ppl_full": math.exp(per_pos[("full", "original")].mean()),
               "ppl_swa": {kind: math.exp(per_pos[("swa", kind)].mean()) for kind, _ in versions}, "adapters": {}}
     edges = [e for e in BINS if e < per_pos[("full", "original")].shape[1]] + [per_pos[("full", "original")].shape[1]]
-    for label in labels:
+    for label, _ in compared:
         row = {"ppl_ahn": {kind: math.exp(per_pos[(label, kind)].mean()) for kind, _ in versions}}
         swa, full = report["ppl_swa"]["original"], report["ppl_full"]
         row["gap_closed"] = (swa - row["ppl_ahn"]["original"]) / (swa - full)

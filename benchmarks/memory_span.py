@@ -59,16 +59,10 @@ def main(argv=None):
     from modeling_ahn.corpora import held_out_documents
     from modeling_ahn.default_model import fetch_default
     from modeling_ahn.longctx import memory_half_lives, segments, token_nll
+    from modeling_ahn.shipped import adapters_to_compare
 
     base = args.base or str(fetch_default()["llama"])
-    adapters = args.adapter
-    if adapters is None:
-        from modeling_ahn.shipped import shipped_repo
-
-        adapters = [str(shipped_repo("gdn", base=base))]
-    labels = args.label or [Path(a).name for a in adapters]
-    if len(labels) != len(adapters):
-        raise SystemExit("give one --label per --adapter")
+    compared = adapters_to_compare(args.adapter, args.label, base)
     windows = sorted(int(w) for w in args.windows.split(","))
     if args.window not in windows:
         raise SystemExit(f"--windows must include the inference window {args.window}")
@@ -96,7 +90,7 @@ def main(argv=None):
               "length": args.length, "window": args.window, "sinks": args.sinks,
               "positions": f">={args.from_position}", "adapters": {}}
     model = None
-    for label, adapter in zip(labels, adapters):
+    for label, adapter in compared:
         model = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True, base_model=base,
                                                      sliding_window=args.window, num_sinks=args.sinks,
                                                      dtype=torch.bfloat16).eval()

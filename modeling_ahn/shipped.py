@@ -85,3 +85,14 @@ def install_adapter(run_adapter_dir: str | Path, dest: str | Path, card: str | N
     if card is not None:
         (dest / "README.md").write_text(card)
     return dest
+
+
+def adapters_to_compare(adapters: list[str] | None, labels: list[str] | None, base: str | Path) -> list[tuple]:
+    """``(label, adapter dir)`` pairs of a benchmark's repeatable ``--adapter`` / ``--label`` arguments; no
+    ``--adapter``: the shipped AHN-GDN over ``base``. Labels default to the folders' names."""
+    adapters = adapters or [str(shipped_repo("gdn", base=base))]
+    labels = labels or [Path(a).name for a in adapters]
+    if len(labels) != len(adapters):
+        raise SystemExit("give one --label per --adapter")
+    return list(zip(labels, adapters))
+

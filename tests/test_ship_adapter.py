@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -25,6 +26,20 @@ def _log(path, steps, length, seconds):
     rows += [{"step": i + 1, "loss": 0.1, "tokens": length, "step_s": seconds} for i in range(steps)]
     rows.append({"step": steps, "eval": dict(rows[0]["eval"], kl_ahn=0.04, ppl_ahn=29.5)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _run(tmp_path, command: str, **config):
+    """A finished one-stage run directory (2 steps at 2048 tokens) with ``config`` over a few defaults."""
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    save_file({"model.layers.0.ahn.fn.A_log": torch.zeros(2)}, run / "adapter" / "model.safetensors")
+    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "ahn", "_name_or_path": "/x/y"}))
+    _log(run / "train_log.jsonl", 2, 2048, 20.0)
+    (run / "run_config.json").write_text(json.dumps({"max_length": 2048, "windows": [256], "sinks": None, "lr": 1e-3,
+                                                     "warmup_ratio": 0.1, "weight_decay": 0.1, "max_grad_norm": 1.0,
+                                                     "init_adapter": None, "memory_span": None, **config}))
+    (run / "cmd.txt").write_text(command)
+    return run
 
 
 def test_two_stage_card_logs_and_commands(tmp_path):
@@ -68,15 +83,7 @@ def test_memory_span_is_read_from_the_command_and_shown_in_the_card(tmp_path):
     cfg = ship.config_from_command("OMP_NUM_THREADS=1 ahn distill --base b --data d --out o --memory-span 16,8192\n"
                                    "# a comment\n")
     assert cfg["memory_span"] == [16, 8192]
-    run = tmp_path / "run"
-    (run / "adapter").mkdir(parents=True)
-    save_file({"model.layers.0.ahn.fn.A_log": torch.zeros(2)}, run / "adapter" / "model.safetensors")
-    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "ahn", "_name_or_path": "/x/y"}))
-    _log(run / "train_log.jsonl", 2, 2048, 20.0)
-    (run / "run_config.json").write_text(json.dumps({"max_length": 2048, "windows": [256], "sinks": None, "lr": 1e-3,
-                                                     "warmup_ratio": 0.1, "weight_decay": 0.1, "max_grad_norm": 1.0,
-                                                     "init_adapter": None, "memory_span": [16, 8192]}))
-    (run / "cmd.txt").write_text("ahn distill --base b --data d --out r --memory-span 16,8192\n")
+    run = _run(tmp_path, "ahn distill --base b --data d --out r --memory-span 16,8192\n", memory_span=[16, 8192])
     ship.main([str(run), "--dest", str(tmp_path / "shipped"), "--quality", str(tmp_path / "none")])
     card = (tmp_path / "shipped" / "README.md").read_text()
     assert "| memory initialisation | decay half-lives 16–8192 tokens, log-spaced over each layer's heads" in card
@@ -89,16 +96,7 @@ def test_card_names_the_data_and_how_documents_were_cut(tmp_path):
     cmd = "ahn distill --base b --data /m/corpora/train/kjv /m/corpora/train/shakespeare --split-documents --out o\n"
     cfg = ship.config_from_command(cmd)
     assert cfg["data"] == ["kjv", "shakespeare"] and cfg["split_documents"] is True  # names, not machine paths
-    run = tmp_path / "run"
-    (run / "adapter").mkdir(parents=True)
-    save_file({"model.layers.0.ahn.fn.A_log": torch.zeros(2)}, run / "adapter" / "model.safetensors")
-    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "ahn", "_name_or_path": "/x/y"}))
-    _log(run / "train_log.jsonl", 2, 2048, 20.0)
-    (run / "run_config.json").write_text(json.dumps({"max_length": 2048, "windows": [256], "sinks": None, "lr": 1e-3,
-                                                     "warmup_ratio": 0.1, "weight_decay": 0.1, "max_grad_norm": 1.0,
-                                                     "init_adapter": None, "memory_span": None, "split_documents": True,
-                                                     "data": ["/m/corpora/train/kjv", "/m/corpora/train/shakespeare"]}))
-    (run / "cmd.txt").write_text(cmd)
+    run = _run(tmp_path, cmd, split_documents=True, data=["/m/corpora/train/kjv", "/m/corpora/train/shakespeare"])
     ship.main([str(run), "--dest", str(tmp_path / "shipped"), "--quality", str(tmp_path / "none")])
     card = (tmp_path / "shipped" / "README.md").read_text()
     assert "| data | `ahn corpora` training split: KJV Bible, 38 Shakespeare plays (held-out" in card
@@ -131,3 +129,14 @@ def test_card_quality_table_gives_the_gap_and_its_interval(tmp_path):
     assert "| 24.85 | 26.84 | 26.32 | 0.26 (95 % bootstrap over segments: 0.24–0.28) |" in card
     del quality["perplexity_8k"]["gap_closed_ci95"]  # a report from before the interval existed
     assert "| 24.85 | 26.84 | 26.32 | 0.26 |" in ship.card("x", [stage], quality)
+
+
+def test_benchmarks_pair_adapters_with_labels(tmp_path, monkeypatch):
+    from modeling_ahn import shipped
+
+    assert shipped.adapters_to_compare(["a/x", "b/y"], None, "base") == [("x", "a/x"), ("y", "b/y")]
+    assert shipped.adapters_to_compare(["a/x"], ["mine"], "base") == [("mine", "a/x")]
+    with pytest.raises(SystemExit, match="one --label per --adapter"):
+        shipped.adapters_to_compare(["a/x", "b/y"], ["one"], "base")
+    monkeypatch.setattr(shipped, "shipped_repo", lambda ahn_type, base: tmp_path / f"{ahn_type}-over-{base}")
+    assert shipped.adapters_to_compare(None, None, "base") == [("gdn-over-base", str(tmp_path / "gdn-over-base"))]
