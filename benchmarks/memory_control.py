@@ -1,6 +1,6 @@
 """Is an AHN adapter's gain over sinks+SWA remembered *content*? A control with another document in memory.
 
-    python benchmarks/memory_control.py [--adapter DIR --label NAME ...] [--segments 6] [--length 8192]
+    python benchmarks/memory_control.py [--adapter DIR --label NAME ...] [--segments 8] [--length 8192]
         [--prefix 4096] [--out benchmarks/results/memory_control_smollm2]
 
 For held-out Austen segments A (``--length`` tokens) each paired with a segment B of another novel, the
@@ -56,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--adapter", action="append", default=None, help="AHN repo dir (repeatable; default: shipped)")
     ap.add_argument("--label", action="append", default=None, help="a name per --adapter")
     ap.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
-    ap.add_argument("--segments", type=int, default=6)
+    ap.add_argument("--segments", type=int, default=8)
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--prefix", type=int, default=4096, help="tokens [sinks, prefix) of A are swapped")
     ap.add_argument("--other", default="austen", help="held-out corpus B comes from: austen (another novel), "
