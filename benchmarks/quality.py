@@ -183,15 +183,14 @@ def summarize(done, args, base, adapter):
         part = k.split("/")  # a/<method>/<i>, b/<method>/<i>, c/<task>/<method>/<length>/<depth>
         dates.setdefault(part[2] if part[0] == "c" else part[1], set()).add(d)
     rep["dates"] = {m: sorted(d) for m, d in sorted(dates.items())}
-    a = {m: [v for k, v in done.items() if k.startswith(f"a/{m}/")] for m in ("full", "swa", "ahn")}
-    if all(a.values()):
-        n = min(len(v) for v in a.values())
-        ppl = {m: _ppl(a[m][:n]) for m in a}
-        rep["perplexity_8k"] = {"segments": n, "positions": ">=1024", **ppl,
-                                "gap_closed": (ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"])}
-        per_segment = {m: {k.split("/")[2]: v for k, v in done.items() if k.startswith(f"a/{m}/")} for m in a}
-        common = sorted(set.intersection(*(set(v) for v in per_segment.values())), key=int)
-        rep["perplexity_8k"]["gap_closed_ci95"] = gap_interval([{m: per_segment[m][i] for m in a} for i in common])
+    # (a): per segment, the three methods' NLL sums; only segments every method has measured are compared
+    a = {m: {k.split("/")[2]: v for k, v in done.items() if k.startswith(f"a/{m}/")} for m in ("full", "swa", "ahn")}
+    units = [{m: a[m][i] for m in a} for i in sorted(set.intersection(*map(set, a.values())), key=int)]
+    if units:
+        ppl = {m: _ppl([u[m] for u in units]) for m in a}
+        rep["perplexity_8k"] = {"segments": len(units), "positions": ">=1024", **ppl,
+                                "gap_closed": (ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"]),
+                                "gap_closed_ci95": gap_interval(units)}
     b = {m: [v for k, v in done.items() if k.startswith(f"b/{m}/")] for m in ("full", "swa", "ahn")}
     b = {m: rows for m, rows in b.items() if rows}
     if "ahn" in b:

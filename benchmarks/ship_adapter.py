@@ -48,7 +48,7 @@ def stage_config(cfg: dict) -> dict:
 
 
 def _data(cfg: dict) -> str:
-    names = [Path(d).name for d in cfg.get("data") or []]
+    names = cfg.get("data")  # folder names (stage_config)
     if not names or names == ["train"]:  # the whole training split (also: stages recorded before data was)
         names = list(SOURCES)
     return ("`ahn corpora` training split: " + ", ".join(SOURCES.get(n, f"`{n}`") for n in names)
@@ -79,7 +79,7 @@ def previous_stages(folder: Path) -> list[dict]:
         stages = [{"log": "train_log.jsonl", "command": (folder / "train_command.txt").read_text()}]
     for st in stages:
         st["rows"] = [json.loads(x) for x in (folder / st["log"]).read_text().splitlines() if x.strip()]
-        st.setdefault("config", config_from_command(st["command"]))
+        st["config"] = stage_config(st["config"]) if "config" in st else config_from_command(st["command"])
     return stages
 
 
@@ -247,14 +247,14 @@ def main(argv=None):
     log = [json.loads(x) for x in (args.run / "train_log.jsonl").read_text().splitlines() if x.strip()]
     run_cfg = json.loads((args.run / "run_config.json").read_text())
     command = (args.run / "cmd.txt").read_text()
-    stages.append({"log": "train_log.jsonl", "command": command, "config": run_cfg, "rows": log})
+    stages.append({"log": "train_log.jsonl", "command": command, "config": stage_config(run_cfg), "rows": log})
     quality = json.loads(args.quality.read_text()) if args.quality.exists() else None
     install_adapter(args.run / "adapter", dest, card(args.name, stages, quality))
     for st in stages[:-1]:
         (dest / st["log"]).write_text(st.pop("log_text"))
     if len(stages) > 1:
         (dest / "stages.json").write_text(json.dumps(
-            [{"log": st["log"], "command": st["command"], "config": stage_config(st["config"])}
+            [{"log": st["log"], "command": st["command"], "config": st["config"]}
              for st in stages], indent=2) + "\n")
     (dest / "train_command.txt").write_text(stage_commands(stages, "\n\n") + "\n")
     shutil.copyfile(args.run / "train_log.jsonl", dest / "train_log.jsonl")

@@ -173,3 +173,15 @@ def test_quality_gap_interval_resamples_whole_segments():
     ppl = {m: math.exp(sum(u[m][0] for u in varied) / 40) for m in ("full", "swa", "ahn")}
     gap = (ppl["swa"] - ppl["ahn"]) / (ppl["swa"] - ppl["full"])
     assert lo < gap < hi and hi - lo > 0.02
+
+
+def test_quality_perplexity_compares_only_segments_every_method_measured():
+    import argparse
+
+    q = _bench_script("quality")
+    done = {f"a/{m}/{i}": [10.0 + i + (m == "swa"), 5] for m in ("full", "swa") for i in range(12)}
+    done.update({f"a/ahn/{i}": [10.5 + i, 5] for i in (2, 3)})  # AHN still being measured
+    done = json.loads(json.dumps(done, sort_keys=True))  # as the partial file stores it: "10" before "2"
+    p = q.summarize(done, argparse.Namespace(window=512, sinks=64), "base", "adapter")["perplexity_8k"]
+    assert p["segments"] == 2
+    assert p["full"] == pytest.approx(math.exp((12.0 + 13.0) / 10))  # AHN's segments 2 and 3, not "0" and "1"
