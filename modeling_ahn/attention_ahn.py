@@ -70,14 +70,15 @@ def _eager_attention(module, query, key, value, mask, scaling, dropout):
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = F.dropout(probs, p=dropout, training=module.training)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
 def _inner_attention(spec, module, query, key, value, mask, scaling, dropout):
-    """Softmax attention of the base with an explicit boolean mask ``[B, 1, q, kv]``."""
+    """Softmax attention of the base with an explicit boolean mask ``[B, 1, q, kv]`` (``None``: every key)."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     if spec.inner == "eager":
@@ -164,29 +165,40 @@ def _sink_merged_attention(module, query, key, value, mask, scaling, dropout, an
     whose score is ``lse_s`` for every query (an extra channel: query ``lse_s / scale``, key 1) and whose value is
     a one-hot channel, so SDPA returns ``o_w' = sum_w e^s_w v_w / Z`` and the summary's weight ``p = e^lse_s / Z``
     with ``Z = sum_w e^s_w + e^lse_s``; the result ``o_w' + p o_s`` is exactly softmax attention over all keys.
-    The head grows by 8 channels (the doubled head of ``_sink_clamped`` costs twice the attention).
+    The head grows by 8 channels (the doubled head of ``_sink_clamped`` costs twice the attention). Key columns
+    that are sinks in every row (the usual case: the first ``S``) are left out of the SDPA call.
     """
     B, H, q_len, D = query.shape
     Hkv = key.shape[1]
     scale = scaling if scaling is not None else D**-0.5
-    sink_cols, sink_vis, m2 = _merge_masks(mask, key_is_sink, key.device)
+    plan = _merge_masks(mask, key_is_sink, key.device)
+    sink_cols, sink_vis, m2, win_cols = plan["sink_cols"], plan["sink_vis"], plan["m2"], plan["win_cols"]
     ks = repeat_kv(key[:, :, sink_cols], H // Hkv).float()  # [B, H, ns, D]
     vs = repeat_kv(value[:, :, sink_cols], H // Hkv).float()
     scores = (_rotated_back(query, ang) @ ks.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~sink_vis, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # [B, H, q], -inf where no sink is visible
-    o_s = torch.softmax(scores.masked_fill(~sink_vis, torch.finfo(scores.dtype).min), dim=-1) @ vs
+    if sink_vis is not None:  # some sink hidden from some query (padding, or a sink not yet in the store)
+        scores = scores.masked_fill(~sink_vis, float("-inf"))
+    mx = scores.amax(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)  # finite when nothing is visible
+    e = (scores - mx).exp()
+    z = e.sum(-1, keepdim=True)
+    lse = (z.log() + mx)[..., 0]  # [B, H, q], -inf where no sink is visible
+    o_s = (e @ vs) / z.clamp(min=torch.finfo(z.dtype).tiny)
     lse_q = (lse.clamp(min=-1e4) / scale)[..., None]
-    hi = lse_q.to(query.dtype)
-    lo = (lse_q - hi.float()).to(query.dtype)
     E = _MERGE_CHANNELS
-    q2 = torch.cat([query, hi, lo, query.new_zeros(B, H, q_len, E - 2)], dim=-1)
-    summary_k = key.new_zeros(B, Hkv, 1, D + E)
-    summary_k[..., D: D + 2] = 1
-    summary_v = value.new_zeros(B, Hkv, 1, D + E)
-    summary_v[..., D] = 1
-    k2 = torch.cat([F.pad(key, (0, E)), summary_k], dim=2)
-    v2 = torch.cat([F.pad(value, (0, E)), summary_v], dim=2)
+    hi = lse_q.to(query.dtype)
+    q2 = query.new_zeros(B, H, q_len, D + E)
+    q2[..., :D] = query
+    q2[..., D: D + 1] = hi
+    q2[..., D + 1: D + 2] = (lse_q - hi.float()).to(query.dtype)
+    k_w = key if win_cols is None else key[:, :, win_cols:]
+    v_w = value if win_cols is None else value[:, :, win_cols:]
+    n_w = k_w.shape[2]
+    k2 = key.new_zeros(B, Hkv, n_w + 1, D + E)
+    k2[:, :, :n_w, :D] = k_w
+    k2[:, :, n_w, D: D + 2] = 1  # the summary key
+    v2 = value.new_zeros(B, Hkv, n_w + 1, D + E)
+    v2[:, :, :n_w, :D] = v_w
+    v2[:, :, n_w, D] = 1  # the summary's one-hot value
     out, _ = sdpa_attention_forward(module, q2, k2, v2, m2, dropout=dropout, scaling=scale)  # [B, q, H, D + E]
     p = out[..., D: D + 1].float()
     return (out[..., :D].float() + p * o_s.transpose(1, 2)).to(query.dtype)
@@ -196,17 +208,25 @@ _MERGE_MEMO = threading.local()
 
 
 def _merge_masks(mask, key_is_sink, device):
-    """The sink columns, their visibility ``[B, 1, q, ns]`` and the window mask plus the summary key, for
-    ``_sink_merged_attention``; reused while the same mask objects come back (every layer of one forward)."""
+    """What ``_sink_merged_attention`` needs of the masks: the sink columns and their visibility
+    ``[B, 1, q, ns]`` (``None``: all visible), the window mask plus the summary key, and ``win_cols``: the number of
+    leading columns that are sinks in every row and no window key of any (left out of SDPA; ``None``: keep all).
+    Reused while the same mask objects come back (every layer of one forward)."""
     memo = getattr(_MERGE_MEMO, "value", None)
     if memo is not None and memo[0] is mask and memo[1] is key_is_sink:  # the memo holds them: ids cannot recur
         return memo[2]
     sink_cols = key_is_sink.any(0).nonzero()[:, 0].to(device)  # sink columns of any row
     sink_vis = mask[..., sink_cols] & key_is_sink[:, None, None, sink_cols].to(mask.device)  # [B, 1, q, ns]
     win_vis = mask & ~key_is_sink[:, None, None, :].to(mask.device)
+    ns = sink_cols.numel()
+    prefix = ns > 0 and int(sink_cols[-1]) == ns - 1 and bool(key_is_sink[:, :ns].all())
+    win_cols = ns if prefix else None
+    if prefix:
+        win_vis = win_vis[..., ns:]
     m2 = torch.cat([win_vis, win_vis.new_ones(*win_vis.shape[:-1], 1)], dim=-1)
-    _MERGE_MEMO.value = (mask, key_is_sink, (sink_cols, sink_vis, m2))
-    return sink_cols, sink_vis, m2
+    plan = dict(sink_cols=sink_cols, sink_vis=None if bool(sink_vis.all()) else sink_vis, m2=m2, win_cols=win_cols)
+    _MERGE_MEMO.value = (mask, key_is_sink, plan)
+    return plan
 
 
 def _sink_clamped(query, key, value, ang, key_is_sink, scaling):
@@ -278,6 +298,58 @@ def _static_decode_step(spec, module, layer, query, key, value, hidden, mask2d, 
         mem_out, state = memory(query, ev["keys"], ev["values"], ev_gates, valid, hidden, layer.recurrent_state)
         attn_out = attn_out + mem_out
     layer.commit_step(slot, rpos_new, gates_new, state)
+    return attn_out, attn_weights
+
+
+class _RotationMemo(threading.local):
+    value = None
+
+
+_ROTATION_MEMO = _RotationMemo()
+
+
+def _sink_rotation(spec, position: int, inv_freq, device):
+    """``(cos, sin)`` ``[D]`` of the angle by which the sinks are moved for a query at ``position`` beyond the base's
+    context (``_sink_angles`` of one position), or ``None`` within it; the same in every layer of a decoding step,
+    so it is computed once per step."""
+    limit = spec.sink_position_limit
+    if limit is None or position < limit or inv_freq is None:
+        return None
+    key = (position, limit, inv_freq.data_ptr(), str(device))
+    memo = _ROTATION_MEMO.value
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    ang = _sink_angles(spec, torch.tensor([[position]], device=device), inv_freq, device)[0, 0, 0]
+    _ROTATION_MEMO.value = (key, (ang.cos(), ang.sin()))
+    return _ROTATION_MEMO.value[1]
+
+
+def _steady_decode_step(spec, module, layer, query, key, value, hidden, scaling, dropout):
+    """One token per row, no padding, a full window and every sink in the store (``SinkWindowLayer.steady``).
+
+    ``key``/``value`` are ``[sink store (S), window[1:] (W - 1), new]``: every key is visible, so attention needs no
+    mask; window[0] leaves the window and is written into the memory, which the query then reads. The same result
+    as the general path (tests compare the two), with a fraction of its operations.
+    """
+    S = layer.num_sinks
+    inv_freq = spec.inv_freq()
+    rot = None
+    if S and inv_freq is not None and 2 * inv_freq.numel() == query.shape[-1]:
+        rot = _sink_rotation(spec, layer.pending["start"], inv_freq, query.device)
+    if rot is not None:  # beyond the base's context: the sinks as seen from its last position (see _sink_clamped)
+        D = key.shape[-1]
+        k = layer.sink_keys.float()
+        k_fwd = k * rot[0] + torch.cat([-k[..., D // 2:], k[..., : D // 2]], dim=-1) * rot[1]
+        key[:, :, :S] = k_fwd.to(key.dtype)  # `key` is this step's own concatenation; the store is unchanged
+    attn_out, attn_weights = _inner_attention(spec, module, query, key, value, None, scaling, dropout)
+    memory = spec.memory
+    gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
+    state = None
+    if spec.mode == "ahn":
+        ev_k, ev_v, ev_g = layer.evicted()
+        mem_out, state = memory.step(query, ev_k, ev_v, ev_g, hidden, layer.recurrent_state)
+        attn_out = attn_out + mem_out
+    layer.commit_steady(gates_new, state)
     return attn_out, attn_weights
 
 
@@ -415,6 +487,10 @@ def _ahn_attention(module, query, key, value, attention_mask, scaling=None, drop
     B, _, q_len, _ = query.shape
     if layer.pending.get("static"):
         return _static_decode_step(spec, module, layer, query, key, value, hidden, mask2d, scaling, dropout)
+    if layer.pending.get("steady"):
+        if mask2d is None:
+            return _steady_decode_step(spec, module, layer, query, key, value, hidden, scaling, dropout)
+        key, value = layer.general_pending()  # a padding mask after all: the general path below
     pending = layer.pending
     start, n_old = pending["start"], pending["num_old"]
     all_k, all_v = pending["keys"], pending["values"]

@@ -112,10 +112,11 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
     import torch
     from transformers import DynamicCache
 
+    from .devices import resolve_dtype
     from .modeling_ahn import CACHE_KWARG
 
     device = torch.device(device_name)
-    dtype = getattr(torch, dtype_name)
+    dtype = resolve_dtype(dtype_name, device)
     torch.manual_seed(0)
     model, mode = _load(method, base, window, sinks, dtype, device)
     vocab = model.get_input_embeddings().num_embeddings
@@ -194,17 +195,28 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
         timeout: int = 3600, compile_backend: str = "inductor") -> dict:
     from tqdm.auto import tqdm
 
+    from .devices import dtype_name, resolve_dtype
+
+    dtype = dtype_name(resolve_dtype(dtype, device))  # "auto" -> what this machine runs fast, recorded as such
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {METHODS}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.jsonl")
-    done = {}
+    settings = dict(base=base if base.startswith("random:") else Path(base).name, window=window, sinks=sinks,
+                    chunk=chunk, decode=decode, dtype=dtype, compile_backend=compile_backend, device=device)
+    done, stale = {}, 0
     if partial.exists():  # resume: keep the points already measured with the same settings
         for line in partial.read_text().splitlines():
             r = json.loads(line)
+            if r.get("settings") != settings:
+                stale += 1
+                continue
             done[(r["method"], r["length"])] = r
+    if stale:
+        print(f"ahn bench: {stale} point(s) in {partial} were measured with other settings; measuring anew",
+              file=sys.stderr)
     points = [(L, m) for L in lengths for m in methods if not (m == "full" and max_full and L > max_full)]
     bar = tqdm(points, desc="bench", unit="point", disable=not progress)
     for L, m in bar:
@@ -222,15 +234,12 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
             row = dict(method=m, length=L, error=(proc.stderr.strip().splitlines() or ["?"])[-1])
         else:
             row = json.loads(lines[-1][6:])
+        row["settings"] = settings
         done[(m, L)] = row
         with open(partial, "a") as f:
             f.write(json.dumps(row) + "\n")
-    rows = [done[(m, L)] for L, m in points]
-    result = dict(machine=machine_info(device), settings=dict(base=base if base.startswith("random:") else
-                                                               Path(base).name, window=window, sinks=sinks,
-                                                               chunk=chunk, decode=decode, dtype=dtype,
-                                                               compile_backend=compile_backend),
-                  rows=rows)
+    rows = [{k: v for k, v in done[(m, L)].items() if k != "settings"} for L, m in points]
+    result = dict(machine=machine_info(device), settings=settings, rows=rows)
     out.write_text(json.dumps(result, indent=2))
     plot(result, out.with_suffix(".png"))
     return result

@@ -39,6 +39,7 @@ class SinkWindowLayer(CacheLayerMixin):
         self.num_real = None
         self.recurrent_state = None
         self.pending = None
+        self.padded = False  # whether any row has had a pad token (then every step takes the general path)
 
     def __repr__(self):
         return f"SinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window})"
@@ -72,11 +73,52 @@ class SinkWindowLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         if self.pending is not None:
             raise RuntimeError("SinkWindowLayer.update called twice without commit (is the AHN attention active?)")
+        if key_states.shape[-2] == 1 and self.steady():
+            # Decoding with a full window, every sink in the store and no padding: the new token attends to exactly
+            # [sinks, window[1:], itself] (window[0] leaves it for the memory), which is also the next window.
+            k = torch.cat([self.sink_keys, self.keys[:, :, 1:], key_states], dim=-2)
+            v = torch.cat([self.sink_values, self.values[:, :, 1:], value_states], dim=-2)
+            self.pending = dict(steady=True, start=self.cumulative_length, new=(key_states, value_states), kv=(k, v))
+            self.cumulative_length += 1
+            return k, v
         all_k = torch.cat([self.keys, key_states], dim=-2)
         all_v = torch.cat([self.values, value_states], dim=-2)
         self.pending = dict(start=self.cumulative_length, num_old=self.keys.shape[-2], keys=all_k, values=all_v)
         self.cumulative_length += key_states.shape[-2]
         return torch.cat([self.sink_keys, all_k], dim=-2), torch.cat([self.sink_values, all_v], dim=-2)
+
+    def steady(self) -> bool:
+        """Whether a one-token step can take the steady path: no row padded, the window full (``W`` tokens) and
+        every sink evicted into the store (``S + W`` tokens seen)."""
+        return (not self.padded and self.cumulative_length >= self.num_sinks + self.sliding_window
+                and self.keys.shape[-2] == self.sliding_window)
+
+    def general_pending(self):
+        """Turn a steady step's pending state into the general one (when the step brings a padding mask after
+        all): returns the keys/values ``[sinks, window, new]`` that the general path attends over."""
+        p = self.pending
+        if not p.get("steady"):
+            return None
+        new_k, new_v = p["new"]
+        all_k, all_v = torch.cat([self.keys, new_k], dim=-2), torch.cat([self.values, new_v], dim=-2)
+        self.pending = dict(start=p["start"], num_old=self.keys.shape[-2], keys=all_k, values=all_v)
+        return torch.cat([self.sink_keys, all_k], dim=-2), torch.cat([self.sink_values, all_v], dim=-2)
+
+    def evicted(self):
+        """Keys, values ``[B, Hkv, D]`` and gates ``[B, G, H]`` of the token a steady step evicts (window[0])."""
+        return self.keys[:, :, 0], self.values[:, :, 0], self.window_gates[:, 0]
+
+    def commit_steady(self, gates_new: torch.Tensor, recurrent_state=None):
+        """End of a steady step: the attended keys minus the sinks are the new window."""
+        p, self.pending = self.pending, None
+        k, v = p["kv"]
+        S = self.num_sinks
+        self.keys, self.values = k[:, :, S:], v[:, :, S:]
+        self.window_rpos = torch.cat([self.window_rpos[:, 1:], self.num_real[:, None]], dim=-1)
+        self.window_gates = torch.cat([self.window_gates[:, 1:], gates_new], dim=1)
+        self.num_real = self.num_real + 1
+        if recurrent_state is not None:
+            self.recurrent_state = recurrent_state
 
     def real_positions(self, new_mask: torch.Tensor | None, q_len: int) -> torch.Tensor:
         """Real (padding-free) positions of the new tokens, ``-1`` for pads; ``new_mask`` is ``[B, q]``."""
@@ -106,6 +148,7 @@ class SinkWindowLayer(CacheLayerMixin):
             gates_all = gates_new if self.window_gates is None else torch.cat([self.window_gates, gates_new], dim=1)
             self.window_gates = gates_all[:, n_ev:]
         self.num_real = self.num_real + (rpos_new >= 0).sum(-1)
+        self.padded = self.padded or bool((rpos_new < 0).any())
         if recurrent_state is not None:
             self.recurrent_state = recurrent_state
 

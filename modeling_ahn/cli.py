@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--chunk", type=int, default=2048, help="prefill chunk size")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has native bf16, else float32) | "
+                   "float32 | bfloat16 | float16")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -278,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sinks", type=int, default=64)
     p.add_argument("--chunk", type=int, default=2048, help="prefill tokens per forward (all methods)")
     p.add_argument("--decode", type=int, default=16, help="greedy decode steps timed after the prefill")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with native bf16, else float32) "
+                   "| float32 | bfloat16 | float16")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--max-full-length", default=None, help="skip full attention beyond this length")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the *_static methods")

@@ -91,10 +91,13 @@ def _fmt_bytes(n: float) -> str:
 
 
 def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base=None, adapter=None,
-             max_new_tokens=96, chunk=2048, threads=None, progress=True, stream=True) -> dict:
+             max_new_tokens=96, chunk=2048, threads=None, progress=True, stream=True, dtype="auto") -> dict:
+    """``dtype``: ``"auto"`` (bf16 where the CPU multiplies it natively, else float32: see ``devices``) or a name."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+
+    from .devices import dtype_name, resolve_dtype
 
     if not question or not question.strip():
         raise DemoError("the question is empty")
@@ -102,6 +105,10 @@ def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base
         name, text = str(file), read_document(file)
     else:
         name, text = default_document()
+    try:
+        dtype = resolve_dtype(dtype, "cpu")
+    except ValueError as e:
+        raise DemoError(str(e)) from e
     if threads:
         torch.set_num_threads(threads)
     overrides = {k: v for k, v in (("sliding_window", window), ("num_sinks", sinks)) if v is not None}
@@ -111,11 +118,11 @@ def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base
 
         base = resolve_base(base)
         adapter = shipped_repo("gdn", base=base)
-        kw = {"dtype": torch.bfloat16}
+        kw = {"dtype": dtype}
     elif base is not None:  # the user's adapter over the user's base
-        kw = {"base_model": base, "dtype": torch.bfloat16}
+        kw = {"base_model": base, "dtype": dtype}
     else:  # the user's adapter over the base its config names
-        kw = {"dtype": torch.bfloat16}
+        kw = {"dtype": dtype}
     model = AutoModelForCausalLM.from_pretrained(str(adapter), trust_remote_code=True, **kw, **overrides).eval()
     base = model.config.base_model_name_or_path
     tok = AutoTokenizer.from_pretrained(str(adapter))
@@ -128,7 +135,7 @@ def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base
     if progress:
         print(f"document: {name} ({len(text):,} characters)\nmodel: {adapter} over {base}\n"
               f"AHN-{cfg.ahn_type.upper()}, window {cfg.sliding_window}, sinks {cfg.num_sinks}; base context "
-              f"{cfg.base_config.max_position_embeddings:,} tokens; loaded in {load_s:.1f} s")
+              f"{cfg.base_config.max_position_embeddings:,} tokens; {dtype_name(dtype)}; loaded in {load_s:.1f} s")
     from .modeling_ahn import CACHE_KWARG
 
     cache = model.new_cache()
@@ -151,17 +158,18 @@ def run_demo(file=None, question=DEFAULT_QUESTION, window=None, sinks=None, base
     new = out[0, n:]
     answer = tok.decode(new, skip_special_tokens=True)
     cache_b = cache.cache_bytes()
-    full_b = full_attention_kv_bytes(cfg, n + len(new), torch.finfo(torch.bfloat16).bits // 8)
+    full_b = full_attention_kv_bytes(cfg, n + len(new), torch.finfo(dtype).bits // 8)  # same dtype as this run
     result = dict(document=name, tokens_read=n, base_context=cfg.base_config.max_position_embeddings,
                   answer=answer, new_tokens=int(len(new)), cache_bytes=cache_b, full_attention_kv_bytes=full_b,
                   prefill_s=prefill_s, prefill_tok_s=(n - 1) / prefill_s, decode_s=decode_s,
-                  decode_tok_s=len(new) / decode_s, window=cfg.sliding_window, sinks=cfg.num_sinks)
+                  decode_tok_s=len(new) / decode_s, window=cfg.sliding_window, sinks=cfg.num_sinks,
+                  dtype=dtype_name(dtype))
     if progress:
         if not stream:
             print(answer)
         print(f"\ntokens read: {n:,} ({n / cfg.base_config.max_position_embeddings:.1f}x the base's context)\n"
               f"cache: {_fmt_bytes(cache_b)} (AHN: sinks + window + memory state) vs {_fmt_bytes(full_b)} for a "
-              f"full-attention bf16 KV cache of the same tokens ({full_b / cache_b:.0f}x)\n"
+              f"full-attention {dtype_name(dtype)} KV cache of the same tokens ({full_b / cache_b:.0f}x)\n"
               f"prefill: {result['prefill_tok_s']:,.0f} tok/s ({prefill_s:.1f} s); decode: "
               f"{result['decode_tok_s']:.1f} tok/s ({len(new)} tokens in {decode_s:.1f} s)")
     return result
@@ -171,7 +179,7 @@ def main(args) -> int:
     try:
         run_demo(file=args.file, question=args.question, window=args.window, sinks=args.sinks, base=args.base,
                  adapter=args.adapter, max_new_tokens=args.max_new_tokens, chunk=args.chunk,
-                 threads=args.threads, progress=not args.quiet, stream=not args.quiet)
+                 threads=args.threads, progress=not args.quiet, stream=not args.quiet, dtype=args.dtype)
     except DemoError as e:
         print(f"ahn demo: error: {e}", file=sys.stderr)
         return 2

@@ -129,6 +129,23 @@ def torch_recurrent_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=
     return o, S
 
 
+def torch_step_rule(q, k, v, g, beta, state=None, scale=1.0, delta=True):
+    """One token of the recurrence (a decoding step): ``q, k`` ``[..., K]``, ``v`` ``[..., V]`` fp32, ``g, beta``
+    ``[...]``, state ``[..., K, V]``; ``k``/``v`` may broadcast over query heads (GQA: ``[B, Hkv, 1, K]`` against
+    ``q`` ``[B, Hkv, rep, K]``). Equal to ``torch_recurrent_rule`` on one token, with the state's two reads in one
+    product: ``S' = e^g S + k u^T`` gives ``S'^T q = e^g S^T q + u (k . q)``. Returns ``(o [..., V], state)``."""
+    S = q.new_zeros(*q.shape, v.shape[-1]) if state is None else state.float()
+    if g is not None:
+        S = S * g.exp()[..., None, None]
+    if delta:
+        r = torch.stack([k.expand_as(q), q], dim=-2) @ S  # [..., 2, V]: S^T k and S^T q
+        u, s_q = beta[..., None] * (v - r[..., 0, :]), r[..., 1, :]
+    else:
+        u, s_q = beta[..., None] * v, (q[..., None, :] @ S)[..., 0, :]
+    S = torch.addcmul(S, k[..., :, None], u[..., None, :])
+    return (s_q + u * (k * q).sum(-1, keepdim=True)) * scale, S
+
+
 # Chunk length of the torch kernel. Measured on the 2-core CPU (one thread, SmolLM2's 9 heads of 64, 8k tokens):
 # 32 beats 64 by ~20 %; the intra-chunk work grows with C, the sequential loop with T / C.
 TORCH_CHUNK_SIZE = 32
@@ -140,51 +157,67 @@ TORCH_SEGMENT = 512
 def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=TORCH_CHUNK_SIZE,
                      segment=TORCH_SEGMENT):
     """Chunked (parallel) form of the recurrence, ``segment`` tokens at a time (``None``: all at once).
-    Returns ``(o [B,T,H,V] fp32, state)``; see ``_chunk_segment`` for the maths."""
-    T = k.shape[1]
-    if segment is None or T <= segment:
-        return _chunk_segment(q, k, v, g, beta, initial_state, scale, delta, chunk_size)
-    seg = max(chunk_size, segment - segment % chunk_size)
-    S, outs = initial_state, []
-    for s in range(0, T, seg):
-        o, S = _chunk_segment(q[:, s:s + seg], k[:, s:s + seg], v[:, s:s + seg],
-                              None if g is None else g[:, s:s + seg], beta[:, s:s + seg], S, scale, delta, chunk_size)
-        outs.append(o)
-    return torch.cat(outs, dim=1), S
+    Inputs ``[B, T, H, ·]``; returns ``(o [B, T, H, V] fp32, state)``; see ``_chunk_segment`` for the maths.
 
-
-def _chunk_segment(q, k, v, g, beta, initial_state, scale, delta, chunk_size):
-    """Chunked (parallel) form of the recurrence, exact up to float rounding.
-
-    Inside a chunk of ``C`` steps with cumulative log-decay ``c_i = sum_{j<=i} g_j``:
-    ``U = T (beta*V - (beta*exp(c)*K) S0)`` with ``T = (I + A)^-1``,
-    ``A_ij = beta_i exp(c_i - c_j) k_i.k_j`` for ``j < i`` (the WY form of the delta rule; ``U = beta*V``
-    without the delta rule), then ``O = (Q*exp(c)) S0 + (QK^T * exp(c_i - c_j))_{j<=i} U`` and
-    ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Everything but the ``S`` recurrence is computed for all
-    chunks at once (the per-row factors ``beta``, ``exp(c)`` are applied to the ``C x C`` matrices, not to the
-    ``C x D`` keys and values); the loop over chunks does four small products with ``S``. Tensors are laid out
-    chunk-major (``[chunks, B*H, C, ...]``), so that every chunk's operands are contiguous views.
-    Returns ``(o [B,T,H,V] fp32, state)``.
+    Tokens are gathered head-major, ``[B*H, T, ·]`` (a view where the input already is, as the memories' repeated
+    keys and values are), each segment's chunks are laid out chunk-major for the sequential loop, and without a
+    gradient the output is written into one head-major buffer (returned as a ``[B, T, H, V]`` view). A final
+    chunk shorter than ``chunk_size`` is run as a chunk of its own length (no padding).
     """
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = chunk_size
     BH = B * H
-    S = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
-    if T == 0:
-        return v.new_zeros(B, 0, H, V, dtype=torch.float32), S
-    pad = (-T) % C
-    n = (T + pad) // C
 
-    def prep(x):  # [B, T, H, ...] -> [n, B*H, C, ...] float32, zero-padded in time
-        x = x.float()
-        if pad:
-            x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
-        x = x.reshape(B, n, C, H, *x.shape[3:])
-        return x.permute(1, 0, 3, 2, *range(4, x.dim())).reshape(n, BH, C, *x.shape[4:])
+    def heads(x):  # [B, T, H, ...] -> [B*H, T, ...] float32
+        return x.float().transpose(1, 2).reshape(BH, T, *x.shape[3:])
 
-    q, k, v, beta = prep(q), prep(k), prep(v), prep(beta)
-    gc = prep(g).cumsum(-1) if g is not None else torch.zeros_like(beta)  # [n, BH, C]
+    q, k, v, beta = heads(q), heads(k), heads(v), heads(beta)
+    g = heads(g) if g is not None else None
+    S = q.new_zeros(BH, K, V) if initial_state is None else initial_state.float().reshape(BH, K, V)
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, beta, g, S) if x is not None)
+    out = None if grad else q.new_empty(BH, T, V)
+    seg = T if segment is None else max(C, segment - segment % C)
+    outs = []
+    for s0 in range(0, T, max(seg, 1)):
+        s1 = min(T, s0 + seg)
+        full = s0 + (s1 - s0) // C * C  # whole chunks, then (at the very end) one shorter chunk
+        for a, b_, c in ((s0, full, C), (full, s1, s1 - full)):
+            if b_ > a:
+                o, S = _chunk_segment(q[:, a:b_], k[:, a:b_], v[:, a:b_], None if g is None else g[:, a:b_],
+                                      beta[:, a:b_], S, scale, delta, c)  # o: [n, BH, c, V], chunk-major
+                if out is None:
+                    outs.append(o.transpose(0, 1).reshape(BH, b_ - a, V))
+                else:
+                    out[:, a:b_].view(BH, -1, c, V).copy_(o.transpose(0, 1))
+    if out is None:
+        out = torch.cat(outs, dim=1) if outs else q.new_zeros(BH, 0, V)
+    return out.view(B, H, T, V).transpose(1, 2), S.view(B, H, K, V)
+
+
+def _chunk_segment(q, k, v, g, beta, S, scale, delta, C):
+    """Chunked (parallel) form of the recurrence over ``[BH, L, ·]`` inputs (``L`` a multiple of ``C``), from state
+    ``S`` ``[BH, K, V]``, exact up to float rounding.
+
+    Inside a chunk of ``C`` steps with cumulative log-decay ``c_i = sum_{j<=i} g_j``:
+    ``U = T (beta*V - (beta*exp(c)*K) S0)`` with ``T = (I + A)^-1``,
+    ``A_ij = beta_i exp(c_i - c_j) k_i.k_j`` for ``j < i`` (the WY form of the delta rule; ``U = beta*V``
+    without the delta rule), then ``O = (Q*exp(c)) S0 + (QK^T * exp(c_i - c_j))_{j<=i} U`` and
+    ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Only the ``S`` recurrence runs chunk by chunk (two products
+    per chunk: ``U`` from ``S0``, then the next ``S``); everything else is computed for all chunks at once, the
+    outputs after the loop from the states it kept (the per-row factors ``beta``, ``exp(c)`` and the read scale are
+    applied to the ``C x C`` matrices, not to the ``C x D`` keys and values). Tensors are chunk-major
+    (``[n, BH, C, ·]``), so that every chunk's operands are contiguous.
+    Returns ``(o [n, BH, C, V], state)``.
+    """
+    BH, L, K = k.shape
+    n = L // C
+
+    def chunks(x):  # [BH, L, ...] -> [n, BH, C, ...], contiguous
+        return x.reshape(BH, n, C, *x.shape[2:]).transpose(0, 1).contiguous()
+
+    q, k, v, beta = chunks(q), chunks(k), chunks(v), chunks(beta)
+    gc = chunks(g).cumsum(-1) if g is not None else torch.zeros_like(beta)  # [n, BH, C]
     tril = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
     decay = (gc[..., :, None] - gc[..., None, :]).masked_fill(~tril, float("-inf")).exp()  # exp(c_i - c_j), j <= i
     egc = gc.exp()
@@ -198,28 +231,38 @@ def _chunk_segment(q, k, v, g, beta, initial_state, scale, delta, chunk_size):
         w_key = (t_beta * egc[..., None, :]) @ k
     else:
         w_value = v * beta[..., None]
-    q_decayed = q * egc[..., None]
-    qk = (q @ k.transpose(-1, -2)) * decay  # [n, BH, C, C], j <= i
     k_to_end = (k * (gc[..., -1:] - gc).exp()[..., None]).transpose(-1, -2)  # [n, BH, K, C]
     chunk_decay = egc[..., -1][..., None, None]  # [n, BH, 1, 1]
-    # One unbind per tensor, not x[i] per chunk: each indexing op's backward would materialise a zero tensor of
-    # the full [n, ...] shape, making the backward O(n^2) in the number of chunks.
-    q_c, qk_c, wv_c, kend_c, decay_c = (x.unbind(0) for x in (q_decayed, qk, w_value, k_to_end, chunk_decay))
+    # The loop carries only the state: U_i = w_value_i - w_key_i S_{i-1}, S_i = exp(c_C) S_{i-1} + k_to_end_i U_i. The
+    # chunk outputs need S_{i-1} and U_i, so they are computed after it, for all chunks in two batched products.
+    # One unbind per tensor, not x[i] per chunk: each indexing op's backward would materialise a zero tensor of the
+    # full shape, making the backward O(n^2) in the number of chunks.
+    wv_c, kend_c, decay_c = (x.unbind(0) for x in (w_value, k_to_end, chunk_decay))
     wk_c = w_key.unbind(0) if delta else None
-    S = S.reshape(BH, K, V)
-    # without autograd each chunk's output is written into one buffer (out= has no backward: else a list + stack)
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, beta, gc, S))
-    o = None if grad else q.new_empty(n, BH, C, V)
-    outs = []
-    for i in range(n):
-        u = torch.baddbmm(wv_c[i], wk_c[i], S, alpha=-1) if delta else wv_c[i]
-        if grad:
-            outs.append(torch.baddbmm(torch.bmm(q_c[i], S), qk_c[i], u))
-        else:
-            torch.baddbmm(torch.bmm(q_c[i], S), qk_c[i], u, out=o[i])
-        S = torch.baddbmm(S * decay_c[i], kend_c[i], u)
-    o = (torch.stack(outs, 0) if grad else o).view(n, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, n * C, H, V)
-    return o[:, :T] * scale, S.view(B, H, K, V)
+    if grad:  # lists (out= has no backward)
+        states, us = [S], []
+        for i in range(n):
+            u = wv_c[i] - torch.bmm(wk_c[i], states[-1]) if delta else wv_c[i]
+            us.append(u)
+            states.append(torch.baddbmm(states[-1] * decay_c[i], kend_c[i], u))
+        S_prev, U, S = torch.stack(states[:-1]), torch.stack(us), states[-1]
+    else:  # states and updates written into two buffers
+        S_all = S.new_empty(n + 1, *S.shape)
+        S_all[0] = S
+        U = w_value if not delta else torch.empty_like(w_value)
+        for i in range(n):
+            if delta:
+                torch.baddbmm(wv_c[i], wk_c[i], S_all[i], alpha=-1, out=U[i])
+            torch.baddbmm(S_all[i] * decay_c[i], kend_c[i], U[i], out=S_all[i + 1])
+        S_prev, S = S_all[:n], S_all[n]
+    # O_i = (Q_i exp(c) scale) S_{i-1} + (Q_i K_i^T exp(c_i - c_j) scale)_{j<=i} U_i
+    qk = (q @ k.transpose(-1, -2)) * (decay * scale)  # [n, BH, C, C]
+    o = (q * (egc * scale)[..., None]) @ S_prev  # [n, BH, C, V]
+    if grad:
+        return o + qk @ U, S
+    o.flatten(0, 1).baddbmm_(qk.flatten(0, 1), U.flatten(0, 1))
+    return o, S
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,6 +410,27 @@ class AhnMemory(nn.Module):
     def _proj(linear, x):
         return linear(x.to(linear.weight.dtype)).float()
 
+    def step(self, query, key, value, gates, x_read, state=None):
+        """One decoding step: write one evicted token (``key``/``value`` ``[B, Hkv, D]``, ``gates`` ``[B, G, H]``;
+        it enters memory) and read the state with ``query`` ``[B, H, 1, D]``. Equals ``forward`` on that token
+        with ``valid`` true, in fewer operations (the state and query reads share one product)."""
+        if _use_kernels(self.ahn_type, query):  # the CUDA kernels' own one-token path
+            valid = torch.ones(query.shape[0], 1, dtype=torch.bool, device=query.device)
+            return self(query, key[:, :, None], value[:, :, None], gates[:, None], valid, x_read, state)
+        B, H, _, D = query.shape
+        Hkv = key.shape[1]
+        # grouped by KV head (query head h reads KV head h // rep): keys/values broadcast, nothing is repeated
+        q = l2norm(query.float().view(B, Hkv, H // Hkv, D))
+        k, v = l2norm(key.float())[:, :, None], value.float()[:, :, None]
+        gates = gates.float()
+        decay = self.log_decay(gates)
+        g = None if decay is None else decay.view(B, Hkv, H // Hkv)
+        beta = gates[:, 0].view(B, Hkv, H // Hkv)  # beta (GDN, DN) or dt (Mamba2)
+        S = None if state is None else state.view(B, Hkv, H // Hkv, D, state.shape[-1])
+        with _fp32(q):
+            o, S = self._step(q, k, v, g, beta, S)
+        return self._readout(o.reshape(B, 1, H, -1), x_read).to(query.dtype), S.reshape(B, H, D, -1)
+
     def _prepare(self, query, keys, values):
         """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> ``[B,T,H,D]`` (KV heads repeated)."""
         rep = query.shape[1] // keys.shape[1]
@@ -393,8 +457,14 @@ class _DeltaRuleMemory(AhnMemory):
         g = None if g is None else g * valid
         o, state = delta_rule(l2norm(q.float()), l2norm(k.float()), v, g, beta, state,
                               1.0 / math.sqrt(self.head_dim), self.ahn_type)
+        return self._readout(o, x_read).to(query.dtype), state
+
+    def _step(self, q, k, v, g, beta, state):
+        return torch_step_rule(q, k, v, g, beta, state, 1.0 / math.sqrt(self.head_dim))
+
+    def _readout(self, o, x_read):  # o [B, T, H, D] fp32
         gate = F.silu(self._proj(self.g_proj, x_read))[..., None]  # one scalar per head
-        return self.o_proj(self.o_norm(o) * gate).to(query.dtype), state
+        return self.o_proj(self.o_norm(o) * gate)
 
 
 class GatedDeltaNet(_DeltaRuleMemory):
@@ -491,9 +561,15 @@ class Mamba2(AhnMemory):
         q, k, v = self._prepare(query, keys, values)
         dt = gates[..., 0, :] * valid.to(torch.float32)[..., None]
         o, state = ssd_rule(l2norm(q.float()), l2norm(k.float()), v.float(), dt, -self.A_log.float().exp(), state)
+        return self._readout(o, x_read).to(query.dtype), state
+
+    def _step(self, q, k, v, g, beta, state):
+        return torch_step_rule(q, k, v, g, beta, state, 1.0, delta=False)
+
+    def _readout(self, o, x_read):  # o [B, T, H, D] fp32
         z = F.silu(self._proj(self.g_proj, x_read))[..., None]
         y = self.norm((o * z).flatten(-2)).unflatten(-1, (self.num_heads, self.head_dim))
-        return self.o_proj(y).to(query.dtype), state
+        return self.o_proj(y)
 
 
 MEMORY_CLASSES = {"gdn": GatedDeltaNet, "dn": DeltaNet, "mamba2": Mamba2}

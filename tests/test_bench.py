@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from modeling_ahn.bench import parse_length, run, table
 from modeling_ahn.cli import main as cli_main
@@ -47,6 +48,11 @@ def test_bench_runs_every_method_and_writes_json_and_plot(tmp_path):
     run("random:tiny", [96, 320], ["full", "ahn_gdn"], window=32, sinks=4, chunk=64, decode=3, dtype="float32",
         device="cpu", out=out, progress=False)
     assert len(partial.read_text().splitlines()) == n
+    # ... but a point measured with other settings is measured anew, not reused
+    res2 = run("random:tiny", [96], ["ahn_gdn"], window=16, sinks=4, chunk=64, decode=3, dtype="float32",
+               device="cpu", out=out, progress=False)
+    assert len(partial.read_text().splitlines()) == n + 1
+    assert res2["settings"]["window"] == 16 and res2["rows"][0]["cache_bytes"] < rows[("ahn_gdn", 96)]["cache_bytes"]
 
 
 def test_static_methods_run_compiled(tmp_path):
@@ -185,3 +191,19 @@ def test_quality_perplexity_compares_only_segments_every_method_measured():
     p = q.summarize(done, argparse.Namespace(window=512, sinks=64), "base", "adapter")["perplexity_8k"]
     assert p["segments"] == 2
     assert p["full"] == pytest.approx(math.exp((12.0 + 13.0) / 10))  # AHN's segments 2 and 3, not "0" and "1"
+
+
+def test_dtype_auto_is_what_the_machine_runs_fast(tmp_path, monkeypatch):
+    from modeling_ahn import devices
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    assert devices.resolve_dtype("auto", "cpu") is torch.float32
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    assert devices.resolve_dtype("auto", "cpu") is torch.bfloat16
+    assert devices.resolve_dtype("float16") is torch.float16
+    with pytest.raises(ValueError, match="dtype must be 'auto' or one of"):
+        devices.resolve_dtype("fp8")
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    res = run("random:tiny", [96], ["ahn_gdn"], window=32, sinks=4, chunk=64, decode=2, dtype="auto", device="cpu",
+              out=tmp_path / "a.json", progress=False)
+    assert res["settings"]["dtype"] == "float32"  # recorded as resolved, not as "auto"

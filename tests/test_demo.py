@@ -180,12 +180,20 @@ def test_demo_window_flags_and_empty_question(tmp_path, capsys):
     doc = tmp_path / "doc.txt"
     doc.write_text("memory " * 100)
     res = demo.run_demo(file=doc, question="why?", base=base, adapter=repo, window=8, sinks=2, max_new_tokens=2,
-                        progress=True, stream=False)
-    assert (res["window"], res["sinks"]) == (8, 2)
+                        progress=True, stream=False, dtype="bfloat16")
+    assert (res["window"], res["sinks"], res["dtype"]) == (8, 2, "bfloat16")
     out = capsys.readouterr().out
     assert "tokens read:" in out and "cache:" in out and "prefill:" in out and "decode:" in out
+    assert "bfloat16 KV cache" in out
     with pytest.raises(demo.DemoError, match="question is empty"):
         demo.run_demo(file=doc, question="  ", base=base, adapter=repo)
+    with pytest.raises(demo.DemoError, match="dtype must be"):
+        demo.run_demo(file=doc, question="why?", base=base, adapter=repo, dtype="int8")
+    # the cache compared against is a full-attention cache of the run's own dtype
+    res32 = demo.run_demo(file=doc, question="why?", base=base, adapter=repo, window=8, sinks=2, max_new_tokens=2,
+                          progress=False, stream=False, dtype="float32")
+    assert res32["full_attention_kv_bytes"] == 2 * res["full_attention_kv_bytes"]
+    assert res32["cache_bytes"] > res["cache_bytes"]
 
 
 # ------------------------------------------------------------------------------------------- shipped adapter

@@ -143,6 +143,42 @@ def test_naive_reference_equals_chunked_and_step_forms(ahn_type):
     assert (state - s).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_one_token_step_equals_the_forward_on_that_token(ahn_type):
+    """``step`` (a decoding step: one evicted token written, then one read) equals ``forward`` on one valid token,
+    from an empty memory and from a filled one, with GQA (4 query heads over 2 KV heads)."""
+    hidden, H, D, Hkv = 24, 4, 8, 2
+    fn = _random_memory(ahn_type, hidden, H, D)
+    torch.manual_seed(3)
+    state = None
+    with torch.no_grad():
+        for t in range(6):
+            q, k, v = torch.randn(2, H, 1, D), torch.randn(2, Hkv, 1, D), torch.randn(2, Hkv, 1, D)
+            xw, xr = torch.randn(2, 1, hidden), torch.randn(2, 1, hidden)
+            gates = fn.write_gates(xw)
+            ref, ref_state = fn(q, k, v, gates, torch.ones(2, 1, dtype=torch.bool), xr, state)
+            out, new_state = fn.step(q, k[:, :, 0], v[:, :, 0], gates[:, 0], xr, state)
+            assert out.shape == ref.shape and out.dtype == ref.dtype
+            assert (out - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max()), t
+            assert (new_state - ref_state).abs().max() < 1e-5, t
+            state = ref_state
+
+
+@pytest.mark.parametrize("delta", [True, False])
+@pytest.mark.parametrize("gated", [True, False])
+def test_step_rule_equals_the_recurrence(delta, gated):
+    torch.manual_seed(0)
+    B, H, K, V = 2, 3, 16, 12
+    q, k = memory_ahn.l2norm(torch.randn(B, 1, H, K)), memory_ahn.l2norm(torch.randn(B, 1, H, K))
+    v, beta = torch.randn(B, 1, H, V), torch.rand(B, 1, H)
+    g = -torch.rand(B, 1, H) if gated else None
+    for s0 in (None, torch.randn(B, H, K, V)):
+        o1, s1 = torch_recurrent_rule(q, k, v, g, beta, s0, 0.5, delta)
+        o2, s2 = memory_ahn.torch_step_rule(q[:, 0], k[:, 0], v[:, 0], None if g is None else g[:, 0], beta[:, 0],
+                                            s0, 0.5, delta)
+        assert (o1[:, 0] - o2).abs().max() < 1e-5 and (s1 - s2).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("delta", [True, False])
 @pytest.mark.parametrize("gated", [True, False])
 @pytest.mark.parametrize("chunk_size,segment", [(1, None), (7, None), (64, None), (7, 20), (8, 256)])

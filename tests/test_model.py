@@ -109,6 +109,71 @@ def test_full_forward_equals_chunked_prefill_and_decode(arch, ahn_type, sinks, a
             assert (torch.cat(logits, 1) - ref).abs().max() < 1e-4, prefill
 
 
+def _decode_logits(model, ids, prefill, mask_fn=None):
+    cache = AhnCache(model.config)
+    logits = [model(ids[:, :prefill], past_key_values=cache).logits]
+    for t in range(prefill, ids.shape[1]):
+        kw = {} if mask_fn is None else {"attention_mask": mask_fn(t + 1)}
+        logits.append(model(ids[:, t: t + 1], past_key_values=cache, **kw).logits)
+    return torch.cat(logits, 1), cache
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+@pytest.mark.parametrize("inner", ["sdpa", "eager"])
+@pytest.mark.parametrize("mode", ["ahn", "swa"])
+def test_decoding_takes_the_steady_path_and_equals_the_general_one(arch, ahn_type, inner, mode, monkeypatch):
+    """Unpadded one-token steps with a full window (every step from token S + W on) take the short steady path
+    (no mask, the memory's one-token step); the general path gives the same logits."""
+    from modeling_ahn import attention_ahn
+    from modeling_ahn.cache_ahn import SinkWindowLayer as Layer
+
+    model = make_ahn(arch, ahn_type, W, S)
+    for layer in model.model.layers:
+        layer.self_attn.__dict__["_ahn"].inner = inner
+    ids = _ids(30, batch=2)
+    calls = []
+    steady = attention_ahn._steady_decode_step
+    monkeypatch.setattr(attention_ahn, "_steady_decode_step", lambda *a, **k: calls.append(1) or steady(*a, **k))
+    with torch.no_grad(), model.attention_mode(mode):
+        fast, cache = _decode_logits(model, ids, 4)
+        assert len(calls) == model.config.base_config.num_hidden_layers * (30 - (S + W))
+        monkeypatch.setattr(Layer, "steady", lambda self: False)
+        general, _ = _decode_logits(model, ids, 4)
+        whole = model(ids, use_cache=False).logits
+    assert (fast - general).abs().max() < 1e-5
+    assert (fast - whole).abs().max() < 1e-4
+    assert cache.layers[0].keys.shape[-2] == W and cache.get_seq_length() == 30
+
+
+def test_a_padding_mask_in_a_steady_step_takes_the_general_path(monkeypatch):
+    """A cache that could decode on the steady path, given a mask that pads the new token of one row: the general
+    path runs that step (the steady keys are rebuilt into the general ones), and every later step stays there."""
+    from modeling_ahn import attention_ahn
+    from modeling_ahn.cache_ahn import SinkWindowLayer as Layer
+
+    model = make_ahn("qwen2", "gdn", W, S)
+    ids = _ids(20, batch=2)
+    layers = model.config.base_config.num_hidden_layers
+
+    def mask(n):  # row 1 pads token 12
+        m = torch.ones(2, n, dtype=torch.long)
+        if n > 12:
+            m[1, 12] = 0
+        return m
+
+    calls = []
+    steady = attention_ahn._steady_decode_step
+    monkeypatch.setattr(attention_ahn, "_steady_decode_step", lambda *a, **k: calls.append(1) or steady(*a, **k))
+    with torch.no_grad():
+        fast, cache = _decode_logits(model, ids, 4, mask)
+        assert cache.layers[0].padded
+        assert len(calls) == layers * (12 - (S + W))  # steps S + W .. 11; the pad at 12 ends the steady path
+        monkeypatch.setattr(Layer, "steady", lambda self: False)
+        general, _ = _decode_logits(model, ids, 4, mask)
+    assert (fast - general).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 def test_cache_is_bounded(ahn_type):
     model = make_ahn("llama", ahn_type, W, S)
