@@ -43,9 +43,15 @@ def targets(bench: dict, kernel: dict | None, ahn: str = "ahn_gdn") -> list[dict
     add("AHN / sinks+SWA prefill time at 32k", x, "<= 1.3", x is not None and x <= 1.3)
     x = ratio(ahn32, swa32, "decode_ms")
     add("AHN / sinks+SWA decode latency at 32k", x, "<= 1.3", x is not None and x <= 1.3)
-    if kernel:
-        name, x = max(kernel["speedup_vs_recurrent"].items(), key=lambda kv: kv[1])
-        add(f"torch chunk kernel / per-token loop at {kernel['tokens']} tokens ({name})", x, ">= 10", x >= 10)
+    if kernel:  # the default configuration (what the model runs), at each thread count measured
+        from modeling_ahn.memory_ahn import TORCH_CHUNK_SIZE, TORCH_SEGMENT
+
+        default = f"chunk{TORCH_CHUNK_SIZE}/seg{TORCH_SEGMENT}"
+        for name, x in kernel["speedup_vs_recurrent"].items():
+            if name.endswith("/" + default):
+                threads = name.split("/")[0][1:]
+                add(f"torch chunk kernel / per-token loop at {kernel['tokens']} tokens ({threads} thread(s), "
+                    f"{default})", x, ">= 10", x >= 10)
     return out
 
 
