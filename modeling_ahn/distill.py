@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -328,6 +329,13 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     if has_run and not (resume or overwrite):
         raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over.")
     use_cpu = cfg.cpu or not torch.cuda.is_available()
+    if use_cpu and cfg.bf16:
+        from .devices import cpu_has_fast_bf16
+
+        if not cpu_has_fast_bf16():
+            warnings.warn("--bf16 on a CPU without native bf16 (AVX512-BF16 / AMX): PyTorch emulates bf16 matrix "
+                          "products here, which is several times slower than float32; drop --bf16 on this machine.",
+                          stacklevel=2)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # several runs in one process may differ in precision
         from accelerate.state import AcceleratorState
 

@@ -233,6 +233,23 @@ def test_empty_data(corpus, tmp_path):
         distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")]), progress=False)
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns(corpus, tmp_path, monkeypatch):
+    import warnings
+
+    from modeling_ahn import devices
+
+    (tmp_path / "empty").mkdir()
+    cfg = _cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")], bf16=True, cpu=True)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulates bf16"), pytest.raises(ValueError, match="contains no"):
+        distill(cfg, progress=False)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(ValueError, match="contains no"):
+        warnings.simplefilter("always")
+        distill(cfg, progress=False)
+    assert not [w for w in seen if "emulates bf16" in str(w.message)]
+
+
 def test_messages_without_chat_template(corpus, tmp_path):
     (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
     with pytest.raises(ValueError, match="tokenizer has no chat template"):
