@@ -68,6 +68,12 @@ class AhnLayerSpec:
     def inv_freq(self):
         return getattr(self.rotary, "inv_freq", None) if self.rotary is not None else None
 
+    def clamp_inv_freq(self, head_dim: int):
+        """The rotary frequencies to clamp sinks with, or ``None`` where nothing is clamped (clamping off, no sinks, or
+        no full-dimension rotary embedding to undo)."""
+        inv_freq = self.inv_freq() if self.sink_position_limit is not None else None
+        return inv_freq if inv_freq is not None and 2 * inv_freq.numel() == head_dim else None
+
 
 def _eager_attention(module, query, key, value, mask, scaling, dropout):
     n_rep = query.shape[1] // key.shape[1]
@@ -138,12 +144,10 @@ def ahn_attention_forward(module, *args, **kwargs):
 
 def _clamp_angles(spec, query, qpos, key_is_sink):
     """``[B, 1, q, D]`` angles by which queries rotate back against the sinks, or ``None`` if nothing is clamped."""
-    limit = spec.sink_position_limit
-    if limit is None or qpos.numel() == 0 or int(qpos.max()) < limit or not bool(key_is_sink.any()):
+    inv_freq = spec.clamp_inv_freq(query.shape[-1])
+    if inv_freq is None or qpos.numel() == 0 or int(qpos.max()) < spec.sink_position_limit \
+            or not bool(key_is_sink.any()):
         return None
-    inv_freq = spec.inv_freq()
-    if inv_freq is None or 2 * inv_freq.numel() != query.shape[-1]:
-        return None  # no (full-dimension) rotary embedding to undo
     return _sink_angles(spec, qpos, inv_freq, query.device)
 
 
@@ -263,12 +267,16 @@ def _sink_angles(spec, qpos, inv_freq, device):
     return torch.cat([ang, ang], dim=-1)
 
 
-def _sinks_rotated_forward(key, ang, key_is_sink):
-    """``key`` with the sink keys rotated forward by ``ang`` (``[B, 1, 1, D]``, one query per row)."""
+def _rotated_forward(key, cos, sin):
+    """``R(ang) k`` in float32, given ``cos``/``sin`` of the angles (RoPE's rotate-half layout)."""
     D = key.shape[-1]
     k = key.float()
-    rot_k = torch.cat([-k[..., D // 2:], k[..., : D // 2]], dim=-1)  # rotate_half(k)
-    k_fwd = (k * ang.cos() + rot_k * ang.sin()).to(key.dtype)
+    return k * cos + torch.cat([-k[..., D // 2:], k[..., : D // 2]], dim=-1) * sin  # rotate_half(k)
+
+
+def _sinks_rotated_forward(key, ang, key_is_sink):
+    """``key`` with the sink keys rotated forward by ``ang`` (``[B, 1, 1, D]``, one query per row)."""
+    k_fwd = _rotated_forward(key, ang.cos(), ang.sin()).to(key.dtype)
     return torch.where(key_is_sink[:, None, :, None].to(key.device), k_fwd, key)
 
 
@@ -285,9 +293,8 @@ def _static_decode_step(spec, module, layer, query, key, value, hidden, mask2d, 
     is_slot = torch.arange(layer.sliding_window, device=query.device) == slot
     # visible: filled sink slots, real tokens of the ring (all within the window), and the query itself
     mask = torch.cat([layer.sink_filled, (ring_rpos >= 0) | is_slot], dim=-1)[:, None, None, :]
-    limit = spec.sink_position_limit
-    inv_freq = spec.inv_freq()
-    if limit is not None and inv_freq is not None and 2 * inv_freq.numel() == query.shape[-1]:
+    inv_freq = spec.clamp_inv_freq(query.shape[-1])
+    if inv_freq is not None:
         key_is_sink = torch.cat([torch.ones_like(layer.sink_filled), (ring_rpos >= 0) & (ring_rpos < S)], dim=-1)
         key = _sinks_rotated_forward(key, _sink_angles(spec, rpos_new, inv_freq, query.device), key_is_sink)
     attn_out, attn_weights = _inner_attention(spec, module, query, key, value, mask, scaling, dropout)
@@ -311,12 +318,13 @@ class _RotationMemo(threading.local):
 _ROTATION_MEMO = _RotationMemo()
 
 
-def _sink_rotation(spec, position: int, inv_freq, device):
+def _sink_rotation(spec, position: int, head_dim: int, device):
     """``(cos, sin)`` ``[D]`` of the angle by which the sinks are moved for a query at ``position`` beyond the base's
-    context (``_sink_angles`` of one position), or ``None`` within it; the same in every layer of a decoding step,
-    so it is computed once per step."""
+    context (``_sink_angles`` of one position), or ``None`` where nothing is clamped; the same in every layer of a
+    decoding step, so it is computed once per step."""
+    inv_freq = spec.clamp_inv_freq(head_dim)
     limit = spec.sink_position_limit
-    if limit is None or position < limit or inv_freq is None:
+    if inv_freq is None or position < limit:
         return None
     key = (position, limit, inv_freq.data_ptr(), str(device))
     memo = _ROTATION_MEMO.value
@@ -334,16 +342,10 @@ def _steady_decode_step(spec, module, layer, query, key, value, hidden, scaling,
     mask; window[0] leaves the window and is written into the memory, which the query then reads. The same result
     as the general path (tests compare the two), with a fraction of its operations.
     """
-    S = layer.num_sinks
-    inv_freq = spec.inv_freq()
-    rot = None
-    if S and inv_freq is not None and 2 * inv_freq.numel() == query.shape[-1]:
-        rot = _sink_rotation(spec, layer.pending["start"], inv_freq, query.device)
+    rot = _sink_rotation(spec, layer.pending["start"], query.shape[-1], query.device)
     if rot is not None:  # beyond the base's context: the sinks as seen from its last position (see _sink_clamped)
-        D = key.shape[-1]
-        k = layer.sink_keys.float()
-        k_fwd = k * rot[0] + torch.cat([-k[..., D // 2:], k[..., : D // 2]], dim=-1) * rot[1]
-        key[:, :, :S] = k_fwd.to(key.dtype)  # `key` is this step's own concatenation; the store is unchanged
+        # `key` is this step's own concatenation (the store is unchanged)
+        key[:, :, : layer.num_sinks] = _rotated_forward(layer.sink_keys, *rot).to(key.dtype)
     attn_out, attn_weights = _inner_attention(spec, module, query, key, value, None, scaling, dropout)
     memory = spec.memory
     gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
