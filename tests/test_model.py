@@ -403,6 +403,57 @@ def test_blocked_attention_equals_full_mask_with_padding_and_sinks(monkeypatch):
     assert (blocked - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("W,block_min,P", [(5, 8, 10**6), (12, 1, 10**6), (12, 1, 40), (7, 2, 30)])
+def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W, block_min, P, monkeypatch):
+    """Once the window is full and every sink is in the store, a long cached chunk attends through
+    ``_banded_window_attention`` (query blocks as batch rows, one band mask): blocks shorter and longer than W,
+    a last block filled up with padding, sinks within the base's context (P large) and clamped beyond it (P
+    small: the merged-sink path) — equal to the whole-sequence forward, which takes neither path."""
+    from modeling_ahn import attention_ahn
+
+    calls = []
+    banded = attention_ahn._banded_window_attention
+
+    def spy(*args):
+        calls.append(args[2].shape[2])  # queries of the chunk
+        return banded(*args)
+
+    monkeypatch.setattr(attention_ahn, "_banded_window_attention", spy)
+    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", block_min)
+    model = make_ahn(arch, "gdn", sliding_window=W, num_sinks=3, prefill_chunk_size=None)
+    model.config.base_config.max_position_embeddings = P
+    ids = _ids(120, batch=2)
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        assert not calls
+        cache = model.new_cache()
+        cuts = (0, 9, W + 6, 71, 120)  # the first two chunks fill sinks (3) and window; the two long ones are steady
+        outs = [model(ids[:, a:b], past_key_values=cache).logits for a, b in zip(cuts, cuts[1:])]
+    assert calls == [65 - W] * len(model.model.layers) + [49] * len(model.model.layers), calls
+    assert (torch.cat(outs, 1) - ref).abs().max() < 1e-4
+    # left padding: steady once the pads have left the window and the sinks are real tokens (pad 4), not while
+    # a row's sink store is still filling (pad 58: 2 real tokens, 3 sinks); each row equals itself alone
+    for pad, steady in ((4, True), (58, False)):
+        calls.clear()
+        batch = torch.stack([ids[0], torch.cat([torch.zeros(pad, dtype=ids.dtype), ids[0, :-pad]])])
+        mask = torch.ones_like(batch)
+        mask[1, :pad] = 0
+        with torch.no_grad():
+            cache = model.new_cache()
+            out = torch.cat([model(batch[:, :60], attention_mask=mask[:, :60], past_key_values=cache).logits,
+                             model(batch[:, 60:], attention_mask=mask, past_key_values=cache).logits], 1)
+            alone = model(ids[:, :-pad], use_cache=False).logits
+        assert bool(calls) == steady, (pad, calls)
+        assert (out[0] - ref[0]).abs().max() < 1e-4
+        assert (out[1, pad:] - alone[0]).abs().max() < 1e-4
+    # the first long chunk (window not yet full) takes the general blocked path
+    calls.clear()
+    with torch.no_grad():
+        model(ids, past_key_values=model.new_cache())
+    assert not calls
+
+
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
     """A cached prefill chunk much longer than the window attends block by block (O(q (S + W)), not O(q^2)), also
@@ -418,6 +469,7 @@ def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
         return out
 
     monkeypatch.setattr(attention_ahn, "_blocked_window_attention", spy)
+    monkeypatch.setattr(attention_ahn, "_banded_window_attention", lambda *a: None)  # the general blocked path
     monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 8)
     model = make_ahn("qwen2", ahn_type, sliding_window=5, num_sinks=2, prefill_chunk_size=None)
     ids = _ids(150)
