@@ -436,9 +436,7 @@ def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W,
     # a row's sink store is still filling (pad 58: 2 real tokens, 3 sinks); each row equals itself alone
     for pad, steady in ((4, True), (58, False)):
         calls.clear()
-        batch = torch.stack([ids[0], torch.cat([torch.zeros(pad, dtype=ids.dtype), ids[0, :-pad]])])
-        mask = torch.ones_like(batch)
-        mask[1, :pad] = 0
+        batch, mask = _left_pad([ids[0], ids[0, :-pad]])
         with torch.no_grad():
             cache = model.new_cache()
             out = torch.cat([model(batch[:, :60], attention_mask=mask[:, :60], past_key_values=cache).logits,
@@ -482,9 +480,7 @@ def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
         assert (torch.cat([first, rest], 1) - ref).abs().max() < 1e-4
         # left padding: row 1 is shorter; each row equals itself alone
         pad = 13
-        batch = torch.stack([ids[0], torch.cat([torch.zeros(pad, dtype=ids.dtype), ids[0, :-pad]])])
-        mask = torch.ones_like(batch)
-        mask[1, :pad] = 0
+        batch, mask = _left_pad([ids[0], ids[0, :-pad]])
         out = model(batch, attention_mask=mask, past_key_values=model.new_cache()).logits
         alone = model(ids[:, :-pad], use_cache=False).logits
     assert (out[0] - ref[0]).abs().max() < 1e-4
