@@ -1,1 +1,1 @@
-"""AHN adapters shipped with the package (weights, card, training command and log); see modeling_ahn.shipped."""
+"""AHN adapters shipped with the package (weights, card, training command and log); see modeling_ahn.default.shipped."""

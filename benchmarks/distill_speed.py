@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_ahn.distill import DistillConfig, distill
+from modeling_ahn.training.distill import DistillConfig, distill
 
 
 def main(argv=None):
@@ -32,7 +32,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.base is None:
-        from modeling_ahn.default_model import fetch_default
+        from modeling_ahn.default.model import fetch_default
 
         args.base = str(fetch_default()["llama"])
     stdlib = Path(sysconfig.get_paths()["stdlib"])

@@ -72,10 +72,10 @@ def main(argv=None):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modeling_ahn.corpora import held_out_documents
-    from modeling_ahn.default_model import fetch_default
-    from modeling_ahn.longctx import segments, token_nll
-    from modeling_ahn.shipped import adapters_to_compare
+    from modeling_ahn.default.corpora import held_out_documents
+    from modeling_ahn.default.model import fetch_default
+    from modeling_ahn.default.shipped import adapters_to_compare
+    from modeling_ahn.evaluation.probes import segments, token_nll
 
     base = args.base or str(fetch_default()["llama"])
     compared = adapters_to_compare(args.adapter, args.label, base)

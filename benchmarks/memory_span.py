@@ -4,7 +4,7 @@
         [--windows 512,640,768,1024] [--out benchmarks/results/memory_span_smollm2]
 
 For each adapter (default: the shipped SmolLM2-135M-Instruct AHN-GDN) over held-out Austen segments:
-- the half-life of every memory head (``modeling_ahn.longctx.memory_half_lives``: ln 2 over the mean
+- the half-life of every memory head (``modeling_ahn.evaluation.probes.memory_half_lives``: ln 2 over the mean
   per-token log-decay the head applies to its state), summarised as quantiles and the fraction of heads that
   remember longer than the window;
 - its perplexity at positions >= 1024 with the inference window ``--window`` (AHN), next to sinks+SWA at
@@ -56,10 +56,10 @@ def main(argv=None):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modeling_ahn.corpora import held_out_documents
-    from modeling_ahn.default_model import fetch_default
-    from modeling_ahn.longctx import memory_half_lives, segments, token_nll
-    from modeling_ahn.shipped import adapters_to_compare
+    from modeling_ahn.default.corpora import held_out_documents
+    from modeling_ahn.default.model import fetch_default
+    from modeling_ahn.default.shipped import adapters_to_compare
+    from modeling_ahn.evaluation.probes import memory_half_lives, segments, token_nll
 
     base = args.base or str(fetch_default()["llama"])
     compared = adapters_to_compare(args.adapter, args.label, base)

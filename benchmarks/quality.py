@@ -29,7 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_ahn import AhnForCausalLM
-from modeling_ahn.longctx import needle_probe, needle_score, passkey_correct, passkey_probe, segments, token_nll
+from modeling_ahn.evaluation.probes import (
+    needle_probe,
+    needle_score,
+    passkey_correct,
+    passkey_probe,
+    segments,
+    token_nll,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,14 +59,14 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from modeling_ahn.corpora import held_out_documents
-    from modeling_ahn.default_model import fetch_default
+    from modeling_ahn.default.corpora import held_out_documents
+    from modeling_ahn.default.model import fetch_default
 
     base = args.base or str(fetch_default()["llama"])
     methods = args.methods.split(",")
     adapter = args.adapter
     if adapter is None and "ahn" in methods:
-        from modeling_ahn.shipped import shipped_repo
+        from modeling_ahn.default.shipped import shipped_repo
 
         adapter = str(shipped_repo("gdn", base=base))
     parts = args.parts.split(",")

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from modeling_ahn.shipped import install_adapter
+from modeling_ahn.default.shipped import install_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def card(name, stages, quality) -> str:
         "",
         "```python",
         "from transformers import AutoModelForCausalLM",
-        "from modeling_ahn.shipped import shipped_repo",
+        "from modeling_ahn.default.shipped import shipped_repo",
         "model = AutoModelForCausalLM.from_pretrained(shipped_repo('gdn'), trust_remote_code=True)",
         "```",
         "",

@@ -22,8 +22,9 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, GenerationConfig
 
 from ..configuration_ahn import DEFAULT_NUM_SINKS, DEFAULT_SLIDING_WINDOW, AhnConfig, parse_layer_ids
+from ..hub.export import export_ahn_repo
 from ..memory_ahn import canonical_ahn_type
-from ..modeling_ahn import _shape_key, _shape_summary, check_ahn_state_dict, write_ahn_repo
+from ..modeling_ahn import base_shape_key, base_shape_summary, check_ahn_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +144,9 @@ def convert_bytedance(ahn_path, out, base=None, sliding_window=DEFAULT_SLIDING_W
     if base is not None:
         base_name = str(base)
         base_config = AutoConfig.from_pretrained(base_name, revision=base_revision)
-        if _shape_key(base_config) != _shape_key(official_base_config):
-            raise ValueError(f"The official checkpoint is for a base with {_shape_summary(official_base_config)}, but "
-                             f"{base_name} has {_shape_summary(base_config)}.")
+        if base_shape_key(base_config) != base_shape_key(official_base_config):
+            raise ValueError(f"The official checkpoint is for a base with {base_shape_summary(official_base_config)}, "
+                             f"but {base_name} has {base_shape_summary(base_config)}.")
     elif merged and extract_base is not None:
         base_name, base_revision = str(Path(extract_base).resolve()), None
         base_config = official_base_config
@@ -172,7 +173,7 @@ def convert_bytedance(ahn_path, out, base=None, sliding_window=DEFAULT_SLIDING_W
         except Exception:
             continue
     tokenizer_source = str(src) if (src / "tokenizer_config.json").exists() else base_name
-    return write_ahn_repo(out, config, ahn, generation_config=generation_config, tokenizer_source=tokenizer_source)
+    return export_ahn_repo(out, config, ahn, generation_config=generation_config, tokenizer_source=tokenizer_source)
 
 
 def _write_base(dest: Path, config, tensors: dict[str, torch.Tensor], src: Path) -> None:

@@ -1,9 +1,9 @@
-"""``!function utils.<name>`` hooks of the ahn_* tasks: thin names over ``modeling_ahn.eval_data``.
+"""``!function utils.<name>`` hooks of the ahn_* tasks: thin names over ``modeling_ahn.evaluation.task_data``.
 
 lm-eval loads this file by path, so it imports the installed package rather than its siblings.
 """
 
-from modeling_ahn import eval_data as _d
+from modeling_ahn.evaluation import task_data as _d
 
 passkey = _d.passkey
 passkey_mc = _d.passkey_mc

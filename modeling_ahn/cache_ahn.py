@@ -14,12 +14,60 @@ Per AHN layer (AHN_SPEC section 3) the cache holds, for a batch of ``B`` rows:
 Nothing grows with the number of tokens seen. Slot ``i`` of a left-padded row with ``p`` pad tokens is
 its real token ``i - p``: sinks are the row's first *real* tokens and pads never enter attention or
 memory, so a row of a padded batch computes exactly what it computes alone.
+
+One forward of one layer is a *step*: ``update`` (called by the base's attention module, as for every
+transformers cache) begins it and returns the keys/values to attend over; the ``"ahn"`` attention function then
+ends it with ``end_step`` (the new tokens' real positions, write gates and the memory state), which evicts from
+the window into the sink store. What passes between the two is one of the typed steps below, ``layer.step``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+
+@dataclass
+class ChunkStep:
+    """New tokens attended over ``[sink store, window, new]`` (several tokens, or one with padding)."""
+
+    start: int  # tokens seen before this step
+    num_old: int  # window slots before the new tokens
+    keys: torch.Tensor  # [B, Hkv, num_old + q, D]: the window, then the new tokens
+    values: torch.Tensor
+
+
+@dataclass
+class SteadyStep:
+    """One token, no row ever padded, the window full and every sink in the store: it attends over exactly
+    ``[sinks, window[1:], itself]``, which (without the sinks) is also the next window; ``window[0]`` leaves for the
+    memory."""
+
+    start: int
+    new_keys: torch.Tensor  # [B, Hkv, 1, D]
+    new_values: torch.Tensor
+    keys: torch.Tensor  # [B, Hkv, S + W, D]: sinks, window[1:], new
+    values: torch.Tensor
+
+
+@dataclass
+class EvictedToken:
+    """The token a static step overwrites in the ring (it leaves the window)."""
+
+    keys: torch.Tensor  # [B, Hkv, 1, D]
+    values: torch.Tensor
+    rpos: torch.Tensor  # [B]: its real position (-1: empty slot or padding)
+    gates: torch.Tensor | None  # [B, 1, G, H] (None before the first AHN step)
+
+
+@dataclass
+class StaticStep:
+    """One token over a :class:`StaticSinkWindowLayer`'s fixed buffers (no host sync, no new shapes)."""
+
+    slot: torch.Tensor  # [1]: the ring slot the new token was written into
+    evicted: EvictedToken
 
 
 class SinkWindowLayer(CacheLayerMixin):
@@ -38,7 +86,7 @@ class SinkWindowLayer(CacheLayerMixin):
         self.window_rpos = self.window_gates = None
         self.num_real = None
         self.recurrent_state = None
-        self.pending = None
+        self.step: ChunkStep | SteadyStep | StaticStep | None = None  # the step under way (update -> end_step)
         self.padded = False  # whether any row has had a pad token (then every step takes the general path)
 
     def __repr__(self):
@@ -61,30 +109,35 @@ class SinkWindowLayer(CacheLayerMixin):
     def batch_size(self) -> int:
         return self.keys.shape[0] if self.is_initialized else -1
 
-    # -- the two-phase step: `update` (called by the attention module) then `commit` (by the AHN) --
+    # -- one step: `update` (called by the attention module) begins it, `end_step` (by the AHN attention) ends it --
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        """Append the new keys/values and return ``[sinks, window, new]`` for attention.
-
-        Eviction into the sink store and the memory happens in :meth:`commit`, once the AHN
-        attention function knows the rows' padding and the new tokens' write gates.
-        """
+    def _begin(self, key_states, value_states):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if self.pending is not None:
-            raise RuntimeError("SinkWindowLayer.update called twice without commit (is the AHN attention active?)")
-        if key_states.shape[-2] == 1 and self.steady():
-            # Decoding with a full window, every sink in the store and no padding: the new token attends to exactly
-            # [sinks, window[1:], itself] (window[0] leaves it for the memory), which is also the next window.
+        if self.step is not None:
+            raise RuntimeError("SinkWindowLayer.update called twice without end_step (is the AHN attention active?)")
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Begin a step: append the new keys/values and return ``[sinks, window, new]`` for attention.
+
+        Eviction into the sink store and the memory happens in :meth:`end_step`, once the AHN
+        attention function knows the rows' padding and the new tokens' write gates.
+        """
+        self._begin(key_states, value_states)
+        start = self.cumulative_length
+        steady = key_states.shape[-2] == 1 and self.steady()
+        self.cumulative_length += key_states.shape[-2]
+        if steady:
             k = torch.cat([self.sink_keys, self.keys[:, :, 1:], key_states], dim=-2)
             v = torch.cat([self.sink_values, self.values[:, :, 1:], value_states], dim=-2)
-            self.pending = dict(steady=True, start=self.cumulative_length, new=(key_states, value_states), kv=(k, v))
-            self.cumulative_length += 1
+            self.step = SteadyStep(start, key_states, value_states, k, v)
             return k, v
+        return self._begin_chunk(start, key_states, value_states)
+
+    def _begin_chunk(self, start, key_states, value_states):
         all_k = torch.cat([self.keys, key_states], dim=-2)
         all_v = torch.cat([self.values, value_states], dim=-2)
-        self.pending = dict(start=self.cumulative_length, num_old=self.keys.shape[-2], keys=all_k, values=all_v)
-        self.cumulative_length += key_states.shape[-2]
+        self.step = ChunkStep(start, self.keys.shape[-2], all_k, all_v)
         return torch.cat([self.sink_keys, all_k], dim=-2), torch.cat([self.sink_values, all_v], dim=-2)
 
     def steady(self) -> bool:
@@ -93,32 +146,47 @@ class SinkWindowLayer(CacheLayerMixin):
         return (not self.padded and self.cumulative_length >= self.num_sinks + self.sliding_window
                 and self.keys.shape[-2] == self.sliding_window)
 
-    def general_pending(self):
-        """Turn a steady step's pending state into the general one (when the step brings a padding mask after
-        all): returns the keys/values ``[sinks, window, new]`` that the general path attends over."""
-        p = self.pending
-        if not p.get("steady"):
-            return None
-        new_k, new_v = p["new"]
-        all_k, all_v = torch.cat([self.keys, new_k], dim=-2), torch.cat([self.values, new_v], dim=-2)
-        self.pending = dict(start=p["start"], num_old=self.keys.shape[-2], keys=all_k, values=all_v)
-        return torch.cat([self.sink_keys, all_k], dim=-2), torch.cat([self.sink_values, all_v], dim=-2)
+    def as_chunk_step(self):
+        """Turn a steady step into a chunk step (the step brings a padding mask after all): returns the keys/values
+        ``[sinks, window, new]`` that the chunk paths attend over."""
+        step = self.step
+        if not isinstance(step, SteadyStep):
+            raise TypeError(f"as_chunk_step needs a SteadyStep, the layer is in {type(step).__name__}")
+        self.step = None
+        return self._begin_chunk(step.start, step.new_keys, step.new_values)
 
     def evicted(self):
         """Keys, values ``[B, Hkv, D]`` and gates ``[B, G, H]`` of the token a steady step evicts (window[0])."""
         return self.keys[:, :, 0], self.values[:, :, 0], self.window_gates[:, 0]
 
-    def commit_steady(self, gates_new: torch.Tensor, recurrent_state=None):
-        """End of a steady step: the attended keys minus the sinks are the new window."""
-        p, self.pending = self.pending, None
-        k, v = p["kv"]
+    def end_step(self, rpos_new: torch.Tensor, gates_new: torch.Tensor | None, recurrent_state=None):
+        """End the step under way: ``rpos_new`` ``[B, q]`` the new tokens' real positions (-1 = pad), ``gates_new``
+        ``[B, q, G, H]`` their write gates, ``recurrent_state`` the memory after the step (``None``: unchanged)."""
+        step, self.step = self.step, None
+        if step is None:
+            raise RuntimeError("SinkWindowLayer.end_step without a step under way (update was not called)")
+        if isinstance(step, SteadyStep):
+            self._end_steady(step, gates_new)
+        elif isinstance(step, StaticStep):
+            self._end_static(step, rpos_new, gates_new)
+        else:
+            self._end_chunk(step, rpos_new, gates_new)
+        if recurrent_state is not None:
+            self._store_state(recurrent_state)
+
+    def _store_state(self, recurrent_state):
+        self.recurrent_state = recurrent_state
+
+    def _end_steady(self, step: SteadyStep, gates_new):
+        """The attended keys minus the sinks are the new window."""
         S = self.num_sinks
-        self.keys, self.values = k[:, :, S:], v[:, :, S:]
+        self.keys, self.values = step.keys[:, :, S:], step.values[:, :, S:]
         self.window_rpos = torch.cat([self.window_rpos[:, 1:], self.num_real[:, None]], dim=-1)
         self.window_gates = torch.cat([self.window_gates[:, 1:], gates_new], dim=1)
         self.num_real = self.num_real + 1
-        if recurrent_state is not None:
-            self.recurrent_state = recurrent_state
+
+    def _end_static(self, step, rpos_new, gates_new):
+        raise TypeError("a StaticStep belongs to a StaticSinkWindowLayer")
 
     def real_positions(self, new_mask: torch.Tensor | None, q_len: int) -> torch.Tensor:
         """Real (padding-free) positions of the new tokens, ``-1`` for pads; ``new_mask`` is ``[B, q]``."""
@@ -128,11 +196,10 @@ class SinkWindowLayer(CacheLayerMixin):
         m = new_mask.to(device=self.device, dtype=torch.long)
         return torch.where(m.bool(), self.num_real[:, None] + m.cumsum(-1) - 1, -1)
 
-    def commit(self, rpos_new: torch.Tensor, gates_new: torch.Tensor | None, recurrent_state=None):
-        """Trim to the last ``W`` slots, move evicted sinks to the sink store, store the new state."""
-        p, self.pending = self.pending, None
+    def _end_chunk(self, step: ChunkStep, rpos_new, gates_new):
+        """Trim to the last ``W`` slots, move evicted sinks to the sink store."""
         W, S = self.sliding_window, self.num_sinks
-        all_k, all_v = p["keys"], p["values"]
+        all_k, all_v = step.keys, step.values
         rpos_all = torch.cat([self.window_rpos, rpos_new], dim=-1)
         n_ev = max(0, all_k.shape[-2] - W)
         if S and n_ev:
@@ -149,8 +216,6 @@ class SinkWindowLayer(CacheLayerMixin):
             self.window_gates = gates_all[:, n_ev:]
         self.num_real = self.num_real + (rpos_new >= 0).sum(-1)
         self.padded = self.padded or bool((rpos_new < 0).any())
-        if recurrent_state is not None:
-            self.recurrent_state = recurrent_state
 
     # -- CacheLayerMixin API --
 
@@ -258,46 +323,48 @@ class StaticSinkWindowLayer(SinkWindowLayer):
         return torch.arange(seen - n, seen, device=self.device) % self.sliding_window
 
     def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
         if key_states.shape[-2] != 1:  # several tokens: the dynamic path over the ordered window
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
             idx = self._ordered_slots(self.cumulative_length)
             self.keys, self.values = self.ring_keys[:, :, idx], self.ring_values[:, :, idx]
             self.window_rpos = self.ring_rpos[:, idx]
             self.window_gates = None if self.ring_gates is None else self.ring_gates[:, idx]
             return super().update(key_states, value_states, *args, **kwargs)
-        if self.pending is not None:
-            raise RuntimeError("SinkWindowLayer.update called twice without commit (is the AHN attention active?)")
+        self._begin(key_states, value_states)
         slot = (self.slot_counter % self.sliding_window).reshape(1)
-        evicted = dict(keys=self.ring_keys.index_select(2, slot), values=self.ring_values.index_select(2, slot),
-                       rpos=self.ring_rpos.index_select(1, slot)[:, 0],
-                       gates=None if self.ring_gates is None else self.ring_gates.index_select(1, slot))
+        evicted = EvictedToken(self.ring_keys.index_select(2, slot), self.ring_values.index_select(2, slot),
+                               self.ring_rpos.index_select(1, slot)[:, 0],
+                               None if self.ring_gates is None else self.ring_gates.index_select(1, slot))
         self.ring_keys.index_copy_(2, slot, key_states)
         self.ring_values.index_copy_(2, slot, value_states)
         S = self.num_sinks
         if S:  # the evicted token is sink s -> store slot s (no host sync)
-            hit = evicted["rpos"][:, None] == torch.arange(S, device=self.device)  # [B, S]
-            self.sink_keys.copy_(torch.where(hit[:, None, :, None], evicted["keys"], self.sink_keys))
-            self.sink_values.copy_(torch.where(hit[:, None, :, None], evicted["values"], self.sink_values))
+            hit = evicted.rpos[:, None] == torch.arange(S, device=self.device)  # [B, S]
+            self.sink_keys.copy_(torch.where(hit[:, None, :, None], evicted.keys, self.sink_keys))
+            self.sink_values.copy_(torch.where(hit[:, None, :, None], evicted.values, self.sink_values))
             self.sink_filled.logical_or_(hit)
-        self.pending = dict(static=True, slot=slot, evicted=evicted)
+        self.step = StaticStep(slot, evicted)
         self.cumulative_length += 1
         return self.kv_keys, self.kv_values  # [sink store (S), ring (W)]
 
-    def commit_step(self, slot, rpos_new, gates_new, recurrent_state=None):
-        """End of a one-token step: the new token's position and gates into its ring slot, counts, state."""
-        self.pending = None
-        self.ring_rpos.index_copy_(1, slot, rpos_new)
-        self.ring_gates.index_copy_(1, slot, gates_new)
+    def _end_static(self, step: StaticStep, rpos_new, gates_new):
+        """The new token's position and gates into its ring slot, the counts."""
+        self.ring_rpos.index_copy_(1, step.slot, rpos_new)
+        self.ring_gates.index_copy_(1, step.slot, gates_new)
         self.num_real.add_((rpos_new[:, 0] >= 0).long())
         self.slot_counter.add_(1)
-        if recurrent_state is not None:
+
+    def _store_state(self, recurrent_state):  # into the fixed buffer (its address is captured by CUDA graphs)
+        if self.recurrent_state is None:
+            self.recurrent_state = recurrent_state
+            _mark_static(self.recurrent_state)
+        elif recurrent_state is not self.recurrent_state:
             self.recurrent_state.copy_(recurrent_state)
 
-    def commit(self, rpos_new, gates_new, recurrent_state=None):
+    def _end_chunk(self, step, rpos_new, gates_new):
         buffers = {n: getattr(self, n) for n in ("sink_keys", "sink_values", "sink_filled", "num_real")}
-        before = self.recurrent_state
-        super().commit(rpos_new, gates_new, recurrent_state)
+        super()._end_chunk(step, rpos_new, gates_new)
         for name, buf in buffers.items():  # the dynamic path made new tensors: back into the fixed buffers
             buf.copy_(getattr(self, name))
             setattr(self, name, buf)
@@ -309,11 +376,6 @@ class StaticSinkWindowLayer(SinkWindowLayer):
             self._ensure_gate_ring(self.window_gates)
             self.ring_gates[:, idx] = self.window_gates
         self.slot_counter.fill_(self.cumulative_length)
-        if before is not None and self.recurrent_state is not before:  # keep the buffer's address
-            before.copy_(self.recurrent_state)
-            self.recurrent_state = before
-        elif before is None and self.recurrent_state is not None:
-            _mark_static(self.recurrent_state)
         # the ordered views are rebuilt from the ring by the next multi-token update
         self.keys, self.values = self.ring_keys[:, :, :0], self.ring_values[:, :, :0]
 
@@ -395,4 +457,5 @@ class StaticAhnCache(AhnCache):
     _ahn_layer_class = StaticSinkWindowLayer
 
 
-__all__ = ["AhnCache", "SinkWindowLayer", "StaticAhnCache", "StaticSinkWindowLayer"]
+__all__ = ["AhnCache", "ChunkStep", "EvictedToken", "SinkWindowLayer", "StaticAhnCache", "StaticSinkWindowLayer",
+           "StaticStep", "SteadyStep"]

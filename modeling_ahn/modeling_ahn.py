@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn
+from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn, get_layer_spec
 from .cache_ahn import AhnCache, StaticAhnCache
 from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, head_dim_of, parse_layer_ids
 from .memory_ahn import AhnMemory, AhnModule, build_memory
@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 AHN_VERSION = "0.1.0"
 # The flat remote-code payload, copied verbatim into every exported repo.
-PAYLOAD_FILES = ("configuration_ahn.py", "memory_ahn.py", "cache_ahn.py", "attention_ahn.py", "modeling_ahn.py")
+PAYLOAD_FILES = ("configuration_ahn.py", "memory_ahn.py", "cache_ahn.py", "window_attention.py", "attention_ahn.py",
+                 "modeling_ahn.py")
 WEIGHTS_NAME = "model.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -66,12 +67,12 @@ def code_hash(directory: str | os.PathLike | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def _shape_summary(cfg) -> str:
+def base_shape_summary(cfg) -> str:
     return (f"{cfg.num_hidden_layers} layers, hidden size {cfg.hidden_size}, {cfg.num_attention_heads} heads of "
             f"size {head_dim_of(cfg)}, {getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads} KV heads")
 
 
-def _shape_key(cfg):
+def base_shape_key(cfg):
     return (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, head_dim_of(cfg),
             getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
 
@@ -94,7 +95,7 @@ def check_ahn_state_dict(config, state_dict, strict: bool = True) -> tuple[list[
         k, got, s = bad[0]
         raise ValueError(
             f"AHN weights do not fit this base: {k} has shape {got}, expected {s} for a base with "
-            f"{_shape_summary(config.base_config)} ({len(bad)} mismatched tensors). Load the adapter on the base "
+            f"{base_shape_summary(config.base_config)} ({len(bad)} mismatched tensors). Load the adapter on the base "
             "model it was trained for."
         )
     missing = sorted(k for k in want if k not in state_dict)
@@ -126,7 +127,7 @@ def _check_base(base, decoder_only=False) -> None:
         )
 
 
-def _read_adapter_weights(path: str, hub: dict) -> dict[str, torch.Tensor]:
+def read_adapter_weights(path: str, hub: dict) -> dict[str, torch.Tensor]:
     """The AHN tensors of a repo/dir. Refuses pickles; explains a missing or corrupt file."""
     from safetensors.torch import load_file
     from transformers.utils import cached_file
@@ -258,7 +259,7 @@ class AhnPreTrainedModel(PreTrainedModel):
         fresh adapter computes) or ``"full"`` (the base's causal attention; use ``use_cache=False``)."""
         if mode not in ("ahn", "swa", "full"):
             raise ValueError(f"attention mode must be 'ahn', 'swa' or 'full', got {mode!r}")
-        specs = [layer.self_attn.__dict__["_ahn"] for layer in self.model.layers]
+        specs = [get_layer_spec(layer.self_attn) for layer in self.model.layers]
         previous = [spec.mode for spec in specs]
         try:
             for spec in specs:
@@ -327,13 +328,13 @@ class AhnPreTrainedModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ Hub: save / load
 
-    def save_pretrained(self, save_directory, tokenizer=None, eval_results=None, is_main_process=True,
-                        push_to_hub=False, **kwargs):
+    def save_pretrained(self, save_directory, tokenizer=None, is_main_process=True, push_to_hub=False, **kwargs):
         """Write an adapter-only repo: config, remote code, AHN weights, generation config, tokenizer,
-        model card and PEFT adapter files. The base weights are not written (they live in the base repo).
+        a short card and PEFT adapter files. The base weights are not written (they live in the base repo).
 
         ``tokenizer``: saved into the repo; by default the base's tokenizer is loaded from
-        ``base_model_name_or_path`` if it can be. ``eval_results``: rows for the model card's table.
+        ``base_model_name_or_path`` if it can be. The full model card (with evaluation rows) is written by
+        ``modeling_ahn.hub.export_ahn_repo(model, ...)`` / ``ahn export``.
         """
         if not is_main_process:
             return
@@ -341,7 +342,7 @@ class AhnPreTrainedModel(PreTrainedModel):
             raise ValueError("push_to_hub is not supported here: save, then `ahn push DIR org/name`.")
         generation_config = getattr(self, "generation_config", None)
         write_ahn_repo(save_directory, self.config, self.ahn_state_dict(), generation_config=generation_config,
-                       tokenizer=tokenizer, eval_results=eval_results)
+                       tokenizer=tokenizer)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, base_model=None, **kwargs):
@@ -366,7 +367,7 @@ class AhnPreTrainedModel(PreTrainedModel):
         for k, v in overrides.items():
             setattr(config, k, parse_layer_ids(v) if k == "full_attention_layers" else v)
         config.validate_ahn()
-        state = _read_adapter_weights(path, hub)
+        state = read_adapter_weights(path, hub)
         check_ahn_state_dict(config, state)
 
         if base_model is None or isinstance(base_model, (str, os.PathLike)):  # a location: load it here
@@ -384,10 +385,10 @@ class AhnPreTrainedModel(PreTrainedModel):
                 ) from e
         elif kwargs:
             raise ValueError(f"kwargs {sorted(kwargs)} are for loading the base; they cannot apply to base_model=.")
-        if _shape_key(base_model.config) != _shape_key(config.base_config):
+        if base_shape_key(base_model.config) != base_shape_key(config.base_config):
             raise ValueError(
-                f"The adapter in {path} was made for a base with {_shape_summary(config.base_config)}, but the base "
-                f"model has {_shape_summary(base_model.config)}."
+                f"The adapter in {path} was made for a base with {base_shape_summary(config.base_config)}, but the "
+                f"base model has {base_shape_summary(base_model.config)}."
             )
         model = cls(config, base_model=base_model)
         model.load_ahn_state_dict(state)
@@ -568,12 +569,13 @@ def _peft_key(official_key: str) -> str:
 
 
 def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=None, tokenizer=None,
-                   eval_results=None, tokenizer_source=None, extra_card_sections=()) -> Path:
+                   tokenizer_source=None) -> Path:
     """Write an adapter-only AHN repo from a config and its AHN tensors (no base weights needed).
 
     Files: ``config.json`` (``auto_map``, base name/revision, window/sinks, version + code hash), the
     remote-code payload, ``model.safetensors`` (official keys), ``generation_config.json``, the tokenizer,
-    ``README.md`` (model card) and ``peft/adapter_config.json`` + ``peft/adapter_model.safetensors``.
+    a short ``README.md`` (where none exists; the full model card is tooling: ``modeling_ahn.hub.export_ahn_repo``)
+    and ``peft/adapter_config.json`` + ``peft/adapter_model.safetensors``.
     """
     from safetensors.torch import save_file
 
@@ -639,15 +641,8 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
             data["model_max_length"] = int(config.max_position_embeddings)
             tok_cfg.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    n_params = sum(v.numel() for v in tensors.values())
-    try:
-        from modeling_ahn.hub import render_model_card  # the installed package; absent under remote code
-    except ImportError:
-        render_model_card = None
-    if render_model_card is not None:
-        (out / "README.md").write_text(render_model_card(config, n_params, eval_results=eval_results,
-                                                         extra_sections=extra_card_sections))
-    elif not (out / "README.md").exists():
+    if not (out / "README.md").exists():  # a short card; `modeling_ahn.hub.export_ahn_repo` writes the full one
+        n_params = sum(v.numel() for v in tensors.values())
         (out / "README.md").write_text(
             f"# AHN-{config.ahn_type} adapter for {config.base_model_name_or_path}\n\n"
             f"{n_params:,} AHN parameters; window {config.sliding_window}, {config.num_sinks} sinks.\n"

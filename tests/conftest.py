@@ -101,10 +101,31 @@ def _deterministic():
 @pytest.fixture(params=["blocked", "unblocked"])
 def attention_path(request, monkeypatch):
     """Run a test with whole-sequence attention in small query blocks, and without blocking."""
+    from modeling_ahn import window_attention
+
+    monkeypatch.setattr(window_attention, "BLOCK_MIN", 1 if request.param == "blocked" else 10**9)
+    return request.param
+
+
+@pytest.fixture
+def paths(monkeypatch):
+    """Records ``(AttentionPath, ChunkFacts or None)`` of every "ahn" attention call while the test runs."""
     from modeling_ahn import attention_ahn
 
-    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 1 if request.param == "blocked" else 10**9)
-    return request.param
+    seen = []
+    choose = attention_ahn.choose_path
+
+    def recording(spec, step, facts):
+        path = choose(spec, step, facts)
+        seen.append((path, facts))
+        return path
+
+    monkeypatch.setattr(attention_ahn, "choose_path", recording)
+    return seen
+
+
+def count_paths(seen, path) -> int:
+    return sum(p is path for p, _ in seen)
 
 
 def make_tokenizer():
@@ -132,11 +153,13 @@ def save_base(directory, arch="qwen2", seed=0, license="apache-2.0"):
 
 
 def save_ahn_repo(root, sliding_window, num_sinks, ahn_type="gdn"):
-    """A tiny base at ``root/base`` and an exported AHN repo with random (non-zero) AHN weights at ``root/repo``;
-    returns ``(base_dir, model)``."""
+    """A tiny base at ``root/base`` and an exported AHN repo (``modeling_ahn.hub.export_model``) with random
+    (non-zero) AHN weights at ``root/repo``; returns ``(base_dir, model)``."""
     base_dir = save_base(root / "base")
     model = modeling_ahn.AhnForCausalLM.from_base(base_dir, ahn_type=ahn_type, sliding_window=sliding_window,
                                                   num_sinks=num_sinks)
     randomize_ahn(model)
-    model.save_pretrained(root / "repo")
+    from modeling_ahn.hub import export_model
+
+    export_model(model, root / "repo")  # save_pretrained + the full model card, as `ahn export` writes it
     return base_dir, model

@@ -104,11 +104,13 @@ class LayerRecorder:
     def __enter__(self):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+        from modeling_ahn.attention_ahn import get_layer_spec
+
         self._mapping = ALL_ATTENTION_FUNCTIONS
         self._orig = ALL_ATTENTION_FUNCTIONS["ahn"]
 
         def wrapped(module, query, key, value, attention_mask, **kwargs):
-            hidden = module.__dict__["_ahn_ctx"][0]
+            hidden = get_layer_spec(module).inputs.hidden
             out, w = self._orig(module, query, key, value, attention_mask, **kwargs)
             self.calls.append(dict(module=module, query=query, key=key, value=value, hidden=hidden, out=out,
                                    scaling=kwargs.get("scaling")))

@@ -7,7 +7,7 @@ import pytest
 from transformers import Qwen2Config
 
 from modeling_ahn import AhnConfig
-from modeling_ahn.accounting import compare, cost
+from modeling_ahn.benchmarking.accounting import compare, cost
 
 QWEN25 = {  # the released configs' shapes
     "3B": dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,

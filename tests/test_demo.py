@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_ahn import corpora, demo, shipped
 from modeling_ahn.cli import main as cli_main
+from modeling_ahn.default import corpora, demo, shipped
 
 from .conftest import make_ahn, make_tokenizer, save_base
 
@@ -169,7 +169,7 @@ def test_demo_builds_the_plays_once_and_says_how_when_it_cannot(tmp_path, monkey
 
 
 def test_demo_without_network_or_cache_names_the_fix(tmp_path, monkeypatch, capsys):
-    import modeling_ahn.default_model as dm
+    import modeling_ahn.default.model as dm
 
     monkeypatch.setenv("MODELING_AHN_CACHE", str(tmp_path / "empty-cache"))
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from modeling_ahn import AhnForCausalLM
-from modeling_ahn.distill import (
+from modeling_ahn.training.distill import (
     PAPER_WINDOWS,
     DistillConfig,
     chunked_kl,
@@ -166,7 +166,7 @@ def test_window_sampling_follows_the_paper():
 
 
 def test_jsonl_text_messages_and_packing(corpus, tmp_path):
-    from modeling_ahn.data_ahn import iter_documents, tokenize_documents
+    from modeling_ahn.training.data import iter_documents, tokenize_documents
 
     tok = make_tokenizer()
     (tmp_path / "a.jsonl").write_text(json.dumps({"text": "the window"}) + "\n" + json.dumps({"text": "memory"}) + "\n")
@@ -183,7 +183,7 @@ def test_jsonl_text_messages_and_packing(corpus, tmp_path):
 
 
 def test_split_documents_keeps_every_chunk_of_each_document_apart():
-    from modeling_ahn.data_ahn import tokenize_documents
+    from modeling_ahn.training.data import tokenize_documents
 
     tok = make_tokenizer()
     docs = ["the window " * 9, "memory", "the hippocampus folds tokens " * 6]
@@ -202,8 +202,8 @@ def test_split_documents_keeps_every_chunk_of_each_document_apart():
 
 
 def test_held_out_split_keeps_a_split_documents_other_chunks_out_of_training():
-    from modeling_ahn.data_ahn import tokenize_documents
-    from modeling_ahn.distill import held_out_split
+    from modeling_ahn.training.data import tokenize_documents
+    from modeling_ahn.training.distill import held_out_split
 
     tok = make_tokenizer()
     docs = [f"{w} " * 40 for w in ("the", "window", "memory", "hippocampus", "folds", "tokens")]
@@ -236,7 +236,7 @@ def test_empty_data(corpus, tmp_path):
 def test_bf16_on_a_cpu_without_native_bf16_warns(corpus, tmp_path, monkeypatch):
     import warnings
 
-    from modeling_ahn import devices
+    from modeling_ahn.benchmarking import devices
 
     (tmp_path / "empty").mkdir()
     cfg = _cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")], bf16=True, cpu=True)
@@ -311,7 +311,7 @@ def test_memory_span_sets_the_decays_a_run_starts_from(corpus, tmp_path):
     rotated per layer, before the first step; the rest of the initialisation is the release's."""
     import math
 
-    from modeling_ahn.distill import init_memory_span
+    from modeling_ahn.training.distill import init_memory_span
 
     torch.manual_seed(0)
     model = AhnForCausalLM.from_base(str(corpus / "base"), ahn_type="gdn", sliding_window=16, num_sinks=4)

@@ -16,8 +16,8 @@ pytest.importorskip("lm_eval")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from modeling_ahn import eval_data as ed  # noqa: E402
-from modeling_ahn.evaluation import EvalSettings, evaluate, lm_eval_include_path, resolve_tasks  # noqa: E402
+from modeling_ahn.evaluation import task_data as ed  # noqa: E402
+from modeling_ahn.evaluation.harness import EvalSettings, evaluate, lm_eval_include_path, resolve_tasks  # noqa: E402
 
 from .conftest import COMMON, save_ahn_repo  # noqa: E402
 
@@ -137,9 +137,9 @@ def test_python_api_long_inputs_untruncated_and_batch_size_invariant(env, caplog
 def test_readme_eval_block_runs_as_written(env, tmp_path):
     """The README's block: `lm_eval --model hf --model_args pretrained=$REPO,trust_remote_code=True` with no
     max_length at 4x the base's context, then `ahn eval --compare full,swa,ahn`."""
-    from .test_readme import _section_blocks
+    from .test_readme import section_blocks
 
-    block = _section_blocks("Evaluation: lm-eval-harness and `ahn eval`", "bash")[0]
+    block = section_blocks("Evaluation: lm-eval-harness and `ahn eval`", "bash")[0]
     env_vars = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "HF_HOME": str(tmp_path / "hf"), "REPO": env["repo"],
                 "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
@@ -270,7 +270,7 @@ def test_ahn_eval_compare_table_json_png_and_resume(env, tmp_path, monkeypatch):
     assert "†" in table and "extrapolation" in table and "sinks+SWA" in table
 
     # resume: nothing runs again, the same report comes back
-    import modeling_ahn.evaluation as ev
+    import modeling_ahn.evaluation.harness as ev
 
     monkeypatch.setattr(ev, "run_unit", lambda *a, **k: pytest.fail("a finished unit ran again"))
     again = evaluate(s, out, progress=False)
@@ -367,9 +367,9 @@ def test_task_yamls_are_generated_from_the_script(tmp_path):
 
 
 def test_results_record_no_home_directory():
-    from modeling_ahn.evaluation import _portable
+    from modeling_ahn.evaluation.harness import portable_path
 
     home = str(Path.home())
-    assert _portable(os.path.join(home, "x", "repo")) == os.path.join("~", "x", "repo")
-    assert _portable("/srv/models/repo") == "/srv/models/repo" and _portable(None) is None
-    assert _portable(home + "other/repo") == home + "other/repo"  # only the directory itself, not a prefix
+    assert portable_path(os.path.join(home, "x", "repo")) == os.path.join("~", "x", "repo")
+    assert portable_path("/srv/models/repo") == "/srv/models/repo" and portable_path(None) is None
+    assert portable_path(home + "other/repo") == home + "other/repo"  # only the directory itself, not a prefix

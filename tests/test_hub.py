@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from modeling_ahn import AhnForCausalLM, AhnModel
+from modeling_ahn.hub import export_model
 from modeling_ahn.modeling_ahn import PAYLOAD_FILES, code_hash
 
 from .conftest import make_base, save_ahn_repo
@@ -83,9 +84,26 @@ def test_model_card(exported):
 
 def test_eval_table_in_card(tmp_path):
     model = AhnForCausalLM.from_base(make_base("llama"), sliding_window=W, num_sinks=S)
-    model.save_pretrained(tmp_path, eval_results=[{"task": "ppl@8k", "swa": 12.5, "ahn": 11.25}])
+    export_model(model, tmp_path, eval_results=[{"task": "ppl@8k", "swa": 12.5, "ahn": 11.25}])
     card = (tmp_path / "README.md").read_text()
     assert "## Evaluation" in card and "| task | swa | ahn |" in card and "| ppl@8k | 12.5 | 11.25 |" in card
+
+
+def test_save_pretrained_writes_the_same_repo_with_a_short_card(exported, tmp_path):
+    """The payload's save_pretrained writes every file the export does; only the card is the short one (the full
+    card is tooling: it is rendered by modeling_ahn.hub, which the remote code does not ship)."""
+    exported["model"].save_pretrained(tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted(
+        p.relative_to(exported["repo"]) for p in exported["repo"].rglob("*"))
+    for p in exported["repo"].rglob("*"):
+        mine = tmp_path / p.relative_to(exported["repo"])
+        if p.suffix == ".safetensors":  # (the header's metadata order is not fixed)
+            theirs, ours = load_file(p), load_file(mine)
+            assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+        elif p.is_file() and p.name != "README.md":
+            assert mine.read_bytes() == p.read_bytes(), p.name
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("# AHN-gdn adapter for ") and "AHN parameters; window 5, 2 sinks." in card
 
 
 def test_reload_with_the_package_is_identical(exported):

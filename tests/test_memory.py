@@ -278,7 +278,7 @@ def test_cuda_kernels_equal_torch_path(ahn_type):
 def test_memory_half_lives_are_those_of_the_decays_the_forward_applies(ahn_type):
     """``longctx.memory_half_lives`` recomputes the gates from the hidden states; it must agree with the decays
     the AHN forward itself feeds to the recurrence (recorded here), and skip padded positions."""
-    from modeling_ahn.longctx import memory_half_lives
+    from modeling_ahn.evaluation.probes import memory_half_lives
 
     model = make_ahn("llama", ahn_type=ahn_type, sliding_window=5, num_sinks=2)
     ids = torch.randint(0, model.config.base_config.vocab_size, (1, 20))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_ahn import AhnCache, AhnForCausalLM, SinkWindowLayer
+from modeling_ahn import AhnCache, AhnForCausalLM, SinkWindowLayer, attention_ahn, window_attention
+from modeling_ahn.attention_ahn import AttentionPath, get_layer_spec
 
-from .conftest import AHN_TYPES, ARCHS, make_ahn, make_base
+from .conftest import AHN_TYPES, ARCHS, count_paths, make_ahn, make_base
 from .reference import LayerRecorder, naive_ahn_layer
 
 W, S = 5, 2
@@ -64,7 +65,7 @@ def test_each_layer_equals_the_naive_spec_reference(arch, ahn_type, sinks, atten
         model(ids, use_cache=False)
     assert len(rec.calls) == model.config.base_config.num_hidden_layers
     for call in rec.calls:
-        fn = call["module"].__dict__["_ahn"].memory
+        fn = get_layer_spec(call["module"]).memory
         attn, mem = naive_ahn_layer(fn, ahn_type, call["query"][0], call["key"][0], call["value"][0],
                                     call["hidden"][0], W, sinks, call["scaling"])
         assert (call["out"][0].double() - (attn + mem)).abs().max() < 2e-5
@@ -122,22 +123,19 @@ def _decode_logits(model, ids, prefill, mask_fn=None):
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 @pytest.mark.parametrize("inner", ["sdpa", "eager"])
 @pytest.mark.parametrize("mode", ["ahn", "swa"])
-def test_decoding_takes_the_steady_path_and_equals_the_general_one(arch, ahn_type, inner, mode, monkeypatch):
+def test_decoding_takes_the_steady_path_and_equals_the_general_one(arch, ahn_type, inner, mode, monkeypatch, paths):
     """Unpadded one-token steps with a full window (every step from token S + W on) take the short steady path
     (no mask, the memory's one-token step); the general path gives the same logits."""
-    from modeling_ahn import attention_ahn
     from modeling_ahn.cache_ahn import SinkWindowLayer as Layer
 
     model = make_ahn(arch, ahn_type, W, S)
     for layer in model.model.layers:
-        layer.self_attn.__dict__["_ahn"].inner = inner
+        get_layer_spec(layer.self_attn).inner = inner
     ids = _ids(30, batch=2)
-    calls = []
-    steady = attention_ahn._steady_decode_step
-    monkeypatch.setattr(attention_ahn, "_steady_decode_step", lambda *a, **k: calls.append(1) or steady(*a, **k))
     with torch.no_grad(), model.attention_mode(mode):
         fast, cache = _decode_logits(model, ids, 4)
-        assert len(calls) == model.config.base_config.num_hidden_layers * (30 - (S + W))
+        assert count_paths(paths, AttentionPath.STEADY_STEP) == model.config.base_config.num_hidden_layers * (
+            30 - (S + W))
         monkeypatch.setattr(Layer, "steady", lambda self: False)
         general, _ = _decode_logits(model, ids, 4)
         whole = model(ids, use_cache=False).logits
@@ -146,10 +144,9 @@ def test_decoding_takes_the_steady_path_and_equals_the_general_one(arch, ahn_typ
     assert cache.layers[0].keys.shape[-2] == W and cache.get_seq_length() == 30
 
 
-def test_a_padding_mask_in_a_steady_step_takes_the_general_path(monkeypatch):
+def test_a_padding_mask_in_a_steady_step_takes_the_general_path(monkeypatch, paths):
     """A cache that could decode on the steady path, given a mask that pads the new token of one row: the general
     path runs that step (the steady keys are rebuilt into the general ones), and every later step stays there."""
-    from modeling_ahn import attention_ahn
     from modeling_ahn.cache_ahn import SinkWindowLayer as Layer
 
     model = make_ahn("qwen2", "gdn", W, S)
@@ -162,13 +159,11 @@ def test_a_padding_mask_in_a_steady_step_takes_the_general_path(monkeypatch):
             m[1, 12] = 0
         return m
 
-    calls = []
-    steady = attention_ahn._steady_decode_step
-    monkeypatch.setattr(attention_ahn, "_steady_decode_step", lambda *a, **k: calls.append(1) or steady(*a, **k))
     with torch.no_grad():
         fast, cache = _decode_logits(model, ids, 4, mask)
         assert cache.layers[0].padded
-        assert len(calls) == layers * (12 - (S + W))  # steps S + W .. 11; the pad at 12 ends the steady path
+        # steps S + W .. 11; the pad at 12 ends the steady path
+        assert count_paths(paths, AttentionPath.STEADY_STEP) == layers * (12 - (S + W))
         monkeypatch.setattr(Layer, "steady", lambda self: False)
         general, _ = _decode_logits(model, ids, 4, mask)
     assert (fast - general).abs().max() < 1e-5
@@ -378,97 +373,72 @@ def test_attention_modes():
     assert (ahn - swa).abs().max() > 1e-2  # back to "ahn" after the context
 
 
-def test_blocked_attention_equals_full_mask_with_padding_and_sinks(monkeypatch):
-    from modeling_ahn import attention_ahn
-
+def test_blocked_attention_equals_full_mask_with_padding_and_sinks(monkeypatch, paths):
     model = make_ahn("llama", "gdn", 4, 3)
     rows = [_ids(n, seed=n)[0] for n in (40, 37, 33)]
     ids, mask = _left_pad(rows)
-    calls = []
-    original = attention_ahn._blocked_window_attention
-    def counting(*args, **kwargs):
-        out = original(*args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(attention_ahn, "_blocked_window_attention", counting)
     with torch.no_grad():
-        monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 10**9)
+        monkeypatch.setattr(window_attention, "BLOCK_MIN", 10**9)
         ref = model(ids, attention_mask=mask, use_cache=False).logits
-        assert calls == [False, False]  # blocking would save nothing: the full mask was used
-        calls.clear()
-        monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 6)
+        # blocking would save nothing: the full mask was used
+        assert [p for p, _ in paths] == [AttentionPath.MASKED] * 2
+        paths.clear()
+        monkeypatch.setattr(window_attention, "BLOCK_MIN", 6)
         blocked = model(ids, attention_mask=mask, use_cache=False).logits
-    assert calls == [True, True]  # both layers took the blocked path
+    assert [p for p, _ in paths] == [AttentionPath.BLOCKED] * 2  # both layers took the blocked path
     assert (blocked - ref).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("W,block_min,P", [(5, 8, 10**6), (12, 1, 10**6), (12, 1, 40), (7, 2, 30)])
-def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W, block_min, P, monkeypatch):
+def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W, block_min, P, monkeypatch,
+                                                                          paths):
     """Once the window is full and every sink is in the store, a long cached chunk attends through
     ``_banded_window_attention`` (query blocks as batch rows, one band mask): blocks shorter and longer than W,
     a last block filled up with padding, sinks within the base's context (P large) and clamped beyond it (P
     small: the merged-sink path) — equal to the whole-sequence forward, which takes neither path."""
-    from modeling_ahn import attention_ahn
+    def banded():  # the queries of each chunk that took the banded path
+        return [facts.q_len for p, facts in paths if p is AttentionPath.BANDED_PREFILL]
 
-    calls = []
-    banded = attention_ahn._banded_window_attention
-
-    def spy(*args):
-        calls.append(args[2].shape[2])  # queries of the chunk
-        return banded(*args)
-
-    monkeypatch.setattr(attention_ahn, "_banded_window_attention", spy)
-    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", block_min)
+    monkeypatch.setattr(window_attention, "BLOCK_MIN", block_min)
     model = make_ahn(arch, "gdn", sliding_window=W, num_sinks=3, prefill_chunk_size=None)
     model.config.base_config.max_position_embeddings = P
     ids = _ids(120, batch=2)
     with torch.no_grad():
         ref = model(ids, use_cache=False).logits
-        assert not calls
+        assert not banded()
         cache = model.new_cache()
         cuts = (0, 9, W + 6, 71, 120)  # the first two chunks fill sinks (3) and window; the two long ones are steady
         outs = [model(ids[:, a:b], past_key_values=cache).logits for a, b in zip(cuts, cuts[1:])]
-    assert calls == [65 - W] * len(model.model.layers) + [49] * len(model.model.layers), calls
+    assert banded() == [65 - W] * len(model.model.layers) + [49] * len(model.model.layers), banded()
     assert (torch.cat(outs, 1) - ref).abs().max() < 1e-4
     # left padding: steady once the pads have left the window and the sinks are real tokens (pad 4), not while
     # a row's sink store is still filling (pad 58: 2 real tokens, 3 sinks); each row equals itself alone
     for pad, steady in ((4, True), (58, False)):
-        calls.clear()
+        paths.clear()
         batch, mask = _left_pad([ids[0], ids[0, :-pad]])
         with torch.no_grad():
             cache = model.new_cache()
             out = torch.cat([model(batch[:, :60], attention_mask=mask[:, :60], past_key_values=cache).logits,
                              model(batch[:, 60:], attention_mask=mask, past_key_values=cache).logits], 1)
             alone = model(ids[:, :-pad], use_cache=False).logits
-        assert bool(calls) == steady, (pad, calls)
+        assert bool(banded()) == steady, (pad, paths)
         assert (out[0] - ref[0]).abs().max() < 1e-4
         assert (out[1, pad:] - alone[0]).abs().max() < 1e-4
     # the first long chunk (window not yet full) takes the general blocked path
-    calls.clear()
+    paths.clear()
     with torch.no_grad():
         model(ids, past_key_values=model.new_cache())
-    assert not calls
+    assert not banded() and count_paths(paths, AttentionPath.BLOCKED) == len(model.model.layers)
 
 
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
-def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
+def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch, paths):
     """A cached prefill chunk much longer than the window attends block by block (O(q (S + W)), not O(q^2)), also
     after earlier chunks and with left padding, and equals the whole-sequence forward."""
-    from modeling_ahn import attention_ahn
-
-    calls = []
-    blocked = attention_ahn._blocked_window_attention
-
-    def spy(*args, **kwargs):
-        out = blocked(*args, **kwargs)
-        calls.append((kwargs.get("n_old", 0), out is not None))
-        return out
-
-    monkeypatch.setattr(attention_ahn, "_blocked_window_attention", spy)
-    monkeypatch.setattr(attention_ahn, "_banded_window_attention", lambda *a: None)  # the general blocked path
-    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 8)
+    # the general blocked path, not the banded one
+    monkeypatch.setattr(attention_ahn.ChunkFacts, "steady_chunk", property(lambda self: False))
+    monkeypatch.setattr(window_attention, "BLOCK_MIN", 8)
     model = make_ahn("qwen2", ahn_type, sliding_window=5, num_sinks=2, prefill_chunk_size=None)
     ids = _ids(150)
     with torch.no_grad():
@@ -476,7 +446,7 @@ def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
         cache = model.new_cache()
         first = model(ids[:, :9], past_key_values=cache).logits  # a short chunk fills sinks and window
         rest = model(ids[:, 9:], past_key_values=cache).logits  # then a long one after them
-        assert any(n_old > 0 and used for n_old, used in calls), calls
+        assert any(p is AttentionPath.BLOCKED and f.step.num_old > 0 for p, f in paths), paths
         assert (torch.cat([first, rest], 1) - ref).abs().max() < 1e-4
         # left padding: row 1 is shorter; each row equals itself alone
         pad = 13
@@ -490,12 +460,10 @@ def test_long_cached_prefill_runs_blocked_and_exact(ahn_type, monkeypatch):
 def test_block_masks_are_built_once_per_forward_and_never_reused_stale(monkeypatch):
     """The blocked attention's masks are the same in every layer of a forward and are built once; a batch of the
     same shape with other padding gets its own (the memo compares the padding, not just shapes)."""
-    from modeling_ahn import attention_ahn
-
-    monkeypatch.setattr(attention_ahn, "BLOCK_MIN", 6)
+    monkeypatch.setattr(window_attention, "BLOCK_MIN", 6)
     built = []
-    original = attention_ahn._window_mask
-    monkeypatch.setattr(attention_ahn, "_window_mask", lambda *a: built.append(1) or original(*a))
+    original = window_attention.window_mask
+    monkeypatch.setattr(window_attention, "window_mask", lambda *a: built.append(1) or original(*a))
     model = make_ahn("llama", "gdn", 4, 3)
     rows_a = [_ids(n, seed=n)[0] for n in (40, 33)]
     rows_b = [_ids(n, seed=n)[0] for n in (35, 40)]  # same padded shape, other padding

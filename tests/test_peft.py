@@ -142,3 +142,27 @@ def test_bad_peft_settings():
         AhnPeftConfig(ahn_type="lstm")
     with pytest.raises(ValueError, match="out of range"):
         _peft(full_attention_layers=[7])
+
+
+@pytest.mark.parametrize("ahn_type", ["gdn", "mamba2"])
+def test_peft_model_clamps_sinks_beyond_the_base_context_like_the_ahn_model(ahn_type):
+    """Queries past the base's trained context P see the sinks as if at P, on the PEFT path as on the model's own
+    (both build their layers with the same factory): equal logits for a whole sequence and for decoding."""
+    P, n = 12, 40
+    ahn = randomize_ahn(AhnForCausalLM.from_base(make_base("llama"), ahn_type=ahn_type, sliding_window=W, num_sinks=S))
+    ahn.config.base_config.max_position_embeddings = P
+    pm = _peft("llama", ahn_type)
+    pm.base_model.model.config.max_position_embeddings = P
+    _copy_ahn(pm, ahn)
+    pm.eval()
+    ids = torch.randint(3, 300, (2, n), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = ahn(ids, use_cache=False).logits
+        unclamped = AhnForCausalLM.from_base(make_base("llama"), ahn_type=ahn_type, sliding_window=W, num_sinks=S)
+        unclamped.load_ahn_state_dict(ahn.ahn_state_dict())  # P = 512: nothing clamped at 40 tokens
+        assert (unclamped(ids, use_cache=False).logits - ref).abs().max() > 1e-3  # clamping changes the logits here
+        assert (pm(ids).logits - ref).abs().max() < 1e-5
+        gen = pm.generate(input_ids=ids[:, :20], max_new_tokens=24, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)
+        assert torch.equal(gen, ahn.generate(ids[:, :20], max_new_tokens=24, do_sample=False, eos_token_id=None,
+                                             pad_token_id=0))

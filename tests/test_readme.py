@@ -10,7 +10,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _section_blocks(title: str, lang: str = "python") -> list[str]:
+def section_blocks(title: str, lang: str = "python") -> list[str]:
     text = README.read_text()
     section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(rf"```{lang}\n(.*?)```", section, flags=re.S)
@@ -18,13 +18,13 @@ def _section_blocks(title: str, lang: str = "python") -> list[str]:
     return blocks
 
 
-def _section_code(title: str) -> str:
-    return _section_blocks(title)[0]
+def section_code(title: str) -> str:
+    return section_blocks(title)[0]
 
 
 def test_python_example_runs_as_written(capsys):
     namespace = {"__name__": "__readme__"}
-    for code in _section_blocks("Python example"):  # the blocks continue one another
+    for code in section_blocks("Python example"):  # the blocks continue one another
         exec(compile(code, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "torch.Size([1, 320])" in out
@@ -39,10 +39,10 @@ def test_hub_section_runs_as_written(tmp_path, monkeypatch, capsys):
     import sys
 
     monkeypatch.chdir(tmp_path)
-    exec(compile(_section_code("Publishing and loading from the Hub"), str(README), "exec"), {"__name__": "__readme__"})
+    exec(compile(section_code("Publishing and loading from the Hub"), str(README), "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out
     assert "AhnForCausalLM 128" in out and "PeftModelForCausalLM" in out
-    offline_shell = _section_blocks("Publishing and loading from the Hub", "bash")[0]
+    offline_shell = section_blocks("Publishing and loading from the Hub", "bash")[0]
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", offline_shell], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -59,7 +59,7 @@ def test_training_section_runs_as_written(tmp_path):
     import sys
 
     shutil.copy(README, tmp_path / "README.md")
-    block = _section_blocks("Training an adapter: `ahn distill`", "bash")[0]
+    block = section_blocks("Training an adapter: `ahn distill`", "bash")[0]
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=1200)

@@ -132,7 +132,7 @@ def test_card_quality_table_gives_the_gap_and_its_interval(tmp_path):
 
 
 def test_benchmarks_pair_adapters_with_labels(tmp_path, monkeypatch):
-    from modeling_ahn import shipped
+    from modeling_ahn.default import shipped
 
     assert shipped.adapters_to_compare(["a/x", "b/y"], None, "base") == [("x", "a/x"), ("y", "b/y")]
     assert shipped.adapters_to_compare(["a/x"], ["mine"], "base") == [("mine", "a/x")]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from modeling_ahn import AhnCache
+from modeling_ahn.attention_ahn import get_layer_spec
 
 from .conftest import make_ahn
 
@@ -101,7 +102,7 @@ def test_left_padded_rows_are_clamped_by_their_own_positions():
 
 def test_no_sinks_or_flag_off_leaves_the_spec_untouched():
     model = _model()
-    spec = model.model.layers[0].self_attn.__dict__["_ahn"]
+    spec = get_layer_spec(model.model.layers[0].self_attn)
     assert spec.sink_position_limit == P
     model.config.clamp_sink_positions = False
     assert spec.sink_position_limit is None
@@ -114,17 +115,17 @@ def test_merged_sink_attention_equals_the_doubled_head_reference(dtype, tol, att
     """Prefill beyond P with SDPA merges the clamped sinks into one summary key (``_sink_merged_attention``);
     eager attention rotates the queries with a doubled head. Same logits (bf16: within bf16 rounding of the
     fp32 result, and as close as the doubled head gets)."""
-    from modeling_ahn import attention_ahn
+    from modeling_ahn import window_attention
 
     calls = []
-    real = attention_ahn._sink_merged_attention
-    monkeypatch.setattr(attention_ahn, "_sink_merged_attention", lambda *a: calls.append(1) or real(*a))
+    real = window_attention.sink_merged_attention
+    monkeypatch.setattr(window_attention, "sink_merged_attention", lambda *a: calls.append(1) or real(*a))
     ids = _tokens(41, 8)[None]
     out = {}
     for inner in ("sdpa", "eager"):
         model = _model().to(dtype)
         for layer in model.model.layers:
-            layer.self_attn.__dict__["_ahn"].inner = inner
+            get_layer_spec(layer.self_attn).inner = inner
         with torch.no_grad():
             out[inner] = model(ids, use_cache=False).logits.float()
     assert calls, "the merged path did not run"

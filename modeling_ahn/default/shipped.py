@@ -45,17 +45,15 @@ def shipped_repo(ahn_type: str = "gdn", base: str | Path | None = None, out: str
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from .configuration_ahn import AhnConfig
-    from .default_model import cache_root, fetch_default
-    from .modeling_ahn import PAYLOAD_FILES, write_ahn_repo
+    from ..configuration_ahn import AhnConfig
+    from ..modeling_ahn import code_hash, write_ahn_repo
+    from .model import cache_root, fetch_default
 
     src = shipped_dir(ahn_type)
     base = Path(base) if base is not None else fetch_default(progress=False)["llama"]
     out = Path(out) if out is not None else cache_root() / "repos" / SHIPPED[ahn_type]
-    here = Path(__file__).resolve().parent
     key = _digest((src / "model.safetensors").read_bytes(), (src / "config.json").read_bytes(),
-                  (src / "README.md").read_bytes(), *((here / f).read_bytes() for f in PAYLOAD_FILES),
-                  str(base.resolve()))
+                  (src / "README.md").read_bytes(), code_hash().encode(), str(base.resolve()))
     marker = out / MARKER
     if not force and marker.exists() and json.loads(marker.read_text()).get("key") == key:
         return out

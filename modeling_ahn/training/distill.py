@@ -87,7 +87,7 @@ class DistillConfig:
         if self.pack and self.split_documents:
             raise ValueError("pack and split_documents are exclusive: pack joins documents, split keeps each apart")
         if self.memory_span is not None:
-            from .memory_ahn import canonical_ahn_type
+            from ..memory_ahn import canonical_ahn_type
 
             if len(self.memory_span) != 2 or not 1 <= self.memory_span[0] <= self.memory_span[1]:
                 raise ValueError(f"memory_span must be two half-lives [lo, hi] with 1 <= lo <= hi tokens, "
@@ -318,10 +318,11 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from .configuration_ahn import DEFAULT_PREFILL_CHUNK_SIZE
-    from .data_ahn import iter_documents, tokenize_documents
-    from .hub import render_training_section
-    from .modeling_ahn import AhnForCausalLM, write_ahn_repo
+    from ..configuration_ahn import DEFAULT_PREFILL_CHUNK_SIZE
+    from ..hub.card import render_training_section
+    from ..hub.export import export_ahn_repo
+    from ..modeling_ahn import AhnForCausalLM
+    from .data import iter_documents, tokenize_documents
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -330,7 +331,7 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over.")
     use_cpu = cfg.cpu or not torch.cuda.is_available()
     if use_cpu and cfg.bf16:
-        from .devices import cpu_has_fast_bf16
+        from ..benchmarking.devices import cpu_has_fast_bf16
 
         if not cpu_has_fast_bf16():
             warnings.warn("--bf16 on a CPU without native bf16 (AVX512-BF16 / AMX): PyTorch emulates bf16 matrix "
@@ -530,9 +531,9 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         model.config.sliding_window, model.config.num_sinks = eval_window, eval_sinks
         # training runs whole sequences; the exported adapter pre-fills long prompts in chunks (bounded memory)
         model.config.prefill_chunk_size = DEFAULT_PREFILL_CHUNK_SIZE
-        write_ahn_repo(adapter, model.config, model.ahn_state_dict(), generation_config=model.generation_config,
-                       tokenizer=tokenizer, eval_results=eval_rows,
-                       extra_card_sections=[render_training_section(recipe)])
+        export_ahn_repo(adapter, model.config, model.ahn_state_dict(), generation_config=model.generation_config,
+                        tokenizer=tokenizer, eval_results=eval_rows,
+                        extra_card_sections=[render_training_section(recipe)])
         if not plot_history(history, out / "loss_curve.png"):
             print("matplotlib is not installed: no loss_curve.png (pip install 'modeling-ahn[train]')")
     accelerator.wait_for_everyone()
@@ -549,7 +550,7 @@ def init_memory_span(model, lo: float, hi: float) -> None:
     an AHN remembers little beyond the window; with ``A = 1`` and ``dt_bias`` the inverse softplus of
     ``ln 2 / half-life`` the memory starts out long. Other parameters are untouched.
     """
-    from .memory_ahn import inverse_softplus
+    from ..memory_ahn import inverse_softplus
 
     for i, module in sorted(model.ahn_modules().items()):
         fn = module.fn
@@ -562,8 +563,8 @@ def init_memory_span(model, lo: float, hi: float) -> None:
 
 def _load_init_adapter(model, cfg: DistillConfig) -> None:
     """Start from the weights of an exported AHN repo (same base shape and memory type)."""
-    from .memory_ahn import canonical_ahn_type
-    from .modeling_ahn import _read_adapter_weights
+    from ..memory_ahn import canonical_ahn_type
+    from ..modeling_ahn import read_adapter_weights
 
     config_file = Path(cfg.init_adapter) / "config.json"
     if not config_file.is_file():
@@ -572,7 +573,7 @@ def _load_init_adapter(model, cfg: DistillConfig) -> None:
     if saved is None or canonical_ahn_type(saved) != canonical_ahn_type(cfg.ahn_type):
         raise ValueError(f"--init-adapter {cfg.init_adapter} holds an AHN of type {saved!r}, "
                          f"but this run trains {cfg.ahn_type!r}")
-    model.load_ahn_state_dict(_read_adapter_weights(cfg.init_adapter, {}))
+    model.load_ahn_state_dict(read_adapter_weights(cfg.init_adapter, {}))
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -68,7 +68,7 @@ def play_document(play: str = DEFAULT_PLAY) -> tuple[str, str]:
 def resolve_base(base: str | None) -> str:
     if base is not None:
         return base
-    from .default_model import default_base_dir, fetch_default, is_fetched
+    from .model import default_base_dir, fetch_default, is_fetched
 
     if is_fetched():
         return str(default_base_dir())
@@ -84,7 +84,7 @@ def resolve_base(base: str | None) -> str:
 
 def full_attention_kv_bytes(config, tokens: int, dtype_bytes: int) -> int:
     """What a full-attention KV cache of ``tokens`` tokens holds: layers x 2 x kv_heads x head_dim x tokens."""
-    from .configuration_ahn import head_dim_of
+    from ..configuration_ahn import head_dim_of
 
     bc = config.base_config
     kv_heads = getattr(bc, "num_key_value_heads", None) or bc.num_attention_heads
@@ -107,7 +107,7 @@ def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
-    from .devices import dtype_name, resolve_dtype
+    from ..benchmarking.devices import dtype_name, resolve_dtype
 
     if not question or not question.strip():
         raise DemoError("the question is empty")
@@ -148,7 +148,7 @@ def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks
         print(f"document: {name} ({len(text):,} characters)\nmodel: {adapter} over {base}\n"
               f"AHN-{cfg.ahn_type.upper()}, window {cfg.sliding_window}, sinks {cfg.num_sinks}; base context "
               f"{cfg.base_config.max_position_embeddings:,} tokens; {dtype_name(dtype)}; loaded in {load_s:.1f} s")
-    from .modeling_ahn import CACHE_KWARG
+    from ..modeling_ahn import CACHE_KWARG
 
     cache = model.new_cache()
     t0 = time.perf_counter()

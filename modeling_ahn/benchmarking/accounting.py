@@ -43,7 +43,7 @@ def _base_config(config):
 def ahn_layer_parameters(ahn_type: str, hidden: int, heads: int, head_dim: int) -> int:
     import torch
 
-    from .memory_ahn import build_memory
+    from ..memory_ahn import build_memory
 
     with torch.device("meta"):
         fn = build_memory(ahn_type, hidden, heads, head_dim)

@@ -27,7 +27,7 @@ import string
 from collections import Counter
 from pathlib import Path
 
-from .longctx import NEEDLE_KEYWORDS, needle_probe, passkey_probe, segments
+from .probes import NEEDLE_KEYWORDS, needle_probe, passkey_probe, segments
 
 # Lengths with their own metric key in the ``ahn_*`` tasks (as RULER's ``"4096"`` keys); any other length
 # still counts in the length-agnostic metric.
@@ -158,7 +158,7 @@ def passkey_mc(**kwargs):
 
 
 def _corpus_docs(source: str, kwargs) -> dict[str, str]:
-    from .corpora import held_out_documents
+    from ..default.corpora import held_out_documents
 
     return held_out_documents(source, kwargs.get("corpus_dir"))
 

@@ -70,7 +70,7 @@ def _load(method: str, base: str, window: int, sinks: int, dtype, device):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .modeling_ahn import AhnForCausalLM
+    from ..modeling_ahn import AhnForCausalLM
 
     def base_model(sliding=False):
         if base.startswith("random:"):
@@ -112,8 +112,8 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
     import torch
     from transformers import DynamicCache
 
+    from ..modeling_ahn import CACHE_KWARG
     from .devices import resolve_dtype
-    from .modeling_ahn import CACHE_KWARG
 
     device = torch.device(device_name)
     dtype = resolve_dtype(dtype_name, device)
@@ -225,7 +225,7 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
             continue
         args = dict(method=m, base=base, length=L, window=window, sinks=sinks, chunk=chunk, decode=decode,
                     dtype_name=dtype, device_name=device, compile_backend=compile_backend)
-        code = ("import json,sys; from modeling_ahn.bench import worker; "
+        code = ("import json,sys; from modeling_ahn.benchmarking.bench import worker; "
                 "print('BENCH ' + json.dumps(worker(**json.loads(sys.argv[1]))))")
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
                               timeout=timeout)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .default_model import cache_root
+from .model import cache_root
 
 
 @dataclass(frozen=True)

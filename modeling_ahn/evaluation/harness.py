@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .eval_data import parse_length
+from .task_data import parse_length
 
 METHODS = ("full", "swa", "ahn")
 METHOD_LABELS = {"full": "full attention", "swa": "sinks+SWA", "ahn": "AHN"}
@@ -270,7 +270,7 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
     leaves = resolve_tasks(s.tasks)
     _check_settings(s, leaves)
     settings_path, units_path = out / "settings.json", out / "units.json"
-    mine = {k: _portable(v) if k in ("model", "base", "data_dir", "corpus_dir") else v
+    mine = {k: portable_path(v) if k in ("model", "base", "data_dir", "corpus_dir") else v
             for k, v in asdict(s).items() if k not in ("batch_size", "device")}
     if settings_path.exists() and not overwrite:
         old = json.loads(settings_path.read_text())
@@ -342,7 +342,7 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
     return report
 
 
-def _portable(path):
+def portable_path(path):
     """A path as stored in results: the home directory as ``~``, so that no machine's user path is recorded."""
     if not isinstance(path, str):
         return path
@@ -361,8 +361,8 @@ def summarize(s: EvalSettings, done: dict, base_context: int, config) -> dict:
                 **sc, "extrapolated": unit.get("extrapolated", False), "truncated": unit["truncation_warnings"] > 0}
     return {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
-        "torch": torch.__version__, "model": _portable(s.model),
-        "base": _portable(s.base or config.base_model_name_or_path),
+        "torch": torch.__version__, "model": portable_path(s.model),
+        "base": portable_path(s.base or config.base_model_name_or_path),
         "ahn_type": config.ahn_type, "window": s.window or config.sliding_window,
         "sinks": s.sinks if s.sinks is not None else config.num_sinks, "base_context": base_context,
         "lengths": s.lengths, "methods": s.methods, "limit": s.limit, "seed": s.seed,

@@ -1,5 +1,5 @@
 # Copyright 2026 The modeling_ahn authors. Apache-2.0.
-"""Hub glue (not part of the remote-code payload): model cards and publishing."""
+"""Model cards of exported AHN repos (``hub_cards/model_card.md`` filled in). Tooling, not payload."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import string
 from importlib import resources
 from pathlib import Path
 
-from .memory_ahn import AHN_TYPES
+from ..memory_ahn import AHN_TYPES
 
 
 def _template(name: str = "model_card.md") -> str:
@@ -78,30 +78,3 @@ def render_model_card(config, num_params: int, eval_results=None, repo_id: str |
         eval_section=section,
     )
     return string.Template(_template()).substitute(values).rstrip() + "\n"
-
-
-def list_upload(folder: str | Path) -> list[tuple[str, int]]:
-    """The files ``ahn push`` would upload (relative path, bytes), hidden files and caches excluded."""
-    folder = Path(folder)
-    files = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if p.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            files.append((rel.as_posix(), p.stat().st_size))
-    return files
-
-
-def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, token=None):
-    """Upload an exported AHN repo folder with ``huggingface_hub``; ``dry_run`` only lists the files."""
-    folder = Path(folder)
-    if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
-        raise ValueError(f"{folder} is not an exported AHN repo (config.json and model.safetensors are needed).")
-    files = list_upload(folder)
-    if dry_run:
-        return files
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, ignore_patterns=[".*", "__pycache__/*"])
-    return files

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .configuration_ahn import DEFAULT_NUM_SINKS, DEFAULT_SLIDING_WINDOW
+from ..configuration_ahn import DEFAULT_NUM_SINKS, DEFAULT_SLIDING_WINDOW
 
 
 def _add_settings(p, defaults=True):
@@ -21,30 +21,31 @@ def cmd_export(args) -> int:
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from .configuration_ahn import AhnConfig
-    from .modeling_ahn import _read_adapter_weights, write_ahn_repo
+    from ..configuration_ahn import AhnConfig
+    from ..hub.export import export_ahn_repo
+    from ..modeling_ahn import read_adapter_weights
 
     if args.source:
         config = AhnConfig.from_pretrained(args.source)
-        state = _read_adapter_weights(args.source, {})
+        state = read_adapter_weights(args.source, {})
         for key in ("sliding_window", "num_sinks"):
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
         config.validate_ahn()
-        out = write_ahn_repo(args.out, config, state, tokenizer_source=args.source)
+        out = export_ahn_repo(args.out, config, state, tokenizer_source=args.source)
     else:
         if not (args.base and args.weights):
             raise SystemExit("ahn export: give --from REPO, or --base BASE and --weights FILE.safetensors")
         kwargs = {k: getattr(args, k) for k in ("sliding_window", "num_sinks") if getattr(args, k) is not None}
         config = AhnConfig(base_config=AutoConfig.from_pretrained(args.base), base_model_name_or_path=args.base,
                            ahn_type=args.ahn_type, full_attention_layers=args.full_attention_layers, **kwargs)
-        out = write_ahn_repo(args.out, config, load_file(args.weights))
+        out = export_ahn_repo(args.out, config, load_file(args.weights))
     print(f"exported {out}")
     return 0
 
 
 def cmd_convert(args) -> int:
-    from .conversion.bytedance import convert_bytedance
+    from ..conversion.bytedance import convert_bytedance
 
     out = convert_bytedance(args.ahn_path, args.out, base=args.base, sliding_window=args.sliding_window,
                             num_sinks=args.num_sinks, extract_base=args.extract_base, revision=args.revision,
@@ -54,7 +55,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .hub import push
+    from ..hub.push import push
 
     files = push(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
     total = sum(size for _, size in files)
@@ -72,7 +73,7 @@ def _ints(text):
 
 def distill_config(args):
     """The ``DistillConfig`` of parsed ``ahn distill`` arguments."""
-    from .distill import DistillConfig
+    from ..training.distill import DistillConfig
 
     return DistillConfig(
         base=args.base, data=args.data, output_dir=args.out, eval_data=args.eval_data, ahn_type=args.ahn_type,
@@ -89,7 +90,7 @@ def distill_config(args):
 
 
 def cmd_distill(args) -> int:
-    from .distill import distill
+    from ..training.distill import distill
 
     adapter = distill(distill_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"adapter repo: {adapter}")
@@ -97,7 +98,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_fetch_default(args) -> int:
-    from .default_model import fetch_default
+    from ..default.model import fetch_default
 
     dirs = fetch_default(force=args.force, progress=not args.no_progress)
     for arch, d in dirs.items():
@@ -108,7 +109,7 @@ def cmd_fetch_default(args) -> int:
 def cmd_corpora(args) -> int:
     import json
 
-    from .corpora import build_corpora
+    from ..default.corpora import build_corpora
 
     out = build_corpora(args.out, sources=args.sources, force=args.force, progress=not args.no_progress)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -119,11 +120,11 @@ def cmd_corpora(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import parse_length, run, table
+    from ..benchmarking.bench import parse_length, run, table
 
     base = args.base
     if base is None:
-        from .default_model import default_base_dir, is_fetched
+        from ..default.model import default_base_dir, is_fetched
 
         base = str(default_base_dir("qwen2")) if is_fetched("qwen2") else "random:smollm2"
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
@@ -137,7 +138,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import PAPER_PRESETS, EvalSettings, evaluate, parse_lengths, table
+    from ..evaluation.harness import PAPER_PRESETS, EvalSettings, evaluate, parse_lengths, table
 
     tasks, lengths = args.tasks, args.lengths
     window, sinks, budget = args.window, args.sinks, args.max_input_tokens
@@ -166,7 +167,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import main as demo_main
+    from ..default.demo import main as demo_main
 
     return demo_main(args)
 

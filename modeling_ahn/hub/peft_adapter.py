@@ -1,7 +1,9 @@
 # Copyright 2026 The modeling_ahn authors. Apache-2.0.
 """AHN as a PEFT method (not part of the remote-code payload).
 
-``import modeling_ahn`` registers it (PEFT has no remote-code mechanism, so the package must be imported):
+Importing this module registers the method with PEFT (PEFT has no remote-code mechanism, so the package must be
+installed and the method imported; ``import modeling_ahn`` alone does not import PEFT). ``from modeling_ahn import
+AhnPeftConfig`` (or ``AhnPeftModel``, ``peft_adapter_path``) imports it too:
 
     from peft import get_peft_model, PeftModel
     from modeling_ahn import AhnPeftConfig
@@ -25,8 +27,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
 from torch import nn
 
-from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, AhnLayerSpec, ensure_pre_hook
-from .configuration_ahn import (
+from ..attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, get_layer_spec, make_layer_spec, set_layer_spec
+from ..configuration_ahn import (
     DEFAULT_NUM_SINKS,
     DEFAULT_SLIDING_WINDOW,
     SUPPORTED_BASE_MODEL_TYPES,
@@ -34,7 +36,7 @@ from .configuration_ahn import (
     parse_layer_ids,
     validate_settings,
 )
-from .memory_ahn import AhnModule, build_memory, canonical_ahn_type
+from ..memory_ahn import AhnModule, build_memory, canonical_ahn_type
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -82,7 +84,8 @@ class AhnPeftLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("ahn",)
     other_param_names = ()
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: AhnPeftConfig, model_config, inner: str):
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: AhnPeftConfig, model_config, inner: str,
+                 rotary=None):
         super().__init__()
         self.base_layer = base_layer
         self.ahn = nn.ModuleDict()
@@ -90,7 +93,10 @@ class AhnPeftLayer(nn.Module, BaseTunerLayer):
         self.inner = inner
         self._active_adapter = adapter_name
         self.merged_adapters = []
-        ensure_pre_hook(base_layer)
+        # the base's own (full, causal) attention, while no adapter is active; its rotary serves every adapter
+        self._full_spec = make_layer_spec(None, None, model_config, rotary, inner)
+        self._specs = {}
+        set_layer_spec(base_layer, self._full_spec)
         self.update_layer(adapter_name, config, model_config)
 
     def update_layer(self, adapter_name, config, model_config):
@@ -99,17 +105,16 @@ class AhnPeftLayer(nn.Module, BaseTunerLayer):
                               head_dim_of(model_config))
         self.ahn[adapter_name] = AhnModule(memory).to(device=ref.device)
         self.ahn_config[adapter_name] = config
+        self._specs[adapter_name] = make_layer_spec(self.ahn[adapter_name].fn, config, model_config,
+                                                    self._full_spec.rotary, self.inner)
         self.set_adapter(self.active_adapters)
 
     def forward(self, *args, **kwargs):
         active = [a for a in self.active_adapters if a in self.ahn]
         if len(active) > 1:
             raise ValueError(f"Only one AHN adapter can be active at a time, got {active}.")
-        if self.disable_adapters or not active:
-            spec = AhnLayerSpec(None, None, self.inner)  # the base's own (full, causal) attention
-        else:
-            spec = AhnLayerSpec(self.ahn[active[0]].fn, self.ahn_config[active[0]], self.inner)
-        self.base_layer.__dict__["_ahn"] = spec
+        spec = self._full_spec if self.disable_adapters or not active else self._specs[active[0]]
+        set_layer_spec(self.base_layer, spec)
         return self.base_layer(*args, **kwargs)
 
     def merge(self, *args, **kwargs):
@@ -155,14 +160,16 @@ class AhnPeftModel(BaseTuner):
         if isinstance(target, AhnPeftLayer):
             target.update_layer(adapter_name, peft_config, self.model.config)
             return
-        new = AhnPeftLayer(target, adapter_name, peft_config, self.model.config, self._ahn_inner)
+        rotary = getattr(self.model.get_decoder(), "rotary_emb", None)
+        new = AhnPeftLayer(target, adapter_name, peft_config, self.model.config, self._ahn_inner, rotary)
         self._replace_module(parent, target_name, new, target)
 
     def _post_injection_hook(self, model, config, adapter_name):
         # layers left at full attention run the same "ahn" implementation with no memory
         for name, module in model.named_modules():
             if name.endswith("self_attn") and not isinstance(module, AhnPeftLayer) and hasattr(module, "layer_idx"):
-                module.__dict__.setdefault("_ahn", AhnLayerSpec(None, None, self._ahn_inner))
+                if get_layer_spec(module) is None:
+                    set_layer_spec(module, make_layer_spec(None, None, model.config, inner=self._ahn_inner))
         model.set_attn_implementation(AHN_ATTENTION)
 
     @classmethod
@@ -176,10 +183,10 @@ class AhnPeftModel(BaseTuner):
             if isinstance(module, AhnPeftLayer):
                 parent_name, _, child = name.rpartition(".")
                 base = module.base_layer
-                base.__dict__.pop("_ahn", None)
+                set_layer_spec(base, None)
                 setattr(self.model.get_submodule(parent_name), child, base)
             elif name.endswith("self_attn"):
-                module.__dict__.pop("_ahn", None)
+                set_layer_spec(module, None)
         self.model.set_attn_implementation(self._ahn_inner)
         return self.model
 
