@@ -33,22 +33,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_ahn.evaluation.calibration import first_unswapped_query, swap_evicted
+
 HERE = Path(__file__).resolve().parent
 BINS = (0, 16, 64, 256, 1024)  # distance bins past the first scored position
-
-
-def swap_prefix(a: list[int], b: list[int], sinks: int, prefix: int) -> list[int]:
-    """``a`` with its tokens ``[sinks, prefix)`` taken from ``b`` (sinks and everything from ``prefix`` on kept)."""
-    if not 0 <= sinks <= prefix <= min(len(a), len(b)):
-        raise ValueError(f"need 0 <= sinks ({sinks}) <= prefix ({prefix}) <= the segments' lengths")
-    return a[:sinks] + b[sinks:prefix] + a[prefix:]
-
-
-def first_scored(prefix: int, window: int) -> int:
-    """Index into ``token_nll`` (entry ``t``: query position ``t``) of the first query whose window
-    ``[t - window + 1, t]`` lies wholly at or after ``prefix``: it and every later one see no swapped token
-    except through the memory."""
-    return prefix + window - 1
 
 
 def main(argv=None):
@@ -65,7 +53,7 @@ def main(argv=None):
     ap.add_argument("--sinks", type=int, default=64)
     ap.add_argument("--out", default=str(HERE / "results" / "memory_control_smollm2"))
     args = ap.parse_args(argv)
-    start = first_scored(args.prefix, args.window)
+    start = first_unswapped_query(args.prefix, args.window)
     if start >= args.length - 1:
         raise SystemExit(f"--prefix {args.prefix} + --window {args.window} leaves no scored position in "
                          f"{args.length} tokens")
@@ -95,7 +83,7 @@ def main(argv=None):
         others = segments(other_docs, args.prefix, args.segments)
         if len(others) < args.segments:
             raise SystemExit(f"{args.other} has only {len(others)} segments of {args.prefix} tokens")
-    pairs = [(segs[i], swap_prefix(segs[i], others[i], args.sinks, args.prefix)) for i in range(args.segments)]
+    pairs = [(segs[i], swap_evicted(segs[i], others[i], args.sinks, args.prefix)) for i in range(args.segments)]
 
     def nll(model, mode, ids):
         with model.attention_mode(mode), torch.autocast("cpu", dtype=torch.bfloat16):

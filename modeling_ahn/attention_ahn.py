@@ -52,10 +52,12 @@ MODES = ("ahn", "swa", "full")
 @dataclass
 class LayerInputs:
     """What the pre-hook hands to the attention function of one call: the layer's pre-normed input
-    ``[B, q, hidden]`` and the cache (``None``: a whole sequence without cache)."""
+    ``[B, q, hidden]``, the cache (``None``: a whole sequence without cache) and RoPE's ``(cos, sin)`` of the new
+    tokens (the base's ``position_embeddings``; the memory's ``q_proj`` reads before RoPE)."""
 
     hidden: torch.Tensor
     cache: Cache | None
+    rotation: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class AhnLayerSpec:
@@ -202,7 +204,7 @@ def choose_path(spec, step, facts: ChunkFacts | None) -> AttentionPath:
 # ---------------------------------------------------------------------- the paths
 
 
-def _static_step(spec, module, layer, query, key, value, hidden, mask2d, scaling, dropout):
+def _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling, dropout):
     """STATIC_STEP: one token per row over a :class:`StaticSinkWindowLayer`, the same result as the dynamic paths
     with fixed shapes and no host sync. ``key``/``value`` are ``[sink store (S), ring (W)]``, the new token already
     in its slot; the token it evicted is ``layer.step.evicted``."""
@@ -220,20 +222,21 @@ def _static_step(spec, module, layer, query, key, value, hidden, mask2d, scaling
         key_is_sink = torch.cat([torch.ones_like(layer.sink_filled), (ring_rpos >= 0) & (ring_rpos < S)], dim=-1)
         key = sinks_rotated_forward(key, sink_angles(spec, rpos_new, inv_freq, query.device), key_is_sink)
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, mask, scaling, dropout)
-    memory = spec.memory
+    memory, hidden = spec.memory, inputs.hidden
     gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
     layer.ensure_buffers(gates_new, B, query.shape[1], query.shape[-1], value.shape[-1])
     state = None
     if spec.mode == "ahn":  # the evicted token enters memory if it is real and no sink; then the query reads
         valid = ev.rpos[:, None] >= S
         ev_gates = ev.gates if ev.gates is not None else torch.zeros_like(gates_new)
-        mem_out, state = memory(query, ev.keys, ev.values, ev_gates, valid, hidden, layer.recurrent_state)
+        mem_out, state = memory(memory.read_query(query, inputs.rotation), ev.keys, ev.values, ev_gates, valid,
+                                hidden, layer.recurrent_state)
         attn_out = attn_out + mem_out
     layer.end_step(rpos_new, gates_new, state)
     return attn_out, attn_weights
 
 
-def _steady_step(spec, module, layer, query, key, value, hidden, scaling, dropout):
+def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropout):
     """STEADY_STEP: one token per row, no padding, a full window and every sink in the store.
 
     ``key``/``value`` are ``[sink store (S), window[1:] (W - 1), new]``: every key is visible, so attention needs no
@@ -245,12 +248,13 @@ def _steady_step(spec, module, layer, query, key, value, hidden, scaling, dropou
         # `key` is this step's own concatenation (the store is unchanged)
         key[:, :, : layer.num_sinks] = rotated_forward(layer.sink_keys, *rot).to(key.dtype)
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, None, scaling, dropout)
-    memory = spec.memory
+    memory, hidden = spec.memory, inputs.hidden
     gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
     state = None
     if spec.mode == "ahn":
         ev_k, ev_v, ev_g = layer.evicted()
-        mem_out, state = memory.step(query, ev_k, ev_v, ev_g, hidden, layer.recurrent_state)
+        mem_out, state = memory.step(memory.read_query(query, inputs.rotation), ev_k, ev_v, ev_g, hidden,
+                                     layer.recurrent_state)
         attn_out = attn_out + mem_out
     layer.end_step(None, gates_new, state)
     return attn_out, attn_weights
@@ -291,7 +295,7 @@ _CHUNK_PATHS = {AttentionPath.BANDED_PREFILL: _banded_prefill, AttentionPath.BLO
                 AttentionPath.MASKED: _masked}
 
 
-def _memory_readout(spec, facts, query, hidden, gates_new):
+def _memory_readout(spec, facts, query, inputs, gates_new):
     """The memory's output for a chunk's queries and the state after it (``(None, state)`` when nothing is in
     memory). The token leaving the window at query ``i`` is slot ``i - W`` of window + new; it enters memory if it
     is real and no sink."""
@@ -302,7 +306,8 @@ def _memory_readout(spec, facts, query, hidden, gates_new):
     state = layer.recurrent_state
     if spec.mode != "ahn" or (n_ev == 0 and state is None):
         return None, None
-    rpos_all = facts.rpos_all
+    rpos_all, hidden = facts.rpos_all, inputs.hidden
+    query = memory.read_query(query, inputs.rotation)
     gates_all = gates_new if layer.window_gates is None else torch.cat([layer.window_gates, gates_new], dim=1)
     all_k, all_v = step.keys, step.values
     lead = q_len - n_ev  # queries with nothing to write (the window is not full yet)
@@ -372,14 +377,13 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
     path = choose_path(spec, step, facts)
     if path is AttentionPath.FULL:
         return full_attention(spec, module, query, key, value, mask2d, scaling, dropout, kwargs.get("sliding_window"))
-    hidden = inputs.hidden
     if path is AttentionPath.STATIC_STEP:
-        return _static_step(spec, module, layer, query, key, value, hidden, mask2d, scaling, dropout)
+        return _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling, dropout)
     if path is AttentionPath.STEADY_STEP:
-        return _steady_step(spec, module, layer, query, key, value, hidden, scaling, dropout)
+        return _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropout)
     attn_out, attn_weights = _CHUNK_PATHS[path](spec, module, facts, query, key, value, scaling, dropout)
-    gates_new = spec.memory.write_gates(hidden)
-    mem_out, state = _memory_readout(spec, facts, query, hidden, gates_new)
+    gates_new = spec.memory.write_gates(inputs.hidden)
+    mem_out, state = _memory_readout(spec, facts, query, inputs, gates_new)
     if mem_out is not None:
         attn_out = attn_out + mem_out
     layer.end_step(facts.rpos_new, gates_new, state)
@@ -406,7 +410,7 @@ def _ahn_pre_hook(module, args, kwargs):
                     "(or an empty DynamicCache) from the start of the sequence."
                 )
             cache.layers[idx] = SinkWindowLayer(spec.config.num_sinks, spec.config.sliding_window)
-    spec.inputs = LayerInputs(hidden, cache)
+    spec.inputs = LayerInputs(hidden, cache, kwargs.get("position_embeddings"))
 
 
 AttentionInterface.register(AHN_ATTENTION, ahn_attention_forward)

@@ -80,6 +80,8 @@ class AhnConfig(PreTrainedConfig):
             at their absolute positions, as the original release computes them.
         max_position_embeddings: the effective context length reported to tools. AHN has no hard limit;
             the base's own limit stays in ``base_config.max_position_embeddings``.
+        use_q_proj: the official option: each memory reads with a learned per-head projection of the query
+            (``ahn.fn.q_proj.weight`` ``(H, D, D)``, applied before RoPE); off in the released models.
     """
 
     model_type = "ahn"
@@ -94,6 +96,7 @@ class AhnConfig(PreTrainedConfig):
     full_attention_layers: list[int] | str | None = None
     prefill_chunk_size: int | None = DEFAULT_PREFILL_CHUNK_SIZE
     clamp_sink_positions: bool = True
+    use_q_proj: bool = False
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
     tie_word_embeddings: bool = False

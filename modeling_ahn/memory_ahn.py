@@ -388,6 +388,20 @@ class PerHeadLinear(nn.Module):
         return y.transpose(0, 1).reshape(*x.shape[:-1], E)
 
 
+def unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The inverse of RoPE's ``x * cos + rotate_half(x) * sin`` (rotate-half layout; exact also with an attention
+    scaling folded into ``cos``/``sin``, whose squares then sum to its square)."""
+    D = x.shape[-1]
+    rot = torch.cat([x[..., D // 2:], -x[..., : D // 2]], dim=-1)  # rotate_half(x) rotated by -angle
+    return (x * cos + rot * sin) / (cos * cos + sin * sin)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: ``x * cos + rotate_half(x) * sin``."""
+    D = x.shape[-1]
+    return x * cos + torch.cat([-x[..., D // 2:], x[..., : D // 2]], dim=-1) * sin
+
+
 class AhnMemory(nn.Module):
     """Common interface of the three memories.
 
@@ -396,14 +410,34 @@ class AhnMemory(nn.Module):
     ``log_decay(gates)``: the per-token log-decay ``[B, T, H]`` the write applies to the state (``None``: no decay).
     ``forward(query, keys, values, gates, valid, x_read, state)`` writes token ``i`` of
     ``keys/values/gates`` (where ``valid``) and then reads the state with ``query`` ``i``.
+    ``read_query(query, rotation)``: the query the memory reads with; the attention's own query unless
+    ``use_q_proj`` (the official option): then a learned per-head projection ``q_proj.weight`` ``(H, D, D)`` of the
+    query *before* RoPE, rotated again (the release's order: project, then RoPE). Initialised to the identity, so a
+    fresh ``q_proj`` reads exactly as no ``q_proj``.
     """
 
     ahn_type = ""
     num_gates = 1
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
         super().__init__()
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
+        self.q_proj = PerHeadLinear(num_heads, head_dim) if use_q_proj else None
+
+    def _reset_q_proj(self):
+        if self.q_proj is not None:
+            self.q_proj.weight.copy_(torch.eye(self.head_dim).expand_as(self.q_proj.weight))
+
+    def read_query(self, query: torch.Tensor, rotation=None) -> torch.Tensor:
+        """``query`` ``[B, H, T, D]`` (after RoPE) -> the memory's read query; ``rotation``: RoPE's ``(cos, sin)``
+        ``[B, T, D]`` of the query positions (the base's ``position_embeddings``; needed with ``q_proj``)."""
+        if self.q_proj is None:
+            return query
+        if rotation is None:
+            raise ValueError("use_q_proj needs the query positions' rotary (cos, sin): the layer got none")
+        cos, sin = (r.to(torch.float32)[:, None] for r in rotation)  # [B, 1, T, D]
+        raw = unrotate(query.float(), cos, sin)
+        return rotate(self.q_proj(raw.transpose(1, 2)).transpose(1, 2), cos, sin).to(query.dtype)
 
     @property
     def official_name(self) -> str:
@@ -479,8 +513,8 @@ class GatedDeltaNet(_DeltaRuleMemory):
     ahn_type = "gdn"
     num_gates = 2  # beta, log-decay
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
-        super().__init__(hidden_size, num_heads, head_dim)
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
+        super().__init__(hidden_size, num_heads, head_dim, use_q_proj)
         self._init_readout(hidden_size, num_heads, head_dim)
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
         self.A_log = nn.Parameter(torch.empty(num_heads))
@@ -499,6 +533,7 @@ class GatedDeltaNet(_DeltaRuleMemory):
         self.D.fill_(1.0)
         self.o_norm.weight.fill_(1.0)
         self.o_proj.weight.zero_()
+        self._reset_q_proj()
 
     def write_gates(self, x):
         beta = torch.sigmoid(self._proj(self.b_proj, x))
@@ -515,8 +550,8 @@ class DeltaNet(_DeltaRuleMemory):
     ahn_type = "dn"
     num_gates = 1  # beta
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
-        super().__init__(hidden_size, num_heads, head_dim)
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
+        super().__init__(hidden_size, num_heads, head_dim, use_q_proj)
         self._init_readout(hidden_size, num_heads, head_dim)
         self.reset_parameters()
 
@@ -526,6 +561,7 @@ class DeltaNet(_DeltaRuleMemory):
         self.g_proj.reset_parameters()
         self.o_norm.weight.fill_(1.0)
         self.o_proj.weight.zero_()
+        self._reset_q_proj()
 
     def write_gates(self, x):
         return torch.sigmoid(self._proj(self.b_proj, x))[..., None, :]
@@ -537,8 +573,8 @@ class Mamba2(AhnMemory):
     ahn_type = "mamba2"
     num_gates = 1  # dt
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int):
-        super().__init__(hidden_size, num_heads, head_dim)
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
+        super().__init__(hidden_size, num_heads, head_dim, use_q_proj)
         H = num_heads
         self.dt_proj = nn.Linear(hidden_size, H, bias=True)
         self.g_proj = nn.Linear(hidden_size, H, bias=True)
@@ -556,6 +592,7 @@ class Mamba2(AhnMemory):
         self.dt_bias.fill_(1.0)
         self.norm.weight.fill_(1.0)
         self.o_proj.weight.zero_()
+        self._reset_q_proj()
 
     def write_gates(self, x):
         return F.softplus(self._proj(self.dt_proj, x) + self.dt_bias.float())[..., None, :]
@@ -581,8 +618,8 @@ class Mamba2(AhnMemory):
 MEMORY_CLASSES = {"gdn": GatedDeltaNet, "dn": DeltaNet, "mamba2": Mamba2}
 
 
-def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int) -> AhnMemory:
-    return MEMORY_CLASSES[canonical_ahn_type(ahn_type)](hidden_size, num_heads, head_dim)
+def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False) -> AhnMemory:
+    return MEMORY_CLASSES[canonical_ahn_type(ahn_type)](hidden_size, num_heads, head_dim, use_q_proj)
 
 
 class AhnModule(nn.Module):

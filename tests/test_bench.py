@@ -137,19 +137,20 @@ def test_memory_control_swaps_only_what_the_scored_windows_do_not_see():
     from transformers import AutoModelForCausalLM
 
     from modeling_ahn import AhnForCausalLM
+    from modeling_ahn.evaluation.calibration import first_unswapped_query, swap_evicted
     from modeling_ahn.evaluation.probes import token_nll
 
     from .conftest import make_base_config, randomize_ahn
 
     mc = _bench_script("memory_control")
     a, b = list(range(100, 140)), list(range(200, 240))
-    swapped = mc.swap_prefix(a, b, sinks=3, prefix=20)
+    swapped = swap_evicted(a, b, sinks=3, prefix=20)
     assert swapped[:3] == a[:3] and swapped[3:20] == b[3:20] and swapped[20:] == a[20:]
     with pytest.raises(ValueError, match="sinks"):
-        mc.swap_prefix(a, b, sinks=30, prefix=20)
+        swap_evicted(a, b, sinks=30, prefix=20)
     assert mc.content_share(0.02, 0.02) == 0 and mc.content_share(0.02, 0.0) == 1 and mc.content_share(0, 1) is None
     W, S, P = 6, 3, 20
-    start = mc.first_scored(P, W)
+    start = first_unswapped_query(P, W)
     assert start == P + W - 1
     for layers in (1, 2):
         cfg = make_base_config("llama")
@@ -157,7 +158,7 @@ def test_memory_control_swaps_only_what_the_scored_windows_do_not_see():
         torch.manual_seed(0)
         model = randomize_ahn(AhnForCausalLM.from_base(AutoModelForCausalLM.from_config(cfg), ahn_type="gdn",
                                                         sliding_window=W, num_sinks=S)).eval()
-        ids = [t % cfg.vocab_size for t in a], [t % cfg.vocab_size for t in mc.swap_prefix(a, b, S, P)]
+        ids = [t % cfg.vocab_size for t in a], [t % cfg.vocab_size for t in swap_evicted(a, b, S, P)]
 
         def nll(mode, x, model=model):
             with model.attention_mode(mode):

@@ -353,3 +353,32 @@ def test_memory_span_bad_settings(corpus, tmp_path):
         distill(_cfg(corpus, tmp_path / "r", ahn_type="mamba2", memory_span=[16, 64]), progress=False)
     with pytest.raises(ValueError, match="cannot be combined with init_adapter"):
         distill(_cfg(corpus, tmp_path / "r", memory_span=[16, 64], init_adapter=str(tmp_path)), progress=False)
+
+
+def test_layer_local_objective_trains_and_lowers_heldout_kl(corpus, tmp_path):
+    """``--objective layer-local`` (a tiny smoke run): the per-layer loss starts at 1 (a fresh AHN leaves all of
+    what window + sinks miss) and falls; the held-out KL to the teacher falls below sinks+SWA's; q_proj is trained
+    and exported. (The tiny random base's far context is mostly noise: 40 steps remove a few per cent of it.)"""
+    adapter = distill(_cfg(corpus, tmp_path / "ll", objective="layer-local", use_q_proj=True, max_steps=40,
+                           lr=1e-2, eval_every=40), progress=False)
+    losses = [r["loss"] for r in _log(tmp_path / "ll") if "loss" in r]
+    assert losses[0] == pytest.approx(1.0, abs=1e-5) and sum(losses[-10:]) / 10 < 0.985
+    evals = [r["eval"] for r in _log(tmp_path / "ll") if "eval" in r]
+    assert evals[0]["kl_ahn"] == evals[0]["kl_swa"] and evals[-1]["kl_ahn"] < 0.99 * evals[-1]["kl_swa"]
+    weights = load_file(adapter / "model.safetensors")
+    assert any(k.endswith(".ahn.fn.q_proj.weight") for k in weights)
+    assert json.loads((adapter / "config.json").read_text())["use_q_proj"] is True
+    assert "| objective | layer-local |" in (adapter / "README.md").read_text()
+
+
+def test_a_time_budget_stops_at_a_checkpoint_and_resumes_to_the_same_adapter(corpus, tmp_path):
+    kw = dict(windows=None, sinks=None, max_steps=24, save_every=1000, eval_every=1000, lr=3e-3)
+    reference = distill(_cfg(corpus, tmp_path / "ref", **kw), progress=False)
+    stopped = distill(_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **kw), progress=False)
+    assert stopped.name == "checkpoints" and not (tmp_path / "run" / "adapter").exists()
+    assert [r["step"] for r in _log(tmp_path / "run") if "loss" in r] == [1]  # stopped after its first step
+    while not (tmp_path / "run" / "adapter").exists():  # bounded runs, one step each, until done
+        distill(_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **kw), resume=True, progress=False)
+    assert _same_adapter(reference, tmp_path / "run" / "adapter")
+    with pytest.raises(ValueError, match="max_minutes"):
+        distill(_cfg(corpus, tmp_path / "bad", max_minutes=0), progress=False)

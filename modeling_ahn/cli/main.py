@@ -85,7 +85,8 @@ def distill_config(args):
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
         activation_checkpointing=not args.no_activation_checkpointing, eval_every=args.eval_every,
         save_every=args.save_every, seed=args.seed, cpu=args.cpu, init_adapter=args.init_adapter,
-        memory_span=_ints(args.memory_span),
+        memory_span=_ints(args.memory_span), objective=args.objective, use_q_proj=args.use_q_proj,
+        max_minutes=args.max_minutes,
     )
 
 
@@ -210,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sinks", default="paper", help="comma-separated sink counts, or 'paper' for {0,32,64,...}<=W/2")
     p.add_argument("--eval-window", type=int, default=None)
     p.add_argument("--eval-sinks", type=int, default=None)
-    p.add_argument("--loss", default="kl", choices=["kl", "ce", "kl+ce"])
+    p.add_argument("--objective", default="end-to-end", choices=["end-to-end", "layer-local"],
+                   help="end-to-end: --loss on the next-token distributions through the whole student; layer-local: "
+                        "each layer's AHN learns what window+sinks attention misses of that layer's full-attention "
+                        "output (teacher-forced, no gradient through the base: several times faster)")
+    p.add_argument("--loss", default="kl", choices=["kl", "ce", "kl+ce"], help="end-to-end objective's loss")
+    p.add_argument("--use-q-proj", action="store_true",
+                   help="the official option: a learned per-head projection of each memory's read query")
     p.add_argument("--kl-chunk-size", type=int, default=1024, help="positions per chunk of the KL/CE over the vocab")
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--min-length", type=int, default=None, help="drop shorter sequences (default: smallest window+1)")
@@ -239,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GDN only: start each layer's memory heads with half-lives log-spaced from LO to HI tokens "
                         "(e.g. 16,8192) instead of the release's initialisation, whose heads mostly forget within "
                         "a few tokens")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop at a checkpoint once this much wall time is spent; --resume continues exactly")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
     p.add_argument("--no-progress", action="store_true")

@@ -66,6 +66,8 @@ class AhnPeftConfig(PeftConfig):
     full_attention_layers: list[int] | str | None = field(
         default=None, metadata={"help": "layers kept at full attention, without AHN"})
     prefill_chunk_size: int | None = field(default=None, metadata={"help": "kept for round trips with AhnConfig"})
+    use_q_proj: bool = field(default=False, metadata={"help": "a learned per-head projection of the memory's "
+                                                              "read query (the official option)"})
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "attention modules to augment (default: every `self_attn`)"})
     exclude_modules: list[str] | str | None = field(default=None)
@@ -102,7 +104,7 @@ class AhnPeftLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name, config, model_config):
         ref = self.base_layer.q_proj.weight
         memory = build_memory(config.ahn_type, model_config.hidden_size, model_config.num_attention_heads,
-                              head_dim_of(model_config))
+                              head_dim_of(model_config), use_q_proj=config.use_q_proj)
         self.ahn[adapter_name] = AhnModule(memory).to(device=ref.device)
         self.ahn_config[adapter_name] = config
         self._specs[adapter_name] = make_layer_spec(self.ahn[adapter_name].fn, config, model_config,

@@ -2,9 +2,16 @@
 """Self-distillation of AHN adapters (spec section 5). Not part of the remote-code payload.
 
 Teacher: the frozen base with full attention. Student: the same weights with sinks + window + AHN; only
-the AHN trains. Loss: KL(teacher || student) on the next-token distributions at positions ``t >= W``
-(computed in chunks, so long sequences never hold full teacher and student logits at once), or
-cross-entropy to the labels there, or both. Runs on one CPU or under ``accelerate launch`` (DDP).
+the AHN trains. Two objectives:
+
+* ``end-to-end`` (default): KL(teacher || student) on the next-token distributions at positions ``t >= W``
+  (computed in chunks, so long sequences never hold full teacher and student logits at once), or cross-entropy
+  to the labels there, or both (``loss``); the gradient passes through every layer of the student.
+* ``layer-local``: teacher-forced, per layer, no gradient through the base and no LM head: each AHN learns what
+  window + sinks attention misses of its layer's full-attention output (``training/layer_local.py``).
+
+Runs on one CPU or under ``accelerate launch`` (DDP). ``max_minutes`` stops a run cleanly at a checkpoint once its
+time budget is spent (a preemptible machine, a bounded session); ``--resume`` continues it exactly.
 
     ahn distill --base HuggingFaceTB/SmolLM2-135M-Instruct --data corpus/ --out runs/smollm2-gdn
 """
@@ -27,8 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .layer_local import layer_local_losses, record_teacher
+
 PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+OBJECTIVES = ("end-to-end", "layer-local")
 LOG_NAME = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
 ADAPTER_DIR = "adapter"
@@ -47,7 +57,9 @@ class DistillConfig:
     sinks: list[int] | None = None  # None: {0, 32, 64, 128, ...} up to half the window
     eval_window: int | None = None  # None: a quarter of the eval sequence length
     eval_sinks: int | None = None  # None: 32 if it fits in half the eval window, else 0
-    loss: str = "kl"  # "kl", "ce" or "kl+ce"
+    objective: str = "end-to-end"  # "end-to-end" (loss below, through the whole student) or "layer-local"
+    loss: str = "kl"  # "kl", "ce" or "kl+ce" (end-to-end objective)
+    use_q_proj: bool = False  # the official learned read-query projection of each memory
     kl_chunk_size: int = 1024
     max_length: int = 2048
     min_length: int | None = None  # None: the smallest window + 1
@@ -73,10 +85,15 @@ class DistillConfig:
     base_dtype: str | None = None  # default: bfloat16 with bf16, else float32
     init_adapter: str | None = None  # an exported AHN repo to start from (continued training), else a fresh AHN
     memory_span: list[int] | None = None  # [lo, hi]: GDN decays set to half-lives lo..hi tokens; None: spec 2.1
+    max_minutes: float | None = None  # stop at a checkpoint once this much wall time is spent (resume continues)
 
     def validate(self):
         if self.loss not in ("kl", "ce", "kl+ce"):
             raise ValueError(f"loss must be 'kl', 'ce' or 'kl+ce', got {self.loss!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         for name in ("max_steps", "batch_size", "grad_accum", "kl_chunk_size", "max_length", "eval_sequences"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -155,15 +172,22 @@ class DistillStudent(nn.Module):
     """Teacher pass, student pass and loss in one ``forward``, so that the module accelerate wraps (DDP, FSDP,
     DeepSpeed) runs both passes and sees the AHN parameters' gradients."""
 
-    def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024):
+    def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024, objective: str = "end-to-end"):
         super().__init__()
         self.model = model
         self.loss = loss
         self.kl_chunk_size = kl_chunk_size
+        self.objective = objective
 
     def forward(self, input_ids, attention_mask, window: int, sinks: int):
         model = self.model
         model.config.sliding_window, model.config.num_sinks = int(window), int(sinks)
+        if self.objective == "layer-local":
+            losses = layer_local_losses(model, record_teacher(model, input_ids, attention_mask), attention_mask)
+            total = sum(losses.values()) / len(losses)
+            pos = attention_mask.long().cumsum(-1) - 1
+            return {"loss": total, "layer_local": total.detach(),
+                    "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
         with torch.no_grad(), model.attention_mode("full"):
             h_teacher = model.model(input_ids=input_ids, attention_mask=attention_mask,
                                     use_cache=False).last_hidden_state
@@ -354,7 +378,8 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     run_cfg = asdict(cfg)
     if resume and (out / "run_config.json").exists():
         saved = json.loads((out / "run_config.json").read_text())
-        keys = set(run_cfg) - {"max_steps", "eval_every", "save_every", "keep_checkpoints", "output_dir"}
+        keys = set(run_cfg) - {"max_steps", "eval_every", "save_every", "keep_checkpoints", "output_dir",
+                               "max_minutes"}
         defaults = asdict(DistillConfig(base="", data=[], output_dir=""))  # a run saved before a setting existed
         diff = sorted(k for k in keys if saved.get(k, defaults[k]) != run_cfg.get(k))
         if diff:
@@ -386,7 +411,7 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     dtype = getattr(torch, cfg.base_dtype) if cfg.base_dtype else (torch.bfloat16 if cfg.bf16 else torch.float32)
     model = AhnForCausalLM.from_base(cfg.base, ahn_type=cfg.ahn_type, sliding_window=eval_window,
                                      num_sinks=eval_sinks, dtype=dtype, ahn_dtype=torch.float32,
-                                     prefill_chunk_size=None)
+                                     prefill_chunk_size=None, use_q_proj=cfg.use_q_proj)
     if cfg.init_adapter and not resume:
         _load_init_adapter(model, cfg)
     if cfg.memory_span and not resume:
@@ -404,7 +429,7 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, cfg.max_steps, warmup))
-    student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size)
+    student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective)
     student, optimizer = accelerator.prepare(student, optimizer)
 
     start = 0
@@ -458,6 +483,7 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         model.train()
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not (progress and main), desc="distill", unit="step")
+    began = time.monotonic()
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
         stats = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
@@ -496,9 +522,17 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
             log_line({"step": done, "eval": evaluate(model, held_out, eval_window, eval_sinks, pad_id,
                                                       cfg.kl_chunk_size)})
             model.train()
-        if done % cfg.save_every == 0 or done == cfg.max_steps:
+        out_of_time = cfg.max_minutes is not None and done < cfg.max_steps and bool(accelerator.reduce(
+            torch.tensor(float(time.monotonic() - began > 60 * cfg.max_minutes), device=accelerator.device),
+            "sum"))  # any process out of time: every process stops at the same step
+        if done % cfg.save_every == 0 or done == cfg.max_steps or out_of_time:
             save_checkpoint(done)
         accelerator.wait_for_everyone()
+        if out_of_time:
+            if main and progress:
+                print(f"time budget of {cfg.max_minutes} min spent at step {done}: checkpoint saved; "
+                      f"continue with --resume")
+            _stop_after = done
         if _stop_after is not None and done >= _stop_after:
             bar.close()
             if log is not None:
@@ -515,7 +549,9 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         evals = [r for r in history if "eval" in r]
         train_rows = [r for r in history if "loss" in r]
         eval_rows = _eval_table(evals)
-        recipe = {"base": cfg.base, "loss": cfg.loss, "steps": cfg.max_steps, "global batch": per_step,
+        recipe = {"base": cfg.base, "objective": cfg.objective,
+                  "loss": cfg.loss if cfg.objective == "end-to-end" else "per-layer normalised attention transfer",
+                  "use_q_proj": cfg.use_q_proj, "steps": cfg.max_steps, "global batch": per_step,
                   "max length": cfg.max_length,
                   "documents": ("packed" if cfg.pack else "split into max-length chunks" if cfg.split_documents
                                 else "first max-length tokens of each"),

@@ -1,0 +1,127 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""Layer-local attention transfer: the objective ``ahn distill --objective layer-local``.
+
+Each AHN layer is trained to supply what window + sinks attention misses of that layer's full-attention output:
+the part that came from the evicted tokens, ``delta = y_full - y_window`` (before the base ``o_proj``). It is
+*teacher-forced*: one no-grad forward of the frozen base with full attention yields every layer's pre-normed input,
+its q/k/v (after the base's norms and RoPE) and its full-attention output; then, layer by layer, the student's
+window + sinks attention plus its AHN read-out is computed from the teacher's inputs by the model's own attention
+code (the whole-sequence path, exactly what inference runs), and
+
+    loss_l = sum_t |o_proj(y_student_t - y_full_t)|^2 / sum_t |o_proj(y_full_t - y_window_t)|^2
+
+over the positions whose memory is not empty (``t >= S + W``): the share of the layer's far-context contribution
+(measured where it enters the residual stream) that the memory does not yet reproduce. An untrained AHN (``o_proj``
+zero) has ``loss_l = 1`` in every layer. No gradient passes through the frozen base and no LM head runs, so a step
+costs one base forward plus, per layer, two window attentions and the memory's forward and backward (the
+end-to-end KL objective backpropagates through every layer of the student). Tooling, not payload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention_ahn import LayerInputs, get_layer_spec
+
+
+@dataclass
+class LayerRecord:
+    """One layer of the teacher's forward: the inputs of its attention function and its output."""
+
+    query: torch.Tensor  # [B, H, T, D], after the base's q norm and RoPE
+    key: torch.Tensor  # [B, Hkv, T, D]
+    value: torch.Tensor
+    hidden: torch.Tensor  # [B, T, hidden]: the layer's pre-normed input (the AHN gates are computed from it)
+    rotation: tuple | None  # RoPE's (cos, sin) [B, T, D] of the positions (the memory's q_proj reads before RoPE)
+    target: torch.Tensor  # [B, T, H, D]: full attention's output, before o_proj
+    scaling: float | None
+
+
+def _ahn_layers(model):
+    """``(index, attention module, spec)`` of every layer with a memory."""
+    for i, layer in enumerate(model.model.layers):
+        spec = get_layer_spec(layer.self_attn)
+        if spec is not None and spec.memory is not None:
+            yield i, layer.self_attn, spec
+
+
+@torch.no_grad()
+def record_teacher(model, input_ids, attention_mask=None) -> dict[int, LayerRecord]:
+    """One full-attention forward of the base's decoder (no LM head), recording every AHN layer's attention call."""
+    records, originals = {}, {}
+    for i, _, spec in _ahn_layers(model):
+        originals[i] = spec.attention
+
+        def recording(module, query, key, value, mask, *args, _i=i, _spec=spec, _attend=spec.attention, **kwargs):
+            inputs = _spec.inputs
+            out, weights = _attend(module, query, key, value, mask, *args, **kwargs)
+            records[_i] = LayerRecord(query, key, value, inputs.hidden, inputs.rotation, out, kwargs.get("scaling"))
+            return out, weights
+
+        spec.attention = recording
+    try:
+        with model.attention_mode("full"):
+            model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        for i, _, spec in _ahn_layers(model):
+            spec.attention = originals[i]
+    return records
+
+
+def _student(spec, attn, record: LayerRecord, mask, mode: str):
+    """The layer's attention output (window + sinks, plus the memory in mode ``"ahn"``) from the teacher's inputs."""
+    previous, spec.mode = spec.mode, mode
+    try:
+        spec.inputs = LayerInputs(record.hidden, None, record.rotation)
+        out, _ = spec.attention(attn, record.query, record.key, record.value, mask, scaling=record.scaling)
+    finally:
+        spec.mode = previous
+    return out
+
+
+@torch.no_grad()
+def layer_local_parts(model, input_ids, attention_mask=None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per AHN layer, ``(y_full, y_window)`` ``[B, T, H, D]``: the teacher's full-attention output and the sinks +
+    window attention of the same inputs (their difference is what the memory is trained to supply)."""
+    records = record_teacher(model, input_ids, attention_mask)
+    return {i: (records[i].target, _student(spec, attn, records[i], attention_mask, "swa"))
+            for i, attn, spec in _ahn_layers(model)}
+
+
+def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=None) -> dict[int, torch.Tensor]:
+    """Per-layer normalised losses (see the module docstring) at the model's current window and sinks; each one's
+    graph reaches only its own layer's AHN parameters."""
+    W, S = model.config.sliding_window, model.config.num_sinks
+    losses = {}
+    for i, attn, spec in _ahn_layers(model):
+        r = records[i]
+        T = r.query.shape[2]
+        if T <= S + W:
+            raise ValueError(f"sequences of {T} tokens leave nothing to memory at window {W} + {S} sinks")
+        keep = slice(S + W, None)
+        weight = attn.o_proj.weight  # [hidden, H * D]
+        valid = None if attention_mask is None else attention_mask[:, keep].to(torch.bool)
+        with torch.no_grad():
+            delta = (r.target - _student(spec, attn, r, attention_mask, "swa"))[:, keep].flatten(-2) @ weight.T
+            if valid is not None:
+                delta = delta[valid]
+            norm = delta.float().pow(2).sum().clamp_min(1e-12)
+        err = (_student(spec, attn, r, attention_mask, "ahn") - r.target)[:, keep].flatten(-2) @ weight.T
+        if valid is not None:
+            err = err[valid]
+        losses[i] = err.float().pow(2).sum() / norm
+    return losses
+
+
+def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) -> tuple[float, dict[int, float]]:
+    """One teacher-forced step: record the teacher, backpropagate the mean of the per-layer losses (times
+    ``scale``, e.g. ``1 / grad_accum``) into the AHN parameters. Returns ``(mean loss, {layer: loss})``."""
+    losses = layer_local_losses(model, record_teacher(model, input_ids, attention_mask), attention_mask)
+    mean = sum(losses.values()) / len(losses)
+    (mean * scale).backward()
+    return float(mean), {i: float(v) for i, v in losses.items()}
+
+
+__all__ = ["LayerRecord", "layer_local_losses", "layer_local_parts", "layer_local_step", "record_teacher"]

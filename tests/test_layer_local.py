@@ -1,0 +1,88 @@
+"""The layer-local objective: teacher-forced, per-layer, no gradient through the base (training/layer_local.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_ahn.training.layer_local import layer_local_losses, layer_local_step, record_teacher
+
+from .conftest import AHN_TYPES, make_ahn
+from .reference import LayerRecorder
+
+W, S = 6, 2
+
+
+def _ids(n, batch=2, seed=0):
+    return torch.randint(3, 300, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_teacher_is_the_base_with_full_attention():
+    model = make_ahn("qwen2", "gdn", W, S)
+    ids = _ids(30)
+    records = record_teacher(model, ids)
+    assert sorted(records) == list(range(len(model.model.layers)))
+    with torch.no_grad(), model.attention_mode("full"), LayerRecorder() as rec:
+        model(ids, use_cache=False)
+    for i, call in enumerate(rec.calls):
+        assert torch.equal(records[i].target, call["out"]) and torch.equal(records[i].hidden, call["hidden"])
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_an_untrained_memory_leaves_all_of_delta(ahn_type):
+    model = make_ahn("llama", ahn_type, W, S, random_ahn=False)  # o_proj = 0: the student is sinks + window
+    losses = layer_local_losses(model, record_teacher(model, _ids(30)))
+    assert all(abs(float(v) - 1.0) < 1e-6 for v in losses.values()), losses
+
+
+def test_the_student_is_the_models_own_layer_on_the_teachers_input():
+    """Layer 0 sees the same input in teacher and student, so the objective's student there is exactly the AHN
+    model's own layer 0 (the production whole-sequence path): its loss, recomputed from the outputs of two ordinary
+    forwards (mode "ahn" and mode "swa"), is the same number."""
+    model = make_ahn("qwen2", "gdn", W, S)
+    ids = _ids(30)
+    records = record_teacher(model, ids)
+    with torch.no_grad(), LayerRecorder() as ahn:
+        model(ids, use_cache=False)
+    with torch.no_grad(), model.attention_mode("swa"), LayerRecorder() as swa:
+        model(ids, use_cache=False)
+    o_proj = model.model.layers[0].self_attn.o_proj.weight
+    keep = slice(S + W, None)
+    target = records[0].target
+    err = ((ahn.calls[0]["out"] - target)[:, keep].flatten(-2) @ o_proj.T).pow(2).sum()
+    delta = ((target - swa.calls[0]["out"])[:, keep].flatten(-2) @ o_proj.T).pow(2).sum()
+    loss0 = layer_local_losses(model, records)[0]
+    assert torch.allclose(loss0, err / delta, rtol=1e-5), (float(loss0), float(err / delta))
+
+
+def test_only_the_ahn_gets_gradients_and_the_loss_goes_down():
+    torch.manual_seed(0)
+    model = make_ahn("qwen2", "gdn", W, S, random_ahn=False)
+    params = list(model.ahn_parameters())
+    opt = torch.optim.Adam(params, lr=3e-2)
+    ids = _ids(40, batch=1)
+    first, _ = layer_local_step(model, ids)
+    assert abs(first - 1.0) < 1e-6
+    frozen = [p for n, p in model.named_parameters() if ".ahn." not in n]
+    assert all(p.grad is None for p in frozen)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    for _ in range(30):
+        opt.step()
+        opt.zero_grad()
+        loss, per_layer = layer_local_step(model, ids)
+    assert loss < 0.8 * first, (first, loss, per_layer)
+
+
+def test_padding_is_left_out():
+    model = make_ahn("llama", "gdn", W, S)
+    ids = _ids(30)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    losses = layer_local_losses(model, record_teacher(model, ids, mask), mask)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_too_short_a_sequence_is_refused():
+    model = make_ahn("llama", "gdn", W, S)
+    with pytest.raises(ValueError, match="nothing to memory"):
+        layer_local_step(model, _ids(W + S))
