@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_ahn.default.shipped import add_adapter_arguments
+
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
+    add_adapter_arguments(ap, repeatable=False)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--prefix", type=int, default=2048)

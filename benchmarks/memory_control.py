@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_ahn.default.shipped import add_adapter_arguments
 from modeling_ahn.evaluation.calibration import first_unswapped_query, swap_evicted
 
 HERE = Path(__file__).resolve().parent
@@ -41,9 +42,7 @@ BINS = (0, 16, 64, 256, 1024)  # distance bins past the first scored position
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--adapter", action="append", default=None, help="AHN repo dir (repeatable; default: shipped)")
-    ap.add_argument("--label", action="append", default=None, help="a name per --adapter")
-    ap.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
+    add_adapter_arguments(ap)
     ap.add_argument("--segments", type=int, default=8)
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--prefix", type=int, default=4096, help="tokens [sinks, prefix) of A are swapped")

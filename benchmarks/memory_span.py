@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_ahn.default.shipped import add_adapter_arguments
+
 HERE = Path(__file__).resolve().parent
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 
@@ -42,9 +44,7 @@ def window_equivalent(ppl: float, swa: dict[int, float]) -> float | None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--adapter", action="append", default=None, help="AHN repo dir (repeatable; default: shipped)")
-    ap.add_argument("--label", action="append", default=None, help="a name per --adapter")
-    ap.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
+    add_adapter_arguments(ap)
     ap.add_argument("--segments", type=int, default=3)
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--window", type=int, default=512)
@@ -77,10 +77,10 @@ def main(argv=None):
         raise SystemExit(f"only {len(segs)} held-out segments of {args.length} tokens exist")
 
     def ppl(model, mode, window):
-        model.config.sliding_window, model.config.num_sinks = window, args.sinks
         tot, n = 0.0, 0
         for s in segs:
-            with model.attention_mode(mode), torch.autocast("cpu", dtype=torch.bfloat16):
+            with model.runtime(sliding_window=window, num_sinks=args.sinks, mode=mode), \
+                    torch.autocast("cpu", dtype=torch.bfloat16):
                 nll = token_nll(model, torch.tensor([s]))[args.from_position - 1:]
             tot, n = tot + float(nll.sum()), n + nll.numel()
         return math.exp(tot / n)

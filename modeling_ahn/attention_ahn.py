@@ -46,7 +46,6 @@ from .window_attention import (
 
 AHN_ATTENTION = "ahn"
 INNER_IMPLEMENTATIONS = ("sdpa", "eager")
-MODES = ("ahn", "swa", "full")
 
 
 @dataclass

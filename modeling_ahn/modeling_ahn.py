@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn, get_layer_spec
 from .cache_ahn import AhnCache, StaticAhnCache
-from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, head_dim_of, parse_layer_ids
+from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, head_dim_of, parse_layer_ids, validate_settings
 from .memory_ahn import AhnMemory, AhnModule, build_memory
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def _cache_kwarg_name() -> str:
 CACHE_KWARG = _cache_kwarg_name()
 # Settings that may be overridden at load time: from_pretrained(repo, sliding_window=8064, num_sinks=128)
 RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size")
+# Attention modes of AhnPreTrainedModel.runtime(mode=...)
+ATTENTION_MODES = ("ahn", "swa", "full")
 
 
 def code_hash(directory: str | os.PathLike | None = None) -> str:
@@ -174,6 +176,11 @@ def _warn_on_code_mismatch(config) -> None:
                 )
 
 
+def _check_attention_mode(mode) -> None:
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode must be 'ahn', 'swa' or 'full', got {mode!r}")
+
+
 class AhnPreTrainedModel(PreTrainedModel):
     config_class = AhnConfig
     config: AhnConfig
@@ -255,20 +262,41 @@ class AhnPreTrainedModel(PreTrainedModel):
         return StaticAhnCache(self.config) if static else AhnCache(self.config)
 
     @contextlib.contextmanager
-    def attention_mode(self, mode: str):
-        """Temporarily run every layer as ``"ahn"`` (default), ``"swa"`` (sinks + window, no memory: what a
-        fresh adapter computes) or ``"full"`` (the base's causal attention; use ``use_cache=False``)."""
-        if mode not in ("ahn", "swa", "full"):
-            raise ValueError(f"attention mode must be 'ahn', 'swa' or 'full', got {mode!r}")
+    def runtime(self, *, sliding_window: int | None = None, num_sinks: int | None = None, mode: str | None = None):
+        """Run with these settings for the duration of the ``with`` block, then restore the previous ones.
+
+        The one owner of the settings that vary per call (training samples a window per batch, evaluation compares
+        modes): ``sliding_window`` ``W`` and ``num_sinks`` ``S`` (``None``: keep the current one) and the attention
+        ``mode`` of every layer: ``"ahn"`` (default), ``"swa"`` (sinks + window, no memory: what a fresh adapter
+        computes) or ``"full"`` (the base's causal attention; use ``use_cache=False``). Checked before anything
+        changes; restored on exit, also on an exception; blocks nest (each restores what it found).
+
+        A cache keeps the window it was built for: a non-empty cache from outside the block is refused by the
+        attention when the block's ``W``/``S`` differ (start a new cache inside). To change the saved defaults, set
+        them on the config instead (``from_pretrained(repo, sliding_window=...)``).
+        """
+        config = self.config
+        window = config.sliding_window if sliding_window is None else sliding_window
+        sinks = config.num_sinks if num_sinks is None else num_sinks
+        validate_settings(window, sinks)
+        if mode is not None:
+            _check_attention_mode(mode)
         specs = [get_layer_spec(layer.self_attn) for layer in self.model.layers]
-        previous = [spec.mode for spec in specs]
+        previous = config.sliding_window, config.num_sinks, [spec.mode for spec in specs]
         try:
+            config.sliding_window, config.num_sinks = window, sinks
             for spec in specs:
-                spec.mode = mode
+                spec.mode = spec.mode if mode is None else mode
             yield self
         finally:
-            for spec, m in zip(specs, previous):
+            config.sliding_window, config.num_sinks = previous[0], previous[1]
+            for spec, m in zip(specs, previous[2]):
                 spec.mode = m
+
+    def attention_mode(self, mode: str):
+        """``runtime(mode=mode)``: every layer runs as ``"ahn"``, ``"swa"`` or ``"full"`` within the block."""
+        _check_attention_mode(mode)
+        return self.runtime(mode=mode)
 
     def _resolve_cache(self, past_key_values):
         if past_key_values is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -88,3 +89,48 @@ def test_fetch_default_gives_real_llama_and_qwen2_checkpoints():
             logits[arch] = model(ids).logits
     assert torch.equal(logits["llama"], logits["qwen2"])
     assert tok.decode(logits["llama"][0, -1].argmax()).strip() == "Paris"
+
+
+def test_every_distill_setting_is_an_option_with_the_dataclass_default(capsys):
+    """``ahn distill`` builds its options from ``DistillConfig``: every field has its flag (the names below are the
+    documented ones), the parser's defaults are the dataclass's, and parsing a config's command line gives it back."""
+    from dataclasses import asdict, fields
+
+    from modeling_ahn.cli import build_parser, distill_config
+    from modeling_ahn.training.distill import DistillConfig
+
+    def parse(words):
+        return distill_config(build_parser().parse_args(["distill", *words]))
+
+    required = ["--base", "b", "--data", "d", "--out", "o"]
+    assert asdict(parse(required)) == asdict(DistillConfig(base="b", data=["d"], output_dir="o"))
+    flags = {  # field: (command-line words, value), none of them the default
+        "base": (["--base", "B"], "B"), "data": (["--data", "x", "y"], ["x", "y"]), "output_dir": (["--out", "O"], "O"),
+        "eval_data": (["--eval-data", "e"], ["e"]), "ahn_type": (["--ahn-type", "dn"], "dn"),
+        "windows": (["--windows", "16,32"], [16, 32]), "sinks": (["--sinks", "0,4"], [0, 4]),
+        "eval_window": (["--eval-window", "16"], 16), "eval_sinks": (["--eval-sinks", "4"], 4),
+        "objective": (["--objective", "layer-local"], "layer-local"), "loss": (["--loss", "kl+ce"], "kl+ce"),
+        "use_q_proj": (["--use-q-proj"], True), "kl_chunk_size": (["--kl-chunk-size", "64"], 64),
+        "max_length": (["--max-length", "128"], 128), "min_length": (["--min-length", "33"], 33),
+        "pack": (["--pack"], True), "split_documents": (["--split-documents"], True),
+        "text_field": (["--text-field", "body"], "body"), "eval_fraction": (["--eval-fraction", "0.2"], 0.2),
+        "eval_sequences": (["--eval-sequences", "4"], 4), "lr": (["--lr", "3e-3"], 3e-3),
+        "warmup_ratio": (["--warmup-ratio", "0.2"], 0.2), "weight_decay": (["--weight-decay", "0.0"], 0.0),
+        "max_steps": (["--max-steps", "60"], 60), "batch_size": (["--batch-size", "2"], 2),
+        "grad_accum": (["--grad-accum", "3"], 3), "max_grad_norm": (["--max-grad-norm", "0.5"], 0.5),
+        "bf16": (["--bf16"], True), "activation_checkpointing": (["--no-activation-checkpointing"], False),
+        "eval_every": (["--eval-every", "7"], 7), "save_every": (["--save-every", "4"], 4),
+        "keep_checkpoints": (["--keep-checkpoints", "5"], 5), "seed": (["--seed", "3"], 3), "cpu": (["--cpu"], True),
+        "base_dtype": (["--base-dtype", "bfloat16"], "bfloat16"), "init_adapter": (["--init-adapter", "a"], "a"),
+        "memory_span": (["--memory-span", "16,4096"], [16, 4096]), "max_minutes": (["--max-minutes", "2.5"], 2.5),
+    }
+    assert sorted(flags) == sorted(f.name for f in fields(DistillConfig))
+    words = [w for argv, _ in flags.values() for w in argv]
+    cfg = DistillConfig(**{name: value for name, (_, value) in flags.items()})
+    assert asdict(parse(words)) == asdict(cfg)
+    assert all(getattr(cfg, f.name) != f.default for f in fields(DistillConfig))
+    assert parse([*required, "--windows", "paper", "--sinks", "paper"]).windows is None
+    with pytest.raises(SystemExit):  # the flags themselves, not prefixes argparse would also accept
+        build_parser().parse_args(["distill", "--help"])
+    shown = set(re.findall(r"^  (--[a-z0-9-]+)", capsys.readouterr().out, re.M))  # the options' own lines
+    assert {argv[0] for argv, _ in flags.values()} <= shown

@@ -382,3 +382,47 @@ def test_a_time_budget_stops_at_a_checkpoint_and_resumes_to_the_same_adapter(cor
     assert _same_adapter(reference, tmp_path / "run" / "adapter")
     with pytest.raises(ValueError, match="max_minutes"):
         distill(_cfg(corpus, tmp_path / "bad", max_minutes=0), progress=False)
+
+
+def test_training_and_evaluation_leave_the_live_config_unchanged(corpus, tmp_path, monkeypatch):
+    """Each batch's sampled window and the evaluation's modes are set by ``model.runtime(...)`` for their duration
+    only: between steps and after the run the model holds the settings it was built with; the adapter's saved
+    settings are set on a copy of its config."""
+    from modeling_ahn.attention_ahn import get_layer_spec
+    from modeling_ahn.training import distill as distill_module
+
+    built, seen = [], []
+    from_base, sample = AhnForCausalLM.from_base, distill_module.sample_window
+
+    def build(*args, **kwargs):
+        built.append(from_base(*args, **kwargs))
+        return built[-1]
+
+    def settings():
+        model = built[0]
+        modes = {get_layer_spec(layer.self_attn).mode for layer in model.model.layers}
+        return model.config.sliding_window, model.config.num_sinks, model.config.prefill_chunk_size, modes
+
+    def spy(*args, **kwargs):
+        seen.append(settings())
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(AhnForCausalLM, "from_base", staticmethod(build))
+    monkeypatch.setattr(distill_module, "sample_window", spy)
+    adapter = distill(_cfg(corpus, tmp_path / "run", windows=[32], sinks=[8], max_steps=3, eval_every=2,
+                           save_every=100), progress=False)
+    assert seen == [(16, 4, None, {"ahn"})] * 3
+    assert settings() == (16, 4, None, {"ahn"})
+    saved = json.loads((adapter / "config.json").read_text())
+    assert (saved["sliding_window"], saved["num_sinks"], saved["prefill_chunk_size"]) == (16, 4, 2048)
+
+
+def test_run_config_records_no_home_directory_and_resumes(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(corpus.parent))  # the corpus now lies under the home directory
+    cfg = _cfg(corpus, tmp_path / "run", max_steps=2, eval_every=1000, save_every=1)
+    distill(cfg, progress=False, _stop_after=1)
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert saved["base"] == f"~/{corpus.name}/base" and saved["data"] == [f"~/{corpus.name}/data"]
+    assert str(corpus.parent) not in json.dumps(saved)
+    distill(cfg, resume=True, progress=False)  # the same settings, compared in the same form
+    assert (tmp_path / "run" / "adapter" / "model.safetensors").exists()

@@ -71,30 +71,57 @@ def _ints(text):
     return None if text in (None, "", "paper") else [int(x) for x in str(text).split(",") if x.strip()]
 
 
+def distill_options():
+    """``(field, flag, argparse keywords)`` of every ``DistillConfig`` field: the type, default and help come from the
+    field (its annotation, default and ``metadata``), so the dataclass is the one source of both."""
+    import dataclasses
+    import types
+    import typing
+
+    from ..training.distill import DistillConfig
+
+    hints = typing.get_type_hints(DistillConfig)
+    for f in dataclasses.fields(DistillConfig):
+        meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):  # X | None
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        kw = dict(meta, dest=f.name)
+        if f.default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+        if kind is not bool:
+            kw.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
+        if kind is bool:
+            kw["action"] = "store_false" if f.default else "store_true"
+        elif typing.get_origin(kind) is list:
+            if typing.get_args(kind)[0] is str:
+                kw["nargs"] = "+"
+            else:
+                kw["type"] = _ints  # comma-separated integers ('paper' or '' for None)
+        else:
+            kw["type"] = kind
+        yield f, flag, kw
+
+
 def distill_config(args):
     """The ``DistillConfig`` of parsed ``ahn distill`` arguments."""
     from ..training.distill import DistillConfig
 
-    return DistillConfig(
-        base=args.base, data=args.data, output_dir=args.out, eval_data=args.eval_data, ahn_type=args.ahn_type,
-        windows=_ints(args.windows), sinks=_ints(args.sinks), eval_window=args.eval_window,
-        eval_sinks=args.eval_sinks, loss=args.loss, kl_chunk_size=args.kl_chunk_size, max_length=args.max_length,
-        min_length=args.min_length, pack=args.pack, split_documents=args.split_documents,
-        text_field=args.text_field, eval_sequences=args.eval_sequences,
-        lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_steps=args.max_steps,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, bf16=args.bf16,
-        activation_checkpointing=not args.no_activation_checkpointing, eval_every=args.eval_every,
-        save_every=args.save_every, seed=args.seed, cpu=args.cpu, init_adapter=args.init_adapter,
-        memory_span=_ints(args.memory_span), objective=args.objective, use_q_proj=args.use_q_proj,
-        max_minutes=args.max_minutes,
-    )
+    return DistillConfig(**{f.name: getattr(args, f.name) for f, _, _ in distill_options()})
 
 
 def cmd_distill(args) -> int:
     from ..training.distill import distill
 
-    adapter = distill(distill_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"adapter repo: {adapter}")
+    out = distill(distill_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if out.name == "adapter":
+        print(f"adapter repo: {out}")
+    else:  # the time budget ran out first
+        print(f"--max-minutes spent: stopped at the last checkpoint in {out}; run the same command with --resume "
+              "to continue")
     return 0
 
 
@@ -202,52 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="train an AHN adapter by self-distillation from its frozen base",
                        description="Teacher: the base with full attention; student: sinks + window + AHN. Runs on "
                        "one CPU/GPU or under `accelerate launch` (DDP) unchanged.")
-    p.add_argument("--base", required=True, help="base model repo/dir (Qwen2/Qwen3/Llama/Mistral)")
-    p.add_argument("--data", required=True, nargs="+", help="text files/folders, .jsonl (text or messages), datasets")
-    p.add_argument("--eval-data", nargs="+", default=None, help="held-out data (default: a split of --data)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, plot, adapter/)")
-    p.add_argument("--ahn-type", default="gdn")
-    p.add_argument("--windows", default="paper", help="comma-separated windows, or 'paper' for {32..8192} in (L/8, L)")
-    p.add_argument("--sinks", default="paper", help="comma-separated sink counts, or 'paper' for {0,32,64,...}<=W/2")
-    p.add_argument("--eval-window", type=int, default=None)
-    p.add_argument("--eval-sinks", type=int, default=None)
-    p.add_argument("--objective", default="end-to-end", choices=["end-to-end", "layer-local"],
-                   help="end-to-end: --loss on the next-token distributions through the whole student; layer-local: "
-                        "each layer's AHN learns what window+sinks attention misses of that layer's full-attention "
-                        "output (teacher-forced, no gradient through the base: several times faster)")
-    p.add_argument("--loss", default="kl", choices=["kl", "ce", "kl+ce"], help="end-to-end objective's loss")
-    p.add_argument("--use-q-proj", action="store_true",
-                   help="the official option: a learned per-head projection of each memory's read query")
-    p.add_argument("--kl-chunk-size", type=int, default=1024, help="positions per chunk of the KL/CE over the vocab")
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--min-length", type=int, default=None, help="drop shorter sequences (default: smallest window+1)")
-    p.add_argument("--pack", action="store_true", help="concatenate documents and cut max-length chunks")
-    p.add_argument("--split-documents", action="store_true",
-                   help="train on every max-length chunk of a long document, not only its first (no chunk spans two "
-                        "documents; --eval-data still gives one sequence per document)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--eval-sequences", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--max-steps", type=int, default=700)
-    p.add_argument("--batch-size", type=int, default=1, help="sequences per device per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and GPU); the base is loaded in bf16")
-    p.add_argument("--no-activation-checkpointing", action="store_true")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
-    p.add_argument("--init-adapter", default=None, help="start from this exported AHN repo's weights (continued "
-                   "training; same base and --ahn-type) instead of a fresh AHN")
-    p.add_argument("--memory-span", default=None, metavar="LO,HI",
-                   help="GDN only: start each layer's memory heads with half-lives log-spaced from LO to HI tokens "
-                        "(e.g. 16,8192) instead of the release's initialisation, whose heads mostly forget within "
-                        "a few tokens")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop at a checkpoint once this much wall time is spent; --resume continues exactly")
+    for _, flag, kw in distill_options():
+        p.add_argument(flag, **kw)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
     p.add_argument("--no-progress", action="store_true")

@@ -85,6 +85,15 @@ def install_adapter(run_adapter_dir: str | Path, dest: str | Path, card: str | N
     return dest
 
 
+def add_adapter_arguments(parser, repeatable: bool = True) -> None:
+    """The benchmarks' ``--adapter`` (repeatable), ``--label`` and ``--base`` options (see ``adapters_to_compare``)."""
+    if repeatable:
+        parser.add_argument("--adapter", action="append", default=None,
+                            help="AHN repo dir (repeatable; default: shipped)")
+        parser.add_argument("--label", action="append", default=None, help="a name per --adapter")
+    parser.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
+
+
 def adapters_to_compare(adapters: list[str] | None, labels: list[str] | None, base: str | Path) -> list[tuple]:
     """``(label, adapter dir)`` pairs of a benchmark's repeatable ``--adapter`` / ``--label`` arguments; no
     ``--adapter``: the shipped AHN-GDN over ``base``. Labels default to the folders' names."""

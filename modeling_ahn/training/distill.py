@@ -26,7 +26,7 @@ import random
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,56 +39,83 @@ from .layer_local import layer_local_losses, record_teacher
 PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 OBJECTIVES = ("end-to-end", "layer-local")
+LOSSES = ("kl", "ce", "kl+ce")
 LOG_NAME = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
 ADAPTER_DIR = "adapter"
 
 
+def option(default=MISSING, help: str = "", **cli):
+    """A :class:`DistillConfig` field with its ``ahn distill`` option: ``help``, and where the default derivation
+    from the field does not fit, ``flag`` (default ``--field-name``), ``choices``, ``metavar``."""
+    return field(default=default, metadata=dict(cli, help=help))
+
+
 @dataclass
 class DistillConfig:
-    """Everything that defines a run (saved as ``run_config.json``; a resumed run must match it)."""
+    """Everything that defines a run (saved as ``run_config.json``; a resumed run must match it).
 
-    base: str
-    data: list[str]
-    output_dir: str
-    eval_data: list[str] | None = None
-    ahn_type: str = "gdn"
-    windows: list[int] | None = None  # None: the paper's {32..8192} restricted to (L/8, L)
-    sinks: list[int] | None = None  # None: {0, 32, 64, 128, ...} up to half the window
-    eval_window: int | None = None  # None: a quarter of the eval sequence length
-    eval_sinks: int | None = None  # None: 32 if it fits in half the eval window, else 0
-    objective: str = "end-to-end"  # "end-to-end" (loss below, through the whole student) or "layer-local"
-    loss: str = "kl"  # "kl", "ce" or "kl+ce" (end-to-end objective)
-    use_q_proj: bool = False  # the official learned read-query projection of each memory
-    kl_chunk_size: int = 1024
-    max_length: int = 2048
-    min_length: int | None = None  # None: the smallest window + 1
-    pack: bool = False
-    split_documents: bool = False  # every max_length chunk of a long document, not only its first
-    text_field: str = "text"
-    eval_fraction: float = 0.05
-    eval_sequences: int = 8
-    lr: float = 1e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.1
-    max_steps: int = 700
-    batch_size: int = 1  # per device, per micro-batch
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    bf16: bool = False
-    activation_checkpointing: bool = True
-    eval_every: int = 50
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    seed: int = 0
-    cpu: bool = False
-    base_dtype: str | None = None  # default: bfloat16 with bf16, else float32
-    init_adapter: str | None = None  # an exported AHN repo to start from (continued training), else a fresh AHN
-    memory_span: list[int] | None = None  # [lo, hi]: GDN decays set to half-lives lo..hi tokens; None: spec 2.1
-    max_minutes: float | None = None  # stop at a checkpoint once this much wall time is spent (resume continues)
+    Each field is one ``ahn distill`` option (``cli.main.build_parser``): its default and help are these."""
+
+    base: str = option(help="base model repo/dir (Qwen2/Qwen3/Llama/Mistral)")
+    data: list[str] = option(help="text files/folders, .jsonl (text or messages), datasets")
+    output_dir: str = option(flag="--out", help="run directory (checkpoints, logs, plot, adapter/)")
+    eval_data: list[str] | None = option(None, "held-out data (default: a split of --data)")
+    ahn_type: str = option("gdn", "gdn | dn | mamba2")
+    windows: list[int] | None = option(None, "comma-separated windows, or 'paper' (default) for {32..8192} in "
+                                             "(L/8, L)")
+    sinks: list[int] | None = option(None, "comma-separated sink counts, or 'paper' (default) for {0,32,64,...}"
+                                           "<=W/2")
+    eval_window: int | None = option(None, "held-out window, also the adapter's default (default: a quarter of "
+                                           "the shortest held-out sequence)")
+    eval_sinks: int | None = option(None, "held-out sinks, also the adapter's default (default: 32 if it fits "
+                                          "in half the eval window, else 0)")
+    objective: str = option("end-to-end", "end-to-end: --loss on the next-token distributions through the whole "
+                            "student; layer-local: each layer's AHN learns what window+sinks attention misses of "
+                            "that layer's full-attention output (teacher-forced, no gradient through the base: "
+                            "several times faster)", choices=OBJECTIVES)
+    loss: str = option("kl", "end-to-end objective's loss", choices=LOSSES)
+    use_q_proj: bool = option(False, "the official option: a learned per-head projection of each memory's read "
+                                     "query")
+    kl_chunk_size: int = option(1024, "positions per chunk of the KL/CE over the vocab")
+    max_length: int = option(2048, "tokens per training sequence at most")
+    min_length: int | None = option(None, "drop shorter sequences (default: smallest window+1)")
+    pack: bool = option(False, "concatenate documents and cut max-length chunks")
+    split_documents: bool = option(False, "train on every max-length chunk of a long document, not only its "
+                                          "first (no chunk spans two documents; --eval-data still gives one "
+                                          "sequence per document)")
+    text_field: str = option("text", "the text field of .jsonl records and datasets")
+    eval_fraction: float = option(0.05, "share of the data held out when no --eval-data is given (at most "
+                                        "--eval-sequences)")
+    eval_sequences: int = option(8, "held-out sequences")
+    lr: float = option(1e-4, "peak learning rate")
+    warmup_ratio: float = option(0.1, "share of the steps with a linear warm-up (then cosine decay)")
+    weight_decay: float = option(0.1, "AdamW weight decay of the AHN matrices")
+    max_steps: int = option(700, "optimiser steps")
+    batch_size: int = option(1, "sequences per device per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimiser step")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    bf16: bool = option(False, "bf16 autocast (CPU and GPU); the base is loaded in bf16")
+    activation_checkpointing: bool = option(True, "recompute the student's layers in the backward pass",
+                                            flag="--no-activation-checkpointing")
+    eval_every: int = option(50, "steps between held-out evaluations")
+    save_every: int = option(100, "steps between checkpoints")
+    keep_checkpoints: int = option(2, "checkpoints kept (the latest)")
+    seed: int = option(0, "seed of the data order, the window sampling and the AHN initialisation")
+    cpu: bool = option(False, "train on the CPU even if a GPU is present")
+    base_dtype: str | None = option(None, "dtype of the frozen base, e.g. float32 (default: bfloat16 with --bf16, "
+                                          "else float32)")
+    init_adapter: str | None = option(None, "start from this exported AHN repo's weights (continued training; same "
+                                            "base and --ahn-type) instead of a fresh AHN")
+    memory_span: list[int] | None = option(None, "GDN only: start each layer's memory heads with half-lives "
+                                                 "log-spaced from LO to HI tokens (e.g. 16,8192) instead of the "
+                                                 "release's initialisation, whose heads mostly forget within a few "
+                                                 "tokens", metavar="LO,HI")
+    max_minutes: float | None = option(None, "stop at a checkpoint once this much wall time is spent; --resume "
+                                             "continues exactly")
 
     def validate(self):
-        if self.loss not in ("kl", "ce", "kl+ce"):
+        if self.loss not in LOSSES:
             raise ValueError(f"loss must be 'kl', 'ce' or 'kl+ce', got {self.loss!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
@@ -180,15 +207,20 @@ class DistillStudent(nn.Module):
         self.objective = objective
 
     def forward(self, input_ids, attention_mask, window: int, sinks: int):
+        """The losses at ``window`` and ``sinks``. Hold ``model.runtime(...)`` at the same settings around the
+        backward pass too: activation checkpointing recomputes the student's layers there."""
+        with self.model.runtime(sliding_window=int(window), num_sinks=int(sinks)):
+            return self._losses(input_ids, attention_mask, int(window), int(sinks))
+
+    def _losses(self, input_ids, attention_mask, window: int, sinks: int):
         model = self.model
-        model.config.sliding_window, model.config.num_sinks = int(window), int(sinks)
         if self.objective == "layer-local":
             losses = layer_local_losses(model, record_teacher(model, input_ids, attention_mask), attention_mask)
             total = sum(losses.values()) / len(losses)
             pos = attention_mask.long().cumsum(-1) - 1
             return {"loss": total, "layer_local": total.detach(),
                     "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
-        with torch.no_grad(), model.attention_mode("full"):
+        with torch.no_grad(), model.runtime(mode="full"):
             h_teacher = model.model(input_ids=input_ids, attention_mask=attention_mask,
                                     use_cache=False).last_hidden_state
         h = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -264,7 +296,6 @@ def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def evaluate(model, sequences, window: int, sinks: int, pad_id: int, chunk_size: int = 1024) -> dict:
     """KL to the teacher and perplexity at positions ``>= window`` for AHN, sinks+SWA and the full teacher."""
-    model.config.sliding_window, model.config.num_sinks = window, sinks
     sums = {"kl_ahn": 0.0, "kl_swa": 0.0, "nll_full": 0.0, "nll_ahn": 0.0, "nll_swa": 0.0}
     n_pos = 0
     for seq in sequences:
@@ -272,7 +303,7 @@ def evaluate(model, sequences, window: int, sinks: int, pad_id: int, chunk_size:
         ids, mask = ids.to(model.device), mask.to(model.device)
         hidden = {}
         for mode in ("full", "swa", "ahn"):
-            with model.attention_mode(mode):
+            with model.runtime(sliding_window=window, num_sinks=sinks, mode=mode):
                 hidden[mode] = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         at = loss_positions(mask, window)
         nxt = at[:, :-1]
@@ -334,25 +365,50 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-            _stop_after: int | None = None) -> Path:
-    """Run (or resume) a distillation; returns the directory of the final adapter repo."""
+@dataclass
+class DistillRun:
+    """What :func:`setup_run` builds for a run and the other steps share."""
+
+    cfg: DistillConfig
+    out: Path
+    accelerator: object
+    tokenizer: object
+    pad_id: int
+    sequences: list
+    held_out: list
+    eval_window: int
+    eval_sinks: int
+    model: nn.Module
+    params: list
+    optimizer: object
+    scheduler: object
+    student: nn.Module
+    progress: bool = True
+    log: object = None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def per_step(self) -> int:
+        """Sequences per optimiser step, over all processes."""
+        return self.accelerator.num_processes * self.cfg.grad_accum * self.cfg.batch_size
+
+    def log_line(self, row: dict) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(row) + "\n")
+            self.log.flush()
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def make_accelerator(cfg: DistillConfig):
+    """The ``Accelerator`` of a run (CPU unless a GPU is there and ``cpu`` is off); warns about emulated bf16."""
     from accelerate import Accelerator
-    from safetensors.torch import load_file, save_file
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
-    from ..configuration_ahn import DEFAULT_PREFILL_CHUNK_SIZE
-    from ..hub.card import render_training_section
-    from ..hub.export import export_ahn_repo
-    from ..modeling_ahn import AhnForCausalLM
-    from .data import iter_documents, tokenize_documents
-
-    cfg.validate()
-    out = Path(cfg.output_dir)
-    has_run = (out / LOG_NAME).exists() or (out / CHECKPOINTS).exists() or (out / ADAPTER_DIR).exists()
-    if has_run and not (resume or overwrite):
-        raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over.")
     use_cpu = cfg.cpu or not torch.cuda.is_available()
     if use_cpu and cfg.bf16:
         from ..benchmarking.devices import cpu_has_fast_bf16
@@ -360,36 +416,57 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         if not cpu_has_fast_bf16():
             warnings.warn("--bf16 on a CPU without native bf16 (AVX512-BF16 / AMX): PyTorch emulates bf16 matrix "
                           "products here, which is several times slower than float32; drop --bf16 on this machine.",
-                          stacklevel=2)
+                          stacklevel=4)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # several runs in one process may differ in precision
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision="bf16" if cfg.bf16 else "no",
-                              gradient_accumulation_steps=1)
-    main = accelerator.is_main_process
+    return Accelerator(cpu=use_cpu, mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=1)
+
+
+PATH_FIELDS = ("base", "data", "output_dir", "eval_data", "init_adapter")
+
+
+def portable_run_config(cfg: DistillConfig) -> dict:
+    """The run's settings as saved in ``run_config.json``: paths under the home directory written with ``~`` (a
+    committed run records no user's home; a resume on another machine or account compares the same way)."""
+    from ..evaluation.harness import portable_path
+
+    saved = asdict(cfg)
+    for name in PATH_FIELDS:
+        value = saved[name]
+        saved[name] = [portable_path(v) for v in value] if isinstance(value, list) else portable_path(value)
+    return saved
+
+
+def prepare_output_dir(cfg: DistillConfig, accelerator, resume: bool, overwrite: bool, has_run: bool) -> Path:
+    """Clear a previous run (``overwrite``), create the run directory and write ``run_config.json``, or check that a
+    resumed run's settings match the saved ones."""
+    out, main = Path(cfg.output_dir), accelerator.is_main_process
     if overwrite and has_run and main and not resume:
         for name in (LOG_NAME, CHECKPOINTS, ADAPTER_DIR, "run_config.json", "loss_curve.png"):
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
-
-    run_cfg = asdict(cfg)
+    run_cfg = portable_run_config(cfg)
     if resume and (out / "run_config.json").exists():
         saved = json.loads((out / "run_config.json").read_text())
         keys = set(run_cfg) - {"max_steps", "eval_every", "save_every", "keep_checkpoints", "output_dir",
                                "max_minutes"}
-        defaults = asdict(DistillConfig(base="", data=[], output_dir=""))  # a run saved before a setting existed
+        defaults = portable_run_config(DistillConfig(base="", data=[], output_dir=""))  # saved before a setting existed
         diff = sorted(k for k in keys if saved.get(k, defaults[k]) != run_cfg.get(k))
         if diff:
             raise ValueError(f"--resume with settings that differ from the saved run: {diff}")
     elif main:
         (out / "run_config.json").write_text(json.dumps(run_cfg, indent=2))
+    return out
 
-    torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+def load_data(cfg: DistillConfig, tokenizer, verbose: bool) -> tuple[list, list]:
+    """``(training sequences, held-out sequences)``: tokenised ``data``, held out from ``eval_data`` or a split."""
+    from .data import iter_documents, tokenize_documents
+
     min_window = min(cfg.windows) if cfg.windows else PAPER_WINDOWS[0]
     min_length = cfg.min_length or min_window + 1
     data = tokenize_documents(iter_documents(cfg.data, tokenizer, cfg.text_field), tokenizer, cfg.max_length,
@@ -402,11 +479,22 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
         sequences, held_out = held_out_split(data, cfg.eval_sequences, cfg.eval_fraction, cfg.seed)
     if not sequences:
         raise ValueError("No training sequences are left after the held-out split; give more data or --eval-data.")
-    if main and progress:
+    if verbose:
         print(f"data: {data.describe()}; {len(held_out)} held out")
+    return sequences, held_out
+
+
+def eval_settings(cfg: DistillConfig, held_out: list) -> tuple[int, int]:
+    """The held-out window and sinks (also the exported adapter's defaults)."""
     eval_len = min(len(s) for s in held_out) if held_out else cfg.max_length
     eval_window = cfg.eval_window or max(1, eval_len // 4)
     eval_sinks = cfg.eval_sinks if cfg.eval_sinks is not None else (32 if 32 <= eval_window // 2 else 0)
+    return eval_window, eval_sinks
+
+
+def build_student_model(cfg: DistillConfig, eval_window: int, eval_sinks: int, device, resume: bool):
+    """The AHN model over the frozen base, its AHN initialised (fresh, ``init_adapter`` or ``memory_span``)."""
+    from ..modeling_ahn import AhnForCausalLM
 
     dtype = getattr(torch, cfg.base_dtype) if cfg.base_dtype else (torch.bfloat16 if cfg.bf16 else torch.float32)
     model = AhnForCausalLM.from_base(cfg.base, ahn_type=cfg.ahn_type, sliding_window=eval_window,
@@ -419,9 +507,14 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
     for name, p in model.named_parameters():  # GDN's D is stored by the release but unused
         if name.endswith(".ahn.fn.D"):
             p.requires_grad_(False)
-    model.to(accelerator.device)
+    model.to(device)
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable()
+    return model
+
+
+def build_optimizer(cfg: DistillConfig, model):
+    """``(trained parameters, AdamW, warmup + cosine schedule)``; no weight decay on vectors."""
     params = [p for p in model.ahn_parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -429,151 +522,225 @@ def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, p
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, cfg.max_steps, warmup))
+    return params, optimizer, scheduler
+
+
+def setup_run(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> DistillRun:
+    """Check the settings and the run directory; build the accelerator, data, model, optimiser and schedule."""
+    from transformers import AutoTokenizer
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    has_run = (out / LOG_NAME).exists() or (out / CHECKPOINTS).exists() or (out / ADAPTER_DIR).exists()
+    if has_run and not (resume or overwrite):
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over.")
+    accelerator = make_accelerator(cfg)
+    out = prepare_output_dir(cfg, accelerator, resume, overwrite, has_run)
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    sequences, held_out = load_data(cfg, tokenizer, accelerator.is_main_process and progress)
+    eval_window, eval_sinks = eval_settings(cfg, held_out)
+    model = build_student_model(cfg, eval_window, eval_sinks, accelerator.device, resume)
+    params, optimizer, scheduler = build_optimizer(cfg, model)
     student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective)
     student, optimizer = accelerator.prepare(student, optimizer)
+    return DistillRun(cfg, out, accelerator, tokenizer, pad_id, sequences, held_out, eval_window, eval_sinks, model,
+                      params, optimizer, scheduler, student, progress)
 
-    start = 0
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        model.load_ahn_state_dict(load_file(ckpt / "ahn.safetensors"))
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file: python's RNG state is a tuple
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        start = json.loads((ckpt / "state.json").read_text())["step"]
-        if main:
-            print(f"resuming from {ckpt} (step {start})")
-            _truncate_log(out / LOG_NAME, start)
 
+def save_checkpoint(run: DistillRun, step: int) -> None:
+    """Write ``checkpoints/step-N`` (AHN weights, optimiser, schedule, RNG states; atomically) and keep the last
+    ``keep_checkpoints``. Main process only."""
+    from safetensors.torch import save_file
+
+    if not run.main:
+        return
+
+    def write(d):
+        save_file({k: v.detach().cpu().contiguous() for k, v in run.model.ahn_state_dict().items()},
+                  d / "ahn.safetensors")
+        torch.save(run.optimizer.state_dict(), d / "optimizer.pt")
+        torch.save(run.scheduler.state_dict(), d / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, d / "rng.pt")
+        (d / "state.json").write_text(json.dumps({"step": step, "samples": step * run.per_step}))
+
+    _atomic_dir(run.out / CHECKPOINTS / f"step-{step:07d}", write)
+    done = sorted(p for p in (run.out / CHECKPOINTS).glob("step-*") if not p.name.endswith(".tmp"))
+    for old in done[: -run.cfg.keep_checkpoints]:
+        shutil.rmtree(old)
+
+
+def resume_checkpoint(run: DistillRun) -> int:
+    """Load the run's last checkpoint (weights, optimiser, schedule, RNG states); returns its step (0: none)."""
+    from safetensors.torch import load_file
+
+    ckpt = latest_checkpoint(run.out)
+    if ckpt is None:
+        return 0
+    run.model.load_ahn_state_dict(load_file(ckpt / "ahn.safetensors"))
+    run.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    run.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file: python's RNG state is a tuple
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    start = json.loads((ckpt / "state.json").read_text())["step"]
+    if run.main:
+        print(f"resuming from {ckpt} (step {start})")
+        _truncate_log(run.out / LOG_NAME, start)
+    return start
+
+
+def evaluate_run(run: DistillRun, step: int) -> None:
+    """Log the held-out evaluation at ``step`` (eval mode for the pass, train mode after)."""
+    run.model.eval()
+    run.log_line({"step": step, "eval": evaluate(run.model, run.held_out, run.eval_window, run.eval_sinks,
+                                                 run.pad_id, run.cfg.kl_chunk_size)})
+    run.model.train()
+
+
+def train_step(run: DistillRun, step: int, order: GlobalOrder) -> dict:
+    """One optimiser step (``grad_accum`` micro-batches per process, each at its own sampled window and sinks);
+    returns the log row, its statistics reduced over processes."""
+    cfg, accelerator, model = run.cfg, run.accelerator, run.model
     world, accum, bs = accelerator.num_processes, cfg.grad_accum, cfg.batch_size
-    per_step = world * accum * bs
-    order = GlobalOrder(len(sequences), cfg.seed)
-    log = open(out / LOG_NAME, "a") if main else None
+    t0 = time.perf_counter()
+    stats = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
+    step_tokens = 0
+    for a in range(accum):
+        micro = (step * accum + a) * world + accelerator.process_index
+        batch = [run.sequences[order[micro * bs + i]] for i in range(bs)]
+        window, sinks = sample_window(min(map(len, batch)), cfg.windows, cfg.sinks, _micro_rng(cfg.seed, micro))
+        ids, mask = collate(batch, run.pad_id)
+        ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+        ctx = accelerator.no_sync(run.student) if a < accum - 1 else contextlib.nullcontext()
+        # the backward pass recomputes checkpointed layers: it runs at the same settings as the forward
+        with model.runtime(sliding_window=window, num_sinks=sinks), ctx, accelerator.autocast():
+            res = run.student(ids, mask, window, sinks)
+            accelerator.backward(res["loss"] / accum)
+        for k in ("loss", "kl", "ce"):
+            if k in res:
+                stats[k] += float(res[k].detach()) / accum
+        step_tokens += int(mask.sum())
+    grad_norm = accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    reduced = accelerator.reduce(torch.tensor([stats["loss"], stats["kl"], stats["ce"], step_tokens],
+                                              dtype=torch.float64, device=accelerator.device), "sum")
+    loss, kl, ce = (float(x) / world for x in reduced[:3])
+    tokens = int(reduced[3])
+    dt = time.perf_counter() - t0
+    return {"step": step + 1, "loss": loss, "kl": kl, "ce": ce, "lr": run.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm), "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
 
-    def log_line(row):
-        if log is not None:
-            log.write(json.dumps(row) + "\n")
-            log.flush()
 
-    def save_checkpoint(step):
-        if not main:
-            return
+def training_recipe(run: DistillRun, train_rows: list[dict]) -> dict:
+    """The recipe table of the adapter card's training section."""
+    cfg = run.cfg
+    return {"base": cfg.base, "objective": cfg.objective,
+            "loss": cfg.loss if cfg.objective == "end-to-end" else "per-layer normalised attention transfer",
+            "use_q_proj": cfg.use_q_proj, "steps": cfg.max_steps, "global batch": run.per_step,
+            "max length": cfg.max_length,
+            "documents": ("packed" if cfg.pack else "split into max-length chunks" if cfg.split_documents
+                          else "first max-length tokens of each"),
+            "lr": cfg.lr, "warmup": cfg.warmup_ratio,
+            "weight decay": cfg.weight_decay, "windows": cfg.windows or "paper {32..8192} in (L/8, L)",
+            "sinks": cfg.sinks or "{0, 32, 64, ...} <= W/2", "bf16": cfg.bf16,
+            "memory init": (f"decay half-lives {cfg.memory_span[0]}-{cfg.memory_span[1]} tokens (--memory-span)"
+                            if cfg.memory_span else "from --init-adapter" if cfg.init_adapter
+                            else "the release's (spec 2.1)"),
+            "training sequences": len(run.sequences), "training tokens seen": sum(r["tokens"] for r in train_rows),
+            "mean tokens/s": round(sum(r["tokens"] for r in train_rows)
+                                   / max(1e-9, sum(r["step_s"] for r in train_rows)), 1)}
 
-        def write(d):
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.ahn_state_dict().items()},
-                      d / "ahn.safetensors")
-            torch.save(optimizer.state_dict(), d / "optimizer.pt")
-            torch.save(scheduler.state_dict(), d / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, d / "rng.pt")
-            (d / "state.json").write_text(json.dumps({"step": step, "samples": step * per_step}))
 
-        _atomic_dir(out / CHECKPOINTS / f"step-{step:07d}", write)
-        done = sorted(p for p in (out / CHECKPOINTS).glob("step-*") if not p.name.endswith(".tmp"))
-        for old in done[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old)
+def adapter_config(run: DistillRun):
+    """The exported adapter's config: a copy of the model's, with the held-out window and sinks as its saved
+    defaults and chunked prefill (training runs whole sequences; the adapter pre-fills long prompts in chunks, with
+    bounded memory). The live model's config is not changed."""
+    import copy
 
-    if start == 0 and held_out:
-        model.eval()
-        row = {"step": 0, "eval": evaluate(model, held_out, eval_window, eval_sinks, pad_id, cfg.kl_chunk_size)}
-        log_line(row)
-        model.train()
-    model.train()
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (progress and main), desc="distill", unit="step")
-    began = time.monotonic()
-    for step in range(start, cfg.max_steps):
-        t0 = time.perf_counter()
-        stats = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
-        step_tokens = 0
-        for a in range(accum):
-            micro = (step * accum + a) * world + accelerator.process_index
-            batch = [sequences[order[micro * bs + i]] for i in range(bs)]
-            window, sinks = sample_window(min(map(len, batch)), cfg.windows, cfg.sinks, _micro_rng(cfg.seed, micro))
-            ids, mask = collate(batch, pad_id)
-            ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-            ctx = accelerator.no_sync(student) if a < accum - 1 else contextlib.nullcontext()
-            with ctx, accelerator.autocast():
-                res = student(ids, mask, window, sinks)
-                accelerator.backward(res["loss"] / accum)
-            for k in ("loss", "kl", "ce"):
-                if k in res:
-                    stats[k] += float(res[k].detach()) / accum
-            step_tokens += int(mask.sum())
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        reduced = accelerator.reduce(torch.tensor([stats["loss"], stats["kl"], stats["ce"], step_tokens],
-                                                  dtype=torch.float64, device=accelerator.device), "sum")
-        loss, kl, ce = (float(x) / world for x in reduced[:3])
-        tokens = int(reduced[3])
-        dt = time.perf_counter() - t0
-        row = {"step": step + 1, "loss": loss, "kl": kl, "ce": ce, "lr": scheduler.get_last_lr()[0],
-               "grad_norm": float(grad_norm), "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
-        log_line(row)
-        bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}", tok_s=f"{tokens / dt:,.0f}")
-        bar.update(1)
-        done = step + 1
-        if held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-            model.eval()
-            log_line({"step": done, "eval": evaluate(model, held_out, eval_window, eval_sinks, pad_id,
-                                                      cfg.kl_chunk_size)})
-            model.train()
-        out_of_time = cfg.max_minutes is not None and done < cfg.max_steps and bool(accelerator.reduce(
-            torch.tensor(float(time.monotonic() - began > 60 * cfg.max_minutes), device=accelerator.device),
-            "sum"))  # any process out of time: every process stops at the same step
-        if done % cfg.save_every == 0 or done == cfg.max_steps or out_of_time:
-            save_checkpoint(done)
-        accelerator.wait_for_everyone()
-        if out_of_time:
-            if main and progress:
-                print(f"time budget of {cfg.max_minutes} min spent at step {done}: checkpoint saved; "
-                      f"continue with --resume")
-            _stop_after = done
-        if _stop_after is not None and done >= _stop_after:
-            bar.close()
-            if log is not None:
-                log.close()
-            return out / CHECKPOINTS
-    bar.close()
-    if log is not None:
-        log.close()
+    from ..configuration_ahn import DEFAULT_PREFILL_CHUNK_SIZE
 
+    config = copy.deepcopy(run.model.config)
+    config.sliding_window, config.num_sinks = run.eval_window, run.eval_sinks
+    config.prefill_chunk_size = DEFAULT_PREFILL_CHUNK_SIZE
+    config.validate_ahn()
+    return config
+
+
+def export_adapter(run: DistillRun) -> Path:
+    """Write the adapter repo (weights, config, card with the recipe and the evaluations) and the loss curve."""
+    from ..hub.card import render_training_section
+    from ..hub.export import export_ahn_repo
+
+    model = run.model
     model.eval()
-    adapter = out / ADAPTER_DIR
-    if main:
-        history = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines() if line.strip()]
+    adapter = run.out / ADAPTER_DIR
+    if run.main:
+        history = [json.loads(line) for line in (run.out / LOG_NAME).read_text().splitlines() if line.strip()]
         evals = [r for r in history if "eval" in r]
-        train_rows = [r for r in history if "loss" in r]
-        eval_rows = _eval_table(evals)
-        recipe = {"base": cfg.base, "objective": cfg.objective,
-                  "loss": cfg.loss if cfg.objective == "end-to-end" else "per-layer normalised attention transfer",
-                  "use_q_proj": cfg.use_q_proj, "steps": cfg.max_steps, "global batch": per_step,
-                  "max length": cfg.max_length,
-                  "documents": ("packed" if cfg.pack else "split into max-length chunks" if cfg.split_documents
-                                else "first max-length tokens of each"),
-                  "lr": cfg.lr, "warmup": cfg.warmup_ratio,
-                  "weight decay": cfg.weight_decay, "windows": cfg.windows or "paper {32..8192} in (L/8, L)",
-                  "sinks": cfg.sinks or "{0, 32, 64, ...} <= W/2", "bf16": cfg.bf16,
-                  "memory init": (f"decay half-lives {cfg.memory_span[0]}-{cfg.memory_span[1]} tokens (--memory-span)"
-                                  if cfg.memory_span else "from --init-adapter" if cfg.init_adapter
-                                  else "the release's (spec 2.1)"),
-                  "training sequences": len(sequences), "training tokens seen": sum(r["tokens"] for r in train_rows),
-                  "mean tokens/s": round(sum(r["tokens"] for r in train_rows)
-                                         / max(1e-9, sum(r["step_s"] for r in train_rows)), 1)}
-        model.config.sliding_window, model.config.num_sinks = eval_window, eval_sinks
-        # training runs whole sequences; the exported adapter pre-fills long prompts in chunks (bounded memory)
-        model.config.prefill_chunk_size = DEFAULT_PREFILL_CHUNK_SIZE
-        export_ahn_repo(adapter, model.config, model.ahn_state_dict(), generation_config=model.generation_config,
-                        tokenizer=tokenizer, eval_results=eval_rows,
+        recipe = training_recipe(run, [r for r in history if "loss" in r])
+        export_ahn_repo(adapter, adapter_config(run), model.ahn_state_dict(), generation_config=model.generation_config,
+                        tokenizer=run.tokenizer, eval_results=_eval_table(evals),
                         extra_card_sections=[render_training_section(recipe)])
-        if not plot_history(history, out / "loss_curve.png"):
+        if not plot_history(history, run.out / "loss_curve.png"):
             print("matplotlib is not installed: no loss_curve.png (pip install 'modeling-ahn[train]')")
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     return adapter
+
+
+def out_of_time(run: DistillRun, done: int, began: float) -> bool:
+    """Whether any process has spent ``max_minutes`` before the last step (then every process stops at ``done``)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    return cfg.max_minutes is not None and done < cfg.max_steps and bool(accelerator.reduce(
+        torch.tensor(float(time.monotonic() - began > 60 * cfg.max_minutes), device=accelerator.device), "sum"))
+
+
+def distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+            _stop_after: int | None = None) -> Path:
+    """Run (or resume) a distillation; returns the directory of the final adapter repo (or of the checkpoints, when
+    the run stopped early at its time budget)."""
+    from tqdm.auto import tqdm
+
+    run = setup_run(cfg, resume, overwrite, progress)
+    start = resume_checkpoint(run) if resume else 0
+    order = GlobalOrder(len(run.sequences), cfg.seed)
+    run.log = open(run.out / LOG_NAME, "a") if run.main else None
+    if start == 0 and run.held_out:
+        evaluate_run(run, 0)
+    run.model.train()
+    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (progress and run.main), desc="distill", unit="step")
+    began = time.monotonic()
+    try:
+        for step in range(start, cfg.max_steps):
+            row = train_step(run, step, order)
+            run.log_line(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+            bar.update(1)
+            done = step + 1
+            if run.held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+                evaluate_run(run, done)
+            stop = out_of_time(run, done, began)
+            if done % cfg.save_every == 0 or done == cfg.max_steps or stop:
+                save_checkpoint(run, done)
+            run.accelerator.wait_for_everyone()
+            if stop:
+                if run.main and progress:
+                    print(f"time budget of {cfg.max_minutes} min spent at step {done}: checkpoint saved; "
+                          f"continue with --resume")
+                _stop_after = done
+            if _stop_after is not None and done >= _stop_after:
+                return run.out / CHECKPOINTS
+    finally:
+        bar.close()
+        run.close_log()
+    return export_adapter(run)
 
 
 @torch.no_grad()

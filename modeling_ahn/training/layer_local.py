@@ -62,7 +62,7 @@ def record_teacher(model, input_ids, attention_mask=None) -> dict[int, LayerReco
 
         spec.attention = recording
     try:
-        with model.attention_mode("full"):
+        with model.runtime(mode="full"):
             model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
         for i, _, spec in _ahn_layers(model):
