@@ -16,36 +16,28 @@ A token that must not enter memory (a pad token, a sink, nothing evicted yet) ha
 ``beta = 0`` and ``g = 0``, which leaves the state exactly unchanged.
 
 This file is part of the Hub remote-code payload: flat, sibling imports only, optional CUDA
-kernels imported inside ``try`` blocks.
+kernels imported on first use (``_load_kernels``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import math
+import os
+import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # flash-linear-attention (CUDA/Triton); optional
-    from fla.ops.delta_rule import chunk_delta_rule as _fla_chunk_delta_rule
-    from fla.ops.delta_rule import fused_recurrent_delta_rule as _fla_recurrent_delta_rule
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as _fla_chunk_gated_delta_rule
-    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as _fla_recurrent_gated_delta_rule
-except Exception:  # ImportError, or triton missing on a CPU-only machine
-    _fla_chunk_delta_rule = _fla_recurrent_delta_rule = None
-    _fla_chunk_gated_delta_rule = _fla_recurrent_gated_delta_rule = None
-
-try:  # fla's scalar-decay linear attention: Mamba2's recurrence when mamba-ssm is not installed
-    from fla.ops.simple_gla import chunk_simple_gla as _fla_chunk_simple_gla
-except Exception:
-    _fla_chunk_simple_gla = None
-
-try:  # mamba-ssm SSD kernels (CUDA/Triton); optional
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _mamba_chunk_scan_combined
-except Exception:
-    _mamba_chunk_scan_combined = None
+# The optional CUDA/Triton kernels (flash-linear-attention for GDN/DN, mamba-ssm's SSD for Mamba2) are imported on
+# first use, by ``_load_kernels``, never with this module: importing fla on a machine without a GPU warns ("Triton is
+# not supported on current platform"), and a CPU run never needs them.
+_KERNELS: dict = {}  # kernel name -> function or None; "interpret": whether they were imported under TRITON_INTERPRET=1
+_KERNEL_ERRORS: dict = {}  # package -> why it could not be imported
 
 
 AHN_TYPES = {"gdn": "GatedDeltaNet", "dn": "DeltaNet", "mamba2": "Mamba2"}
@@ -62,7 +54,8 @@ L2_EPS = 1e-6
 NORM_EPS = 1e-5
 
 # Which backend the memories use: "auto" (CUDA kernels when installed and the tensors are on CUDA,
-# else torch), "torch" (always the pure-PyTorch kernels) or "kernels" (CUDA kernels, error if missing).
+# else torch), "torch" (always the pure-PyTorch kernels) or "kernels" (CUDA kernels, error if they cannot run; on
+# CPU tensors only through Triton's interpreter, TRITON_INTERPRET=1: see _use_kernels).
 _BACKEND = {"value": "auto"}
 
 
@@ -271,25 +264,108 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, C):
 # ----------------------------------------------------------------------------------------------
 
 
+def _interpreting() -> bool:
+    """Whether Triton runs its kernels through its CPU interpreter (``TRITON_INTERPRET=1``, read by Triton when a
+    kernel is defined, i.e. when fla / mamba-ssm are imported)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _import_mamba_ssd():
+    """mamba-ssm's ``mamba_chunk_scan_combined``, imported without running ``mamba_ssm/__init__.py``.
+
+    That ``__init__`` imports the compiled ``selective_scan_cuda`` extension (and the model classes), which the SSD
+    Triton ops do not use: an install without the extension (``MAMBA_SKIP_CUDA_BUILD``) would fail there, and a
+    failed package import leaves some submodules behind in ``sys.modules``, so that whether a later import
+    succeeded depended on what had been imported before. Here the subpackage is loaded under a bare parent package
+    (its ``__init__`` not executed) that is removed again afterwards; an already imported ``mamba_ssm`` is used as is.
+    """
+    name = "mamba_ssm.ops.triton.ssd_combined"
+    if "mamba_ssm" in sys.modules or name in sys.modules:
+        return importlib.import_module(name).mamba_chunk_scan_combined
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("No module named 'mamba_ssm'", name="mamba_ssm")
+    bare = importlib.util.module_from_spec(spec)
+    sys.modules["mamba_ssm"] = bare
+    try:
+        return importlib.import_module(name).mamba_chunk_scan_combined
+    finally:
+        if sys.modules.get("mamba_ssm") is bare:
+            del sys.modules["mamba_ssm"]
+
+
+def _load_kernels() -> dict:
+    """Import the optional kernels once (see ``_KERNELS``); a package that fails leaves its entries ``None`` and its
+    reason in ``_KERNEL_ERRORS``."""
+    if _KERNELS:
+        return _KERNELS
+    fla_names = ("chunk_delta_rule", "fused_recurrent_delta_rule", "chunk_gated_delta_rule",
+                 "fused_recurrent_gated_delta_rule", "chunk_simple_gla")
+    found = dict.fromkeys(fla_names + ("mamba_chunk_scan_combined",))
+    try:
+        with warnings.catch_warnings():  # fla warns at import where Triton has no GPU driver (the interpreter)
+            warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
+            from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+            from fla.ops.simple_gla import chunk_simple_gla
+        found.update(chunk_delta_rule=chunk_delta_rule, fused_recurrent_delta_rule=fused_recurrent_delta_rule,
+                     chunk_gated_delta_rule=chunk_gated_delta_rule,
+                     fused_recurrent_gated_delta_rule=fused_recurrent_gated_delta_rule,
+                     chunk_simple_gla=chunk_simple_gla)
+    except Exception as e:  # ImportError, or an error raised by fla / triton at import
+        _KERNEL_ERRORS["flash-linear-attention"] = f"{type(e).__name__}: {e}"
+    try:
+        found["mamba_chunk_scan_combined"] = _import_mamba_ssd()
+    except Exception as e:
+        _KERNEL_ERRORS["mamba-ssm"] = f"{type(e).__name__}: {e}"
+    _KERNELS.update(found, interpret=_interpreting())
+    return _KERNELS
+
+
 def kernels_available(ahn_type: str) -> bool:
-    """Whether the optional CUDA kernels for this memory type are importable."""
+    """Whether the optional CUDA kernels for this memory type are importable (imports them on the first call)."""
+    kernels = _load_kernels()
     if canonical_ahn_type(ahn_type) == "mamba2":
-        return _mamba_chunk_scan_combined is not None or _fla_chunk_simple_gla is not None
-    return _fla_chunk_gated_delta_rule is not None and _fla_chunk_delta_rule is not None
+        return kernels["mamba_chunk_scan_combined"] is not None or kernels["chunk_simple_gla"] is not None
+    return kernels["chunk_gated_delta_rule"] is not None and kernels["chunk_delta_rule"] is not None
 
 
 def _use_kernels(ahn_type: str, x: torch.Tensor) -> bool:
+    """Whether the memory of ``ahn_type`` runs the kernels on ``x``: CUDA tensors with the kernels installed; under
+    backend ``"kernels"`` also CPU tensors when Triton runs its interpreter (``TRITON_INTERPRET=1`` set before the
+    kernels' first use), which executes the very same kernels and dispatch on the CPU -- slowly, for testing the
+    CUDA branch without a GPU. Backend ``"auto"`` never takes the interpreter; ``"kernels"`` raises where the
+    kernels cannot run."""
     backend = _BACKEND["value"]
     if backend == "torch":
         return False
-    ok = x.is_cuda and kernels_available(ahn_type)
+    if x.is_cuda:
+        ok = kernels_available(ahn_type)
+    elif backend == "kernels" and x.device.type == "cpu" and _interpreting():
+        ok = kernels_available(ahn_type) and _KERNELS["interpret"]
+    else:
+        ok = False
     if backend == "kernels" and not ok:
-        pkg = "mamba-ssm" if ahn_type == "mamba2" else "flash-linear-attention"
-        raise RuntimeError(
-            f"memory backend 'kernels' needs CUDA tensors and {pkg} installed "
-            f"(tensors on {x.device}); use set_memory_backend('auto') to fall back to torch."
-        )
+        raise RuntimeError(_kernel_error(ahn_type, x))
     return ok
+
+
+def _kernel_error(ahn_type: str, x: torch.Tensor) -> str:
+    name = AHN_TYPES[canonical_ahn_type(ahn_type)]
+    fallback = "use set_memory_backend('auto') to fall back to the torch kernels"
+    if not x.is_cuda and not (x.device.type == "cpu" and _interpreting()):
+        return (f"memory backend 'kernels': the {name} kernels need CUDA tensors, got tensors on {x.device} (to run "
+                f"them on CPU tensors through Triton's interpreter, for testing, set TRITON_INTERPRET=1 before their "
+                f"first use); {fallback}.")
+    if not kernels_available(ahn_type):
+        pkgs = ["mamba-ssm", "flash-linear-attention"] if canonical_ahn_type(ahn_type) == "mamba2" else [
+            "flash-linear-attention"]
+        why = "; ".join(f"{p}: {_KERNEL_ERRORS.get(p, 'not importable')}" for p in pkgs)
+        need = " or ".join(pkgs)
+        return (f"memory backend 'kernels': the {name} kernels need {need}, which could not be imported ({why}); "
+                f"install modeling-ahn[cuda] or {fallback}.")
+    return (f"memory backend 'kernels': the kernels were imported without TRITON_INTERPRET=1, so they cannot run on "
+            f"CPU tensors; set TRITON_INTERPRET=1 before their first use (a fresh process), or {fallback}.")
 
 
 def _fp32(x: torch.Tensor):
@@ -307,12 +383,12 @@ def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type):
         dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
         qq, kk, vv = q.to(dtype), k.to(dtype), v.to(dtype)
         state = None if initial_state is None else initial_state.float()
-        recurrent = q.shape[1] == 1
+        kind = "fused_recurrent" if q.shape[1] == 1 else "chunk"
         if g is None:
-            fn = _fla_recurrent_delta_rule if recurrent else _fla_chunk_delta_rule
+            fn = _KERNELS[f"{kind}_delta_rule"]
             o, S = fn(qq, kk, vv, beta=beta.to(dtype), scale=scale, initial_state=state, output_final_state=True)
         else:
-            fn = _fla_recurrent_gated_delta_rule if recurrent else _fla_chunk_gated_delta_rule
+            fn = _KERNELS[f"{kind}_gated_delta_rule"]
             o, S = fn(
                 qq, kk, vv, g=g.float(), beta=beta.to(dtype), scale=scale, initial_state=state, output_final_state=True
             )
@@ -331,16 +407,16 @@ def ssd_rule(q, k, v, dt, A, initial_state):
     """
     if _use_kernels("mamba2", q) and q.shape[1] > 1:
         dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
-        if _mamba_chunk_scan_combined is None:
+        if _KERNELS["mamba_chunk_scan_combined"] is None:
             state = None if initial_state is None else initial_state.float()
-            o, S = _fla_chunk_simple_gla(
+            o, S = _KERNELS["chunk_simple_gla"](
                 q.to(dtype), (k.float() * dt.float()[..., None]).to(dtype), v.to(dtype), g=dt.float() * A.float(),
                 scale=1.0, initial_state=state, output_final_state=True,
             )
             return o.float(), S.float()
         # mamba-ssm: x [B,T,H,P], dt [B,T,H], A [H], B/C [B,T,G,N] with G = H groups; state [B,H,P,N].
         state = None if initial_state is None else initial_state.float().transpose(-1, -2).contiguous()
-        y, S = _mamba_chunk_scan_combined(
+        y, S = _KERNELS["mamba_chunk_scan_combined"](
             v.to(dtype),
             dt.float(),
             A.float(),

@@ -286,9 +286,13 @@ def test_saved_datasets_dataset_and_checkpoint_contents(corpus, tmp_path):
     distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "ds")], max_steps=2, save_every=2, eval_every=100),
             progress=False)
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
-    assert {p.name for p in ckpt.iterdir()} == {"ahn.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt",
-                                                "state.json"}
+    assert {p.name for p in ckpt.iterdir()} == {"ahn.safetensors", "state.json"} | {
+        f"{n}.{ext}" for n in ("optimizer", "scheduler", "rng") for ext in ("json", "safetensors")}  # no pickle
     assert json.loads((ckpt / "state.json").read_text()) == {"step": 2, "samples": 2}
+    (ckpt / "optimizer.pt").write_bytes(b"")  # a checkpoint of the pickling version is refused, with the reason
+    with pytest.raises(ValueError, match="pickle"):
+        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "ds")], max_steps=3, save_every=2,
+                     eval_every=100), resume=True, progress=False)
 
 
 def test_init_adapter_continues_from_an_exported_repo(corpus, tmp_path):

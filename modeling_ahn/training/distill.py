@@ -550,9 +550,53 @@ def setup_run(cfg: DistillConfig, resume: bool = False, overwrite: bool = False,
                       params, optimizer, scheduler, student, progress)
 
 
+def _split_tensors(obj, tensors: dict, prefix: str = ""):
+    """``obj`` with every tensor replaced by ``{"__tensor__": key}`` and stored in ``tensors`` (JSON + safetensors:
+    a checkpoint holds no pickle). Tuples become ``{"__tuple__": [...]}`` (python's RNG state is one)."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_split_tensors(k, tensors, f"{prefix}.k{i}"), _split_tensors(v, tensors, f"{prefix}.{i}")]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [_split_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    return obj
+
+
+def _join_tensors(obj, tensors: dict):
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
+        if "__dict__" in obj:
+            return {_join_tensors(k, tensors): _join_tensors(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(path: Path, obj) -> None:
+    """``path.json`` + ``path.safetensors``: a nest of dicts, lists, tuples, numbers and tensors, without pickle."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    path.with_suffix(".json").write_text(json.dumps(_split_tensors(obj, tensors, "t")))
+    save_file(tensors, path.with_suffix(".safetensors"))
+
+
+def load_state(path: Path):
+    """What ``save_state`` wrote (tensors on the CPU)."""
+    from safetensors.torch import load_file
+
+    return _join_tensors(json.loads(path.with_suffix(".json").read_text()), load_file(path.with_suffix(".safetensors")))
+
+
 def save_checkpoint(run: DistillRun, step: int) -> None:
-    """Write ``checkpoints/step-N`` (AHN weights, optimiser, schedule, RNG states; atomically) and keep the last
-    ``keep_checkpoints``. Main process only."""
+    """Write ``checkpoints/step-N`` (AHN weights, optimiser, schedule, RNG states: safetensors and JSON, no pickle;
+    atomically) and keep the last ``keep_checkpoints``. Main process only."""
     from safetensors.torch import save_file
 
     if not run.main:
@@ -561,10 +605,10 @@ def save_checkpoint(run: DistillRun, step: int) -> None:
     def write(d):
         save_file({k: v.detach().cpu().contiguous() for k, v in run.model.ahn_state_dict().items()},
                   d / "ahn.safetensors")
-        torch.save(run.optimizer.state_dict(), d / "optimizer.pt")
-        torch.save(run.scheduler.state_dict(), d / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, d / "rng.pt")
+        save_state(d / "optimizer", run.optimizer.state_dict())
+        save_state(d / "scheduler", run.scheduler.state_dict())
+        save_state(d / "rng", {"torch": torch.get_rng_state(), "python": random.getstate(),
+                               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
         (d / "state.json").write_text(json.dumps({"step": step, "samples": step * run.per_step}))
 
     _atomic_dir(run.out / CHECKPOINTS / f"step-{step:07d}", write)
@@ -580,10 +624,13 @@ def resume_checkpoint(run: DistillRun) -> int:
     ckpt = latest_checkpoint(run.out)
     if ckpt is None:
         return 0
+    if (ckpt / "optimizer.pt").exists():
+        raise ValueError(f"{ckpt} is a checkpoint of an earlier version (pickled optimizer.pt): pickles can run code "
+                         "when loaded and are refused; start the run again, or resume it with that version.")
     run.model.load_ahn_state_dict(load_file(ckpt / "ahn.safetensors"))
-    run.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-    run.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file: python's RNG state is a tuple
+    run.optimizer.load_state_dict(load_state(ckpt / "optimizer"))
+    run.scheduler.load_state_dict(load_state(ckpt / "scheduler"))
+    rng = load_state(ckpt / "rng")
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
