@@ -287,7 +287,7 @@ def test_saved_datasets_dataset_and_checkpoint_contents(corpus, tmp_path):
             progress=False)
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
     assert {p.name for p in ckpt.iterdir()} == {"ahn.safetensors", "state.json"} | {
-        f"{n}.{ext}" for n in ("optimizer", "scheduler", "rng") for ext in ("json", "safetensors")}  # no pickle
+        f"{n}{ext}" for n in ("optimizer", "scheduler", "rng") for ext in (".json", "-00000.safetensors")}  # no pickle
     assert json.loads((ckpt / "state.json").read_text()) == {"step": 2, "samples": 2}
     (ckpt / "optimizer.pt").write_bytes(b"")  # a checkpoint of the pickling version is refused, with the reason
     with pytest.raises(ValueError, match="pickle"):
@@ -430,3 +430,18 @@ def test_run_config_records_no_home_directory_and_resumes(corpus, tmp_path, monk
     assert str(corpus.parent) not in json.dumps(saved)
     distill(cfg, resume=True, progress=False)  # the same settings, compared in the same form
     assert (tmp_path / "run" / "adapter" / "model.safetensors").exists()
+
+
+def test_saved_states_are_sharded_and_exact(tmp_path, monkeypatch):
+    """Optimizer / scheduler / RNG states: JSON + safetensors shards of at most SHARD_BYTES, read back exactly
+    (tuples, int keys and tensors included)."""
+    import modeling_ahn.training.distill as d
+
+    monkeypatch.setattr(d, "SHARD_BYTES", 100)
+    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(30)}}, "groups": [{"lr": 1e-3}],
+             "python": random.getstate(), "none": None}
+    d.save_state(tmp_path / "s", state)
+    assert len(list(tmp_path.glob("s-*.safetensors"))) == 2 and (tmp_path / "s.json").exists()
+    back = d.load_state(tmp_path / "s")
+    assert back["python"] == state["python"] and back["groups"] == state["groups"] and back["none"] is None
+    assert torch.equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])

@@ -578,20 +578,38 @@ def _join_tensors(obj, tensors: dict):
     return obj
 
 
+SHARD_BYTES = 16 * 2**20  # a state's tensors are written in safetensors shards of at most this size
+
+
 def save_state(path: Path, obj) -> None:
-    """``path.json`` + ``path.safetensors``: a nest of dicts, lists, tuples, numbers and tensors, without pickle."""
+    """``path.json`` + ``path-NNNNN.safetensors`` shards: a nest of dicts, lists, tuples, numbers and tensors,
+    without pickle (``SHARD_BYTES`` per shard, so that a checkpoint kept in a repository has no huge file)."""
     from safetensors.torch import save_file
 
     tensors = {}
-    path.with_suffix(".json").write_text(json.dumps(_split_tensors(obj, tensors, "t")))
-    save_file(tensors, path.with_suffix(".safetensors"))
+    tree = _split_tensors(obj, tensors, "t")
+    shards, size = [{}], 0
+    for key, tensor in tensors.items():
+        if shards[-1] and size + tensor.nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += tensor.nbytes
+    names = [f"{path.name}-{i:05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, path.parent / name)
+    path.with_suffix(".json").write_text(json.dumps({"shards": names, "tree": tree}))
 
 
 def load_state(path: Path):
     """What ``save_state`` wrote (tensors on the CPU)."""
     from safetensors.torch import load_file
 
-    return _join_tensors(json.loads(path.with_suffix(".json").read_text()), load_file(path.with_suffix(".safetensors")))
+    saved = json.loads(path.with_suffix(".json").read_text())
+    tensors = {}
+    for name in saved["shards"]:
+        tensors.update(load_file(path.parent / name))
+    return _join_tensors(saved["tree"], tensors)
 
 
 def save_checkpoint(run: DistillRun, step: int) -> None:
