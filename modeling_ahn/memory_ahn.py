@@ -270,6 +270,18 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _triton_interpreted() -> bool:
+    """Whether Triton's own ``@triton.jit`` helpers (``tl.sigmoid``, ``tl.sum``, ...) were defined under the
+    interpreter: Triton reads ``TRITON_INTERPRET`` for them when it is imported, which ``torch._dynamo`` (and so
+    ``import transformers``) does whenever Triton is installed; interpreted kernels cannot call compiled helpers."""
+    try:
+        from triton.language import standard
+        from triton.runtime.interpreter import InterpretedFunction
+    except Exception:
+        return False
+    return isinstance(getattr(standard, "sigmoid", None), InterpretedFunction)
+
+
 def _import_mamba_ssd():
     """mamba-ssm's ``mamba_chunk_scan_combined``, imported without running ``mamba_ssm/__init__.py``.
 
@@ -318,7 +330,7 @@ def _load_kernels() -> dict:
         found["mamba_chunk_scan_combined"] = _import_mamba_ssd()
     except Exception as e:
         _KERNEL_ERRORS["mamba-ssm"] = f"{type(e).__name__}: {e}"
-    _KERNELS.update(found, interpret=_interpreting())
+    _KERNELS.update(found, interpret=_interpreting() and _triton_interpreted())
     return _KERNELS
 
 
@@ -332,10 +344,10 @@ def kernels_available(ahn_type: str) -> bool:
 
 def _use_kernels(ahn_type: str, x: torch.Tensor) -> bool:
     """Whether the memory of ``ahn_type`` runs the kernels on ``x``: CUDA tensors with the kernels installed; under
-    backend ``"kernels"`` also CPU tensors when Triton runs its interpreter (``TRITON_INTERPRET=1`` set before the
-    kernels' first use), which executes the very same kernels and dispatch on the CPU -- slowly, for testing the
-    CUDA branch without a GPU. Backend ``"auto"`` never takes the interpreter; ``"kernels"`` raises where the
-    kernels cannot run."""
+    backend ``"kernels"`` also CPU tensors when Triton runs its interpreter (``TRITON_INTERPRET=1`` set before Triton
+    is first imported, see ``_triton_interpreted``), which executes the very same kernels and dispatch on the CPU --
+    slowly, for testing the CUDA branch without a GPU (with the shims of ``tests/triton_interpreter.py``). Backend
+    ``"auto"`` never takes the interpreter; ``"kernels"`` raises where the kernels cannot run."""
     backend = _BACKEND["value"]
     if backend == "torch":
         return False
@@ -355,8 +367,8 @@ def _kernel_error(ahn_type: str, x: torch.Tensor) -> str:
     fallback = "use set_memory_backend('auto') to fall back to the torch kernels"
     if not x.is_cuda and not (x.device.type == "cpu" and _interpreting()):
         return (f"memory backend 'kernels': the {name} kernels need CUDA tensors, got tensors on {x.device} (to run "
-                f"them on CPU tensors through Triton's interpreter, for testing, set TRITON_INTERPRET=1 before their "
-                f"first use); {fallback}.")
+                f"them on CPU tensors through Triton's interpreter, for testing, set TRITON_INTERPRET=1 in the "
+                f"environment of a fresh process); {fallback}.")
     if not kernels_available(ahn_type):
         pkgs = ["mamba-ssm", "flash-linear-attention"] if canonical_ahn_type(ahn_type) == "mamba2" else [
             "flash-linear-attention"]
@@ -364,8 +376,9 @@ def _kernel_error(ahn_type: str, x: torch.Tensor) -> str:
         need = " or ".join(pkgs)
         return (f"memory backend 'kernels': the {name} kernels need {need}, which could not be imported ({why}); "
                 f"install modeling-ahn[cuda] or {fallback}.")
-    return (f"memory backend 'kernels': the kernels were imported without TRITON_INTERPRET=1, so they cannot run on "
-            f"CPU tensors; set TRITON_INTERPRET=1 before their first use (a fresh process), or {fallback}.")
+    return (f"memory backend 'kernels': the kernels were imported without Triton's interpreter, so they cannot run "
+            f"on CPU tensors; set TRITON_INTERPRET=1 before Triton is first imported (torch._dynamo and transformers "
+            f"import it: set it in the environment of a fresh process), or {fallback}.")
 
 
 def _fp32(x: torch.Tensor):
@@ -383,7 +396,10 @@ def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type):
         dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
         qq, kk, vv = q.to(dtype), k.to(dtype), v.to(dtype)
         state = None if initial_state is None else initial_state.float()
-        kind = "fused_recurrent" if q.shape[1] == 1 else "chunk"
+        # one token: the fused recurrent kernel; but fla's fused_recurrent_gated_delta_rule has no backward
+        # (NotImplementedError), so a gated one-token call that needs a gradient takes the chunked kernel
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, state))
+        kind = "fused_recurrent" if q.shape[1] == 1 and not (grad and g is not None) else "chunk"
         if g is None:
             fn = _KERNELS[f"{kind}_delta_rule"]
             o, S = fn(qq, kk, vv, beta=beta.to(dtype), scale=scale, initial_state=state, output_final_state=True)
