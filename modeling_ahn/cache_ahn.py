@@ -452,7 +452,13 @@ class AhnCache(Cache):
 
 class StaticAhnCache(AhnCache):
     """:class:`AhnCache` of :class:`StaticSinkWindowLayer` s: fixed-size buffers, ``is_compileable``, so that
-    ``generate(..., cache_implementation="static")`` decodes under ``torch.compile`` (auto-compiled on CUDA)."""
+    ``generate(..., cache_implementation="static")`` decodes under ``torch.compile`` (auto-compiled on CUDA).
+
+    transformers recognises a static cache by ``cache.is_compileable`` (true here: every layer is a
+    :class:`StaticSinkWindowLayer`), which is what its auto-compile and its mask preparation check. It is deliberately
+    not a ``transformers.StaticCache``: that class is a KV buffer of ``max_cache_len`` positions per layer, while this
+    one holds sinks + a ring of ``W`` slots + a recurrent state, and the one place transformers tests
+    ``isinstance(cache, StaticCache)`` (keeping the padding mask for flash attention) does not apply to AHN."""
 
     _ahn_layer_class = StaticSinkWindowLayer
 

@@ -18,6 +18,13 @@ DEFAULT_NUM_SINKS = 128
 DEFAULT_PREFILL_CHUNK_SIZE = 2048
 # Context length reported to tools that read `max_position_embeddings` (lm-eval); AHN itself has no limit.
 DEFAULT_EFFECTIVE_CONTEXT = 1_048_576
+# The base's attributes an AhnConfig reads and writes through to its base_config (generation utilities, trainers,
+# lm-eval and transformers' tests read them from the top-level config). `max_position_embeddings` and
+# `sliding_window` are the AHN model's own.
+BASE_ATTRIBUTES = ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+                   "head_dim", "intermediate_size", "hidden_act", "rms_norm_eps", "initializer_range",
+                   "attention_dropout", "attention_bias", "rope_parameters", "pad_token_id", "bos_token_id",
+                   "eos_token_id")
 
 
 def parse_layer_ids(value) -> list[int]:
@@ -136,11 +143,25 @@ class AhnConfig(PreTrainedConfig):
         return [i for i in range(self.base_config.num_hidden_layers) if i not in full]
 
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The base's config (the text model that runs), as composite transformers configs return theirs."""
         return self.base_config if self.base_config is not None else self
+
+    def __getattr__(self, name):  # only for names not found on the AHN config itself
+        if name in BASE_ATTRIBUTES:
+            base = self.__dict__.get("base_config")
+            if base is not None:
+                return getattr(base, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, key, value):
+        if key in BASE_ATTRIBUTES and self.__dict__.get("base_config") is not None:
+            setattr(self.base_config, key, value)  # one value, the base's: never a stale copy on the AHN config
+            return
+        super().__setattr__(key, value)
 
     @classmethod
     def from_base_config(cls, base_config: PreTrainedConfig, **kwargs) -> AhnConfig:
         return cls(base_config=base_config, **kwargs)
 
 
-__all__ = ["AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids", "validate_settings"]
+__all__ = ["BASE_ATTRIBUTES", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids", "validate_settings"]

@@ -610,7 +610,8 @@ class GatedDeltaNet(_DeltaRuleMemory):
         self._init_readout(hidden_size, num_heads, head_dim)
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
         self.A_log = nn.Parameter(torch.empty(num_heads))
-        self.D = nn.Parameter(torch.ones(num_heads))  # stored by the release, unused
+        # stored by the release (kept in the checkpoint under its official name), unused: never trained
+        self.D = nn.Parameter(torch.ones(num_heads), requires_grad=False)
         self.dt_bias = nn.Parameter(torch.empty(num_heads))
         self.reset_parameters()
 

@@ -41,6 +41,7 @@ WEIGHTS_NAME = "model.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_SUBFOLDER = "peft"
+BASE_SUBFOLDER = "base"  # a repo saved from a model with no base repo to refer to holds its base here
 HUB_KWARGS = ("cache_dir", "force_download", "token", "revision", "local_files_only", "subfolder", "proxies")
 AUTO_KWARGS = ("trust_remote_code", "_from_auto", "adapter_kwargs", "code_revision", "_from_pipeline", "_commit_hash")
 
@@ -151,6 +152,54 @@ def read_adapter_weights(path: str, hub: dict) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file} is not a valid safetensors file ({e}); re-download or re-export the adapter.") from e
 
 
+def has_bundled_base(path: str, hub: dict) -> bool:
+    """Whether an AHN repo/dir holds its base model in ``base/`` (written by ``save_pretrained`` when the model has
+    no base repo to refer to)."""
+    from transformers.utils import cached_file
+
+    sub = "/".join(filter(None, (hub.get("subfolder"), BASE_SUBFOLDER)))
+    opts = dict(hub, subfolder=sub, _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False)
+    return cached_file(path, "config.json", **opts) is not None
+
+
+def load_ahn_config(path: str, hub: dict) -> AhnConfig:
+    """The ``AhnConfig`` of an exported repo; a plain base checkpoint (or an official AHN release, which is a
+    Qwen2/Qwen3 config) is refused with what to do instead."""
+    config_dict, _ = AhnConfig.get_config_dict(path, **hub)
+    model_type = config_dict.get("model_type")
+    if model_type != AhnConfig.model_type:
+        official = any(k in config_dict for k in ("fa_layer_ids", "_ahn_implementation", "ahn_position"))
+        hint = ("It looks like an official AHN release: convert it first with `ahn convert bytedance`." if official
+                else f"To put a fresh AHN on this base, use AhnForCausalLM.from_base({path!r}, sliding_window=..., "
+                     "num_sinks=...); to load an AHN model, point at an exported AHN repo.")
+        raise ValueError(f"{path} is not an AHN repo: its config.json has model_type={model_type!r}, not 'ahn' (a "
+                         f"plain base checkpoint). {hint}")
+    return AhnConfig.from_pretrained(path, **hub)
+
+
+@torch.no_grad()
+def load_base_tensors(model, base_state: dict, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load the base's tensors of a full state dict (the model's own keys, without ``.ahn.``) over the model's base.
+    Shapes must fit; missing / unexpected keys raise when ``strict``. Returns ``(missing, unexpected)``."""
+    own = {k: v for k, v in model.state_dict().items() if ".ahn." not in k}
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in base_state.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"Base weights do not fit this model: {bad[0][0]} has shape {bad[0][1]}, expected "
+                         f"{bad[0][2]} ({len(bad)} mismatched tensors).")
+    loaded = {k for k in base_state if k in own}
+    shared = {own[k].data_ptr() for k in loaded}  # tied weights (lm_head = embed_tokens) count as loaded
+    missing = sorted(k for k in own if k not in loaded and own[k].data_ptr() not in shared)
+    unexpected = sorted(k for k in base_state if k not in own)
+    if strict and (missing or unexpected):
+        raise ValueError(f"The base weights do not match this model: missing {missing[:6]} ({len(missing)}), "
+                         f"unexpected {unexpected[:6]} ({len(unexpected)}).")
+    for k in loaded:
+        own[k].copy_(base_state[k].to(device=own[k].device, dtype=own[k].dtype))
+    return missing, unexpected
+
+
 def _warn_on_code_mismatch(config) -> None:
     running = code_hash()
     saved = getattr(config, "ahn_code_hash", None)
@@ -186,8 +235,19 @@ class AhnPreTrainedModel(PreTrainedModel):
     config: AhnConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
+    # What runs inside AHN's sinks + window attention: SDPA (default) or eager (which returns attention weights);
+    # model.set_attn_implementation(...) switches it. Flash / flex attention cannot take AHN's per-row masks and
+    # block plans, and an attention backend (vLLM, TGI, paged attention) would replace the "ahn" function.
     _supports_sdpa = True
-    _supports_attention_backend = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    # The cache folds evicted tokens into a recurrent state: it cannot be rewound (no assisted decoding, no
+    # cropping); transformers refuses what needs that for stateful models.
+    _is_stateful = True
+    # The AHN forward prepares its inputs on the host (padding checks, chunked prefill); compiled decoding
+    # compiles `model.base_causal_lm.forward` over a StaticAhnCache instead (docs/design.md, the static cache).
+    _can_compile_fullgraph = False
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _base_auto_class = AutoModelForCausalLM
 
@@ -213,7 +273,14 @@ class AhnPreTrainedModel(PreTrainedModel):
         config.validate_ahn()
         base_model.requires_grad_(False)
         inner = base_config._attn_implementation
-        inner = inner if inner in INNER_IMPLEMENTATIONS else "sdpa"
+        if inner not in (None, AHN_ATTENTION, *INNER_IMPLEMENTATIONS):
+            raise ValueError(
+                f"The base uses attn_implementation={inner!r}, which cannot run inside AHN's sinks + window attention "
+                "(per-row masks and block plans): load the base with attn_implementation='sdpa' (default) or 'eager'."
+            )
+        if inner not in INNER_IMPLEMENTATIONS:  # unset, or a config taken from an AHN model: the AHN config's own
+            own = config._attn_implementation_internal
+            inner = own if own in INNER_IMPLEMENTATIONS else "sdpa"
         memories = {}
         for i in config.ahn_layers:
             ref = decoder.layers[i].self_attn.q_proj.weight
@@ -221,7 +288,30 @@ class AhnPreTrainedModel(PreTrainedModel):
                                head_dim_of(base_config), use_q_proj=config.use_q_proj)
             memories[i] = AhnModule(mem).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         attach_ahn(decoder, config, memories, inner=inner)
-        base_model.set_attn_implementation(AHN_ATTENTION)
+        base_model.set_attn_implementation(AHN_ATTENTION)  # the base dispatches to "ahn"; the AHN config reports
+        config._attn_implementation_internal = inner  # what runs inside it (not through the setter: base stays)
+
+    def set_attn_implementation(self, attn_implementation, allow_all_kernels: bool = False):
+        """Choose the attention that runs *inside* AHN's sinks + window attention: ``"sdpa"`` (default, fastest) or
+        ``"eager"`` (returns attention weights, for ``output_attentions=True``). The base keeps dispatching to
+        ``"ahn"``; ``config._attn_implementation`` reports the inner one. Anything else raises: flash / flex
+        attention and attention backends cannot take AHN's per-row sink + window masks."""
+        impl = attn_implementation
+        if isinstance(impl, dict):
+            impl = impl.get("", impl.get("base_config", self.config._attn_implementation))
+        if impl in (None, AHN_ATTENTION):
+            impl = self.config._attn_implementation
+        if impl not in INNER_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={impl!r} cannot run under AHN: its sinks + window attention takes per-row masks "
+                f"and block plans that only {' / '.join(repr(i) for i in INNER_IMPLEMENTATIONS)} accept. Use "
+                "'sdpa' (default) or 'eager' (returns attention weights)."
+            )
+        specs = [get_layer_spec(layer.self_attn) for layer in self.model.layers]
+        for spec in specs:
+            if spec is not None:
+                spec.inner = impl
+        self.config._attn_implementation_internal = impl
 
     # ------------------------------------------------------------------ AHN weights
 
@@ -336,9 +426,52 @@ class AhnPreTrainedModel(PreTrainedModel):
             elif position_ids is None:
                 # positions that skip the padding, as generate() computes them
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+        if (attention_mask is None and isinstance(position_ids, torch.Tensor) and position_ids.dim() == 2 and seq > 1
+                and bool((position_ids[:, 1:] - position_ids[:, :-1] != 1).any())):
+            raise ValueError(
+                "position_ids restart within a row and there is no padding mask: packed (padding-free) sequences are "
+                "not supported by AHN. Its sinks, window and memory run over the whole row, so the packed sequences "
+                "would attend to each other. Pass one sequence per row, padded, with an attention_mask."
+            )
         chunked = isinstance(past_key_values, Cache) and bool(self.config.prefill_chunk_size)
         chunked = chunked and seq > self.config.prefill_chunk_size
         return use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked
+
+    def _check_kwargs(self, kwargs, chunked: bool) -> dict:
+        """The output options of a forward (the AHN config's defaults filled in), refused where AHN cannot honour
+        them. Returns ``kwargs`` for the base."""
+        if any(k in kwargs for k in ("cu_seq_lens_q", "cu_seq_lens_k")):
+            raise ValueError("cu_seq_lens (packed, padding-free sequences) are not supported by AHN: its sinks, window "
+                             "and memory run over the whole row. Pass one sequence per row, padded.")
+        for name in ("output_attentions", "output_hidden_states"):
+            if kwargs.get(name) is None and getattr(self.config, name, False):
+                kwargs[name] = True
+        if kwargs.get("return_dict") is None and not getattr(self.config, "return_dict", True):
+            kwargs["return_dict"] = False
+        if kwargs.get("output_attentions"):
+            if self.config._attn_implementation != "eager":
+                raise ValueError(
+                    f"output_attentions=True needs the eager attention inside AHN; "
+                    f"{self.config._attn_implementation!r} returns no attention weights. Load with "
+                    "attn_implementation='eager' or call model.set_attn_implementation('eager'). The weights then "
+                    "cover the sink store and the window + new keys of each query (the memory has no per-token "
+                    "weights)."
+                )
+            if chunked:
+                raise ValueError(
+                    f"output_attentions=True is not available with chunked prefill (this prompt is longer than "
+                    f"prefill_chunk_size={self.config.prefill_chunk_size}): each chunk attends over other keys. Set "
+                    "model.config.prefill_chunk_size = None (or a larger size) for this call."
+                )
+        return kwargs
+
+    @staticmethod
+    def _chunked_output(output, hidden, return_dict):
+        """The output of a chunked prefill: the chunks' hidden states joined along the sequence, a tuple when
+        ``return_dict=False``."""
+        if hidden:
+            output.hidden_states = tuple(torch.cat(h, dim=1) for h in zip(*hidden))
+        return output if return_dict is not False else output.to_tuple()
 
     def _chunks(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, past):
         """Yield ``(start, end, kwargs)`` for a prefill chunk by chunk over the same cache."""
@@ -359,7 +492,10 @@ class AhnPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, tokenizer=None, is_main_process=True, push_to_hub=False, **kwargs):
         """Write an adapter-only repo: config, remote code, AHN weights, generation config, tokenizer,
-        a short card and PEFT adapter files. The base weights are not written (they live in the base repo).
+        a short card and PEFT adapter files. The base weights are not written (they live in the base repo named by
+        ``base_model_name_or_path``) -- unless there is no base repo to refer to (a model built from a config alone,
+        or over a base made in memory): then the base is saved too, as a standalone model in ``base/``, and
+        ``from_pretrained`` loads it from there.
 
         ``tokenizer``: saved into the repo; by default the base's tokenizer is loaded from
         ``base_model_name_or_path`` if it can be. The full model card (with evaluation rows) is written by
@@ -370,60 +506,109 @@ class AhnPreTrainedModel(PreTrainedModel):
         if push_to_hub:
             raise ValueError("push_to_hub is not supported here: save, then `ahn push DIR org/name`.")
         generation_config = getattr(self, "generation_config", None)
-        write_ahn_repo(save_directory, self.config, self.ahn_state_dict(), generation_config=generation_config,
-                       tokenizer=tokenizer)
+        out = write_ahn_repo(save_directory, self.config, self.ahn_state_dict(), generation_config=generation_config,
+                             tokenizer=tokenizer)
+        if not self.config.base_model_name_or_path:
+            base = self.base_causal_lm if isinstance(self, AhnForCausalLM) else self.model
+            base_state = {k: v for k, v in base.state_dict().items() if ".ahn." not in k}
+            base.save_pretrained(out / BASE_SUBFOLDER, state_dict=base_state,
+                                 safe_serialization=kwargs.get("safe_serialization", True))
+
+    @classmethod
+    def _load_base(cls, config, path, base_model, kwargs, hub, build: bool):
+        """The base model: given, loaded from where the config names it (or ``base_model=`` a location), from the
+        repo's own ``base/`` folder, or (``build``: the state dict holds the base's weights) built from the config."""
+        if base_model is not None and not isinstance(base_model, (str, os.PathLike)):
+            if kwargs:
+                raise ValueError(f"kwargs {sorted(kwargs)} are for loading the base; they cannot apply to base_model=.")
+            return base_model
+        name, load = str(base_model) if base_model is not None else config.base_model_name_or_path, {}
+        if name:
+            load["revision"] = config.base_model_revision if base_model is None else None
+        elif path is not None and has_bundled_base(path, hub):
+            name = path
+            load = dict(hub, subfolder="/".join(filter(None, (hub.get("subfolder"), BASE_SUBFOLDER))))
+        elif build or path is None:
+            extra = sorted(set(kwargs) - {"dtype", "torch_dtype", "attn_implementation"})
+            if extra:
+                raise ValueError(f"kwargs {extra} are for loading a base from a path; this base is built from the "
+                                 "config (its weights come from state_dict=).")
+            return cls._base_auto_class.from_config(config.base_config, **kwargs)
+        else:
+            raise ValueError(f"{path}/config.json has no base_model_name_or_path and the repo has no {BASE_SUBFOLDER}/ "
+                             "folder; pass base_model=<loaded model or its location>.")
+        try:
+            return cls._base_auto_class.from_pretrained(name, **load, **kwargs)
+        except OSError as e:  # unreachable or missing files; any other error is transformers' own, unchanged
+            raise OSError(
+                f"Could not load the base model {name!r} named by base_model_name_or_path in {path}: {e}\n"
+                "Make it reachable (network, HF_HOME cache or a local path), or load it yourself and pass "
+                "base_model=<model>."
+            ) from e
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, base_model=None, **kwargs):
         """Load an exported AHN repo: the frozen base from ``base_model_name_or_path`` (or ``base_model=``, a
-        loaded model or a repo id/dir to load instead),
+        loaded model or a repo id/dir to load instead; or the repo's own ``base/`` folder, see ``save_pretrained``),
         the AHN weights from the repo. ``sliding_window``/``num_sinks``/``prefill_chunk_size`` override the
         repo's inference settings; the other kwargs (``dtype``, ``device_map``, ``attn_implementation``,
         quantization, ...) go to the base's ``from_pretrained``. Adapter files are read and checked before
         anything is built, so a bad adapter leaves a given ``base_model`` untouched.
+
+        As in transformers: ``output_loading_info=True`` returns ``(model, loading_info)``, and keys missing from
+        the checkpoint or unexpected in it are then reported there (and logged) instead of raising (tensors whose
+        shapes do not fit always raise); ``state_dict=`` gives the tensors instead of the repo's weights file (AHN
+        keys, and the base's keys, which are loaded over the base); ``from_pretrained(None, config=AhnConfig(...),
+        state_dict=...)`` builds the model from the config alone.
         """
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes keyword arguments only, got {model_args}.")
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        state_dict = kwargs.pop("state_dict", None)
         hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         for k in AUTO_KWARGS:
             kwargs.pop(k, None)
         overrides = {k: kwargs.pop(k) for k in RUNTIME_SETTINGS + ("full_attention_layers",) if k in kwargs}
-        path = str(pretrained_model_name_or_path)
+        path = None if pretrained_model_name_or_path is None else str(pretrained_model_name_or_path)
         if config is None or getattr(config, "model_type", None) != "ahn":
-            config = AhnConfig.from_pretrained(path, **hub)
+            if path is None:
+                raise ValueError("from_pretrained(None, ...) needs config=AhnConfig(base_config=...) and state_dict=.")
+            config = load_ahn_config(path, hub)
         else:
             config = copy.deepcopy(config)
         for k, v in overrides.items():
             setattr(config, k, parse_layer_ids(v) if k == "full_attention_layers" else v)
         config.validate_ahn()
-        state = read_adapter_weights(path, hub)
-        check_ahn_state_dict(config, state)
+        if state_dict is None:
+            if path is None:
+                raise ValueError("from_pretrained(None, config=...) needs state_dict=; to build a fresh model from a "
+                                 "config use AhnForCausalLM(config) or AhnForCausalLM.from_base(...).")
+            state_dict = read_adapter_weights(path, hub)
+        state = {k: v for k, v in state_dict.items() if ".ahn." in k}
+        base_state = {k: v for k, v in state_dict.items() if ".ahn." not in k}
+        strict = not output_loading_info
+        check_ahn_state_dict(config, state, strict=strict)
 
-        if base_model is None or isinstance(base_model, (str, os.PathLike)):  # a location: load it here
-            name = str(base_model) if base_model is not None else config.base_model_name_or_path
-            if not name:
-                raise ValueError(f"{path}/config.json has no base_model_name_or_path; pass base_model=<loaded model>.")
-            try:
-                revision = config.base_model_revision if base_model is None else None
-                base_model = cls._base_auto_class.from_pretrained(name, revision=revision, **kwargs)
-            except Exception as e:
-                raise OSError(
-                    f"Could not load the base model {name!r} named by base_model_name_or_path in {path}: {e}\n"
-                    "Make it reachable (network, HF_HOME cache or a local path), or load it yourself and pass "
-                    "base_model=<model>."
-                ) from e
-        elif kwargs:
-            raise ValueError(f"kwargs {sorted(kwargs)} are for loading the base; they cannot apply to base_model=.")
+        base_model = cls._load_base(config, path, base_model, kwargs, hub, build=bool(base_state))
         if base_shape_key(base_model.config) != base_shape_key(config.base_config):
             raise ValueError(
                 f"The adapter in {path} was made for a base with {base_shape_summary(config.base_config)}, but the "
                 f"base model has {base_shape_summary(base_model.config)}."
             )
         model = cls(config, base_model=base_model)
-        model.load_ahn_state_dict(state)
+        missing, unexpected = model.load_ahn_state_dict(state, strict=strict)
+        if base_state:
+            base_missing, base_unexpected = load_base_tensors(model, base_state, strict=strict)
+            missing, unexpected = missing + base_missing, unexpected + base_unexpected
+        if missing or unexpected:
+            logger.warning("Loading %s: missing keys %s (left as initialised), unexpected keys %s (ignored).",
+                           path, missing, unexpected)
         _warn_on_code_mismatch(config)
-        return model.eval()
-
+        model.eval()
+        if output_loading_info:
+            return model, {"missing_keys": set(missing), "unexpected_keys": set(unexpected), "mismatched_keys": set(),
+                           "error_msgs": []}
+        return model
 
 class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
     """A frozen causal LM with sinks + sliding-window attention and an AHN memory per layer.
@@ -482,6 +667,9 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
             kwargs["num_sinks"] = num_sinks
         if prefill_chunk_size != -1:
             kwargs["prefill_chunk_size"] = prefill_chunk_size
+        inner = base.config._attn_implementation  # the attention to run inside AHN (the config sets it on the base)
+        if inner in INNER_IMPLEMENTATIONS:
+            kwargs["attn_implementation"] = inner
         config = AhnConfig(base_config=base.config, base_model_name_or_path=path,
                            base_model_revision=base_model_revision, **kwargs)
         model = cls(config, base_model=base)
@@ -519,6 +707,15 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
+    def _validate_generation_mode(self, generation_mode, generation_config, generation_mode_kwargs):
+        if getattr(generation_mode, "value", generation_mode) == "assisted_generation":
+            raise ValueError(
+                "Assisted / speculative decoding (assistant_model=, prompt_lookup_num_tokens=) is not supported by AHN "
+                "models: it rolls the cache back to the accepted tokens, and an AHN cache cannot be cropped (tokens "
+                "that left the window are already folded into the memory state). Decode without an assistant."
+            )
+        return super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
+
     def create_masks_for_generate(self, config, inputs_embeds, attention_mask=None, **kwargs):
         """generate() asks for 4D masks with a compileable cache (StaticAhnCache); AHN attention takes the 2D
         padding mask, or none when nothing is padded (so a compiled decoding step sees no growing mask)."""
@@ -530,6 +727,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cache=None, **kwargs):
         use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked = self._prepare_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, cache)
+        kwargs = self._check_kwargs(kwargs, chunked)
         if not chunked:
             return self.base_causal_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                        inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
@@ -537,22 +735,26 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         # Chunked prefill: the cache never holds more than sinks + window; only the logits asked for
         # (the last `logits_to_keep`; all when 0, a tensor of indices, or with labels) are computed.
         keep_all = labels is not None or not isinstance(logits_to_keep, int) or logits_to_keep == 0
-        logits = []
+        return_dict = kwargs.pop("return_dict", None)
+        logits, hidden = [], []
         for start, end, part in self._chunks(input_ids, inputs_embeds, attention_mask, position_ids,
                                              past_key_values, past):
             need = end - start if keep_all else max(0, min(end - start, logits_to_keep - (seq - end)))
             if need == 0:
-                self.model(**part, **kwargs)
+                out = self.model(**part, **kwargs)
             else:
                 out = self.base_causal_lm(**part, logits_to_keep=0 if need == end - start else need, **kwargs)
                 logits.append(out.logits)
+            if kwargs.get("output_hidden_states"):
+                hidden.append(out.hidden_states)
         logits = torch.cat(logits, dim=1)
         if not isinstance(logits_to_keep, int):
             logits = logits[:, logits_to_keep]
         loss = None
         if labels is not None:
             loss = self.base_causal_lm.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KWARG: past_key_values})
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KWARG: past_key_values})
+        return self._chunked_output(output, hidden, return_dict)
 
 
 class AhnModel(AhnPreTrainedModel):
@@ -580,14 +782,18 @@ class AhnModel(AhnPreTrainedModel):
                 inputs_embeds=None, use_cache=None, cache=None, **kwargs):
         use_cache, past_key_values, attention_mask, position_ids, seq, past, chunked = self._prepare_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, cache)
+        kwargs = self._check_kwargs(kwargs, chunked)
         if not chunked:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: past_key_values},
                               **kwargs)
-        hidden = [self.model(**part, **kwargs).last_hidden_state
-                  for _, _, part in self._chunks(input_ids, inputs_embeds, attention_mask, position_ids,
-                                                 past_key_values, past)]
-        return BaseModelOutputWithPast(last_hidden_state=torch.cat(hidden, 1), **{CACHE_KWARG: past_key_values})
+        return_dict = kwargs.pop("return_dict", None)
+        outs = [self.model(**part, **kwargs) for _, _, part in self._chunks(input_ids, inputs_embeds, attention_mask,
+                                                                           position_ids, past_key_values, past)]
+        output = BaseModelOutputWithPast(last_hidden_state=torch.cat([o.last_hidden_state for o in outs], 1),
+                                         **{CACHE_KWARG: past_key_values})
+        return self._chunked_output(output, [o.hidden_states for o in outs if o.hidden_states is not None],
+                                    return_dict)
 
 
 # ---------------------------------------------------------------------- repo writer
