@@ -36,6 +36,7 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--sinks", type=int, default=64)
     ap.add_argument("--draws", type=int, default=2000)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(HERE / "results" / "content_smollm2"))
     args = ap.parse_args(argv)
     if args.gap <= 2 * args.window:
@@ -62,13 +63,13 @@ def main(argv=None):
         raise SystemExit(f"held-out text too short: {len(segs)} segments, {len(essays)} essays")
     pairs = [(segs[i], segs[i + 1]) for i in range(args.segments)]  # round-robin: neighbours are other novels
     repeats = [d[512:] for d in essays]  # past any front matter
-    report = {"machine": machine_info("cpu"), "date": time.strftime("%Y-%m-%d"), "base": Path(base).name,
+    report = {"machine": machine_info(args.device), "date": time.strftime("%Y-%m-%d"), "base": Path(base).name,
               "settings": {k: getattr(args, k) for k in ("segments", "length", "prefix", "passage", "gap", "window",
                                                           "sinks")}, "adapters": {}}
     for label, adapter in adapters_to_compare(args.adapter, args.label, base):
         model = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True, base_model=base,
                                                      sliding_window=args.window, num_sinks=args.sinks,
-                                                     dtype=torch.float32).eval()
+                                                     dtype=torch.float32).to(args.device).eval()
         swap = [swap_units(model, [p], args.prefix)[0] for p in tqdm(pairs, desc=f"{label}: far-context swap")]
         rep = [repeat_units(model, [d], args.passage, args.gap)[0] for d in tqdm(repeats, desc=f"{label}: repeat")]
         report["adapters"][label] = dict(content_report(swap, rep, args.draws), units={"swap": swap, "repeat": rep})

@@ -76,7 +76,9 @@ class AhnLayerSpec:
         self.config = config
         self.inner = inner
         # "ahn": sinks + window + memory; "swa": sinks + window only (the baseline a fresh AHN equals);
-        # "full": the base's own causal attention (the distillation teacher; no AHN cache)
+        # "full": the base's own causal attention (the distillation teacher; no AHN cache);
+        # MEMORY_ONLY: the memory's read-out alone, whole sequences only (layer-local training adds it to a window
+        # attention it has computed already)
         self.mode = "ahn"
         # This code's own implementation: if another copy of this code (the installed package and a
         # repo's remote code) registered "ahn" last, its dispatcher still calls the right one.
@@ -141,6 +143,9 @@ def ahn_attention_forward(module, *args, **kwargs):
 # ---------------------------------------------------------------------- the plan
 
 
+MEMORY_ONLY = "memory"
+
+
 class AttentionPath(enum.Enum):
     """How one call of the ``"ahn"`` attention computes its result (see :func:`choose_path`)."""
 
@@ -203,6 +208,19 @@ def choose_path(spec, step, facts: ChunkFacts | None) -> AttentionPath:
 # ---------------------------------------------------------------------- the paths
 
 
+def memory_keys(spec, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The keys ``[B, Hkv, n, D]`` (as cached) that enter the memory, at real positions ``positions`` ``[B, n]``
+    (-1 = pad, never written): the cached keys themselves unless the memory writes from keys before RoPE (its
+    ``use_k_proj`` / ``position_free`` options), which undoes RoPE with the base's own rotary embedding."""
+    memory = spec.memory
+    if not memory.needs_key_rotation:
+        return keys
+    if spec.rotary is None:
+        raise ValueError("use_k_proj / position_free memories need the base's rotary embedding (the layer has none)")
+    rotation = spec.rotary(keys.float(), positions.to(keys.device).clamp_min(0))
+    return memory.write_keys(keys, rotation)
+
+
 def _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling, dropout):
     """STATIC_STEP: one token per row over a :class:`StaticSinkWindowLayer`, the same result as the dynamic paths
     with fixed shapes and no host sync. ``key``/``value`` are ``[sink store (S), ring (W)]``, the new token already
@@ -228,7 +246,8 @@ def _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling
     if spec.mode == "ahn":  # the evicted token enters memory if it is real and no sink; then the query reads
         valid = ev.rpos[:, None] >= S
         ev_gates = ev.gates if ev.gates is not None else torch.zeros_like(gates_new)
-        mem_out, state = memory(memory.read_query(query, inputs.rotation), ev.keys, ev.values, ev_gates, valid,
+        ev_keys = memory_keys(spec, ev.keys, ev.rpos[:, None])
+        mem_out, state = memory(memory.read_query(query, inputs.rotation), ev_keys, ev.values, ev_gates, valid,
                                 hidden, layer.recurrent_state)
         attn_out = attn_out + mem_out
     layer.end_step(rpos_new, gates_new, state)
@@ -252,6 +271,9 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
     state = None
     if spec.mode == "ahn":
         ev_k, ev_v, ev_g = layer.evicted()
+        if memory.needs_key_rotation:  # window[0] sits W positions before the new token (a steady row has no pads)
+            pos = torch.full((ev_k.shape[0], 1), layer.step.start - layer.sliding_window, device=ev_k.device)
+            ev_k = memory_keys(spec, ev_k[:, :, None], pos)[:, :, 0]
         mem_out, state = memory.step(memory.read_query(query, inputs.rotation), ev_k, ev_v, ev_g, hidden,
                                      layer.recurrent_state)
         attn_out = attn_out + mem_out
@@ -303,12 +325,12 @@ def _memory_readout(spec, facts, query, inputs, gates_new):
     q_len = facts.q_len
     n_ev = max(0, step.num_old + q_len - W)
     state = layer.recurrent_state
-    if spec.mode != "ahn" or (n_ev == 0 and state is None):
+    if spec.mode not in ("ahn", MEMORY_ONLY) or (n_ev == 0 and state is None):
         return None, None
     rpos_all, hidden = facts.rpos_all, inputs.hidden
     query = memory.read_query(query, inputs.rotation)
     gates_all = gates_new if layer.window_gates is None else torch.cat([layer.window_gates, gates_new], dim=1)
-    all_k, all_v = step.keys, step.values
+    all_k, all_v = memory_keys(spec, step.keys[:, :, :n_ev], rpos_all[:, :n_ev]), step.values
     lead = q_len - n_ev  # queries with nothing to write (the window is not full yet)
     if state is None and lead > 0:
         # An empty memory reads exactly zero, so the first `lead` queries need no recurrence at all.
@@ -374,13 +396,19 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
     elif isinstance(cache, Cache) and spec.memory is not None:
         raise ValueError("attention mode 'full' runs without an AHN cache: pass use_cache=False.")
     path = choose_path(spec, step, facts)
+    if spec.mode == MEMORY_ONLY and not (facts is not None and facts.whole_sequence):
+        raise ValueError(f"attention mode {MEMORY_ONLY!r} (the memory's read-out alone) runs on whole sequences only")
     if path is AttentionPath.FULL:
         return full_attention(spec, module, query, key, value, mask2d, scaling, dropout, kwargs.get("sliding_window"))
     if path is AttentionPath.STATIC_STEP:
         return _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling, dropout)
     if path is AttentionPath.STEADY_STEP:
         return _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropout)
-    attn_out, attn_weights = _CHUNK_PATHS[path](spec, module, facts, query, key, value, scaling, dropout)
+    if spec.mode == MEMORY_ONLY:
+        B, H, q_len, _ = query.shape
+        attn_out, attn_weights = query.new_zeros(B, q_len, H, value.shape[-1]), None
+    else:
+        attn_out, attn_weights = _CHUNK_PATHS[path](spec, module, facts, query, key, value, scaling, dropout)
     gates_new = spec.memory.write_gates(inputs.hidden)
     mem_out, state = _memory_readout(spec, facts, query, inputs, gates_new)
     if mem_out is not None:
@@ -431,6 +459,6 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
                                                         inner))
 
 
-__all__ = ["AHN_ATTENTION", "AhnLayerSpec", "AttentionPath", "ChunkFacts", "LayerInputs", "ahn_attention",
-           "ahn_attention_forward", "attach_ahn", "choose_path", "get_layer_spec", "make_layer_spec",
-           "set_layer_spec"]
+__all__ = ["AHN_ATTENTION", "MEMORY_ONLY", "AhnLayerSpec", "AttentionPath", "ChunkFacts", "LayerInputs",
+           "ahn_attention", "ahn_attention_forward", "attach_ahn", "choose_path", "get_layer_spec", "make_layer_spec",
+           "memory_keys", "set_layer_spec"]

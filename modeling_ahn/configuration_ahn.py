@@ -89,6 +89,11 @@ class AhnConfig(PreTrainedConfig):
             the base's own limit stays in ``base_config.max_position_embeddings``.
         use_q_proj: the official option: each memory reads with a learned per-head projection of the query
             (``ahn.fn.q_proj.weight`` ``(H, D, D)``, applied before RoPE); off in the released models.
+        use_k_proj: beyond the official format: each memory writes a learned per-head projection of the key
+            (``ahn.fn.k_proj.weight`` ``(H, D, D)``, before RoPE, identity-initialised).
+        position_free: beyond the official format: the memory writes and reads keys and queries before RoPE.
+            Both are off by default (off = the official maths exactly). The official release's code cannot run
+            them: an exported card says so; there is no export to the release's own format.
     """
 
     model_type = "ahn"
@@ -104,6 +109,8 @@ class AhnConfig(PreTrainedConfig):
     prefill_chunk_size: int | None = DEFAULT_PREFILL_CHUNK_SIZE
     clamp_sink_positions: bool = True
     use_q_proj: bool = False
+    use_k_proj: bool = False
+    position_free: bool = False
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
     tie_word_embeddings: bool = False

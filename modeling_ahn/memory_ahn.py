@@ -506,30 +506,63 @@ class AhnMemory(nn.Module):
     ``use_q_proj`` (the official option): then a learned per-head projection ``q_proj.weight`` ``(H, D, D)`` of the
     query *before* RoPE, rotated again (the release's order: project, then RoPE). Initialised to the identity, so a
     fresh ``q_proj`` reads exactly as no ``q_proj``.
+    ``write_keys(keys, rotation)``: the keys the memory writes; the cached keys unless one of two options beyond the
+    official format is on (both off by default and recorded in the config; the release's code cannot run them):
+    ``use_k_proj``, a learned per-head projection ``k_proj.weight`` ``(H, D, D)`` of the key before RoPE (the write
+    side of ``q_proj``, identity-initialised), and ``position_free``, a memory that writes and reads the keys and
+    queries *before* RoPE (a linear memory cannot undo the rotation between a query and a key thousands of
+    positions apart, which softmax attention averages away).
     """
 
     ahn_type = ""
     num_gates = 1
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False,
+                 use_k_proj: bool = False, position_free: bool = False):
         super().__init__()
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.q_proj = PerHeadLinear(num_heads, head_dim) if use_q_proj else None
+        self.k_proj = PerHeadLinear(num_heads, head_dim) if use_k_proj else None
+        self.position_free = bool(position_free)
 
     def _reset_q_proj(self):
-        if self.q_proj is not None:
-            self.q_proj.weight.copy_(torch.eye(self.head_dim).expand_as(self.q_proj.weight))
+        for proj in (self.q_proj, self.k_proj):
+            if proj is not None:
+                proj.weight.copy_(torch.eye(self.head_dim).expand_as(proj.weight))
+
+    @property
+    def needs_key_rotation(self) -> bool:
+        """Whether ``write_keys`` needs the keys' rotary ``(cos, sin)`` (``use_k_proj`` or ``position_free``)."""
+        return self.k_proj is not None or self.position_free
+
+    def _unrotated(self, x: torch.Tensor, rotation, what: str) -> tuple[torch.Tensor, tuple]:
+        if rotation is None:
+            raise ValueError(f"this memory ({what}) needs the rotary (cos, sin) of its positions: the layer got none")
+        cos, sin = (r.to(torch.float32)[:, None] for r in rotation)  # [B, 1, T, D]
+        return unrotate(x.float(), cos, sin), (cos, sin)
 
     def read_query(self, query: torch.Tensor, rotation=None) -> torch.Tensor:
         """``query`` ``[B, H, T, D]`` (after RoPE) -> the memory's read query; ``rotation``: RoPE's ``(cos, sin)``
-        ``[B, T, D]`` of the query positions (the base's ``position_embeddings``; needed with ``q_proj``)."""
-        if self.q_proj is None:
+        ``[B, T, D]`` of the query positions (the base's ``position_embeddings``; needed with ``q_proj`` or
+        ``position_free``)."""
+        if self.q_proj is None and not self.position_free:
             return query
-        if rotation is None:
-            raise ValueError("use_q_proj needs the query positions' rotary (cos, sin): the layer got none")
-        cos, sin = (r.to(torch.float32)[:, None] for r in rotation)  # [B, 1, T, D]
-        raw = unrotate(query.float(), cos, sin)
-        return rotate(self.q_proj(raw.transpose(1, 2)).transpose(1, 2), cos, sin).to(query.dtype)
+        raw, (cos, sin) = self._unrotated(query, rotation, "use_q_proj" if self.q_proj is not None else "position_free")
+        if self.q_proj is not None:
+            raw = self.q_proj(raw.transpose(1, 2)).transpose(1, 2)
+        return (raw if self.position_free else rotate(raw, cos, sin)).to(query.dtype)
+
+    def write_keys(self, keys: torch.Tensor, rotation=None) -> torch.Tensor:
+        """``keys`` ``[B, Hkv, T, D]`` (as cached, after RoPE) -> the keys the memory writes: ``keys`` itself, or with
+        ``use_k_proj`` / ``position_free`` ``[B, H, T, D]`` from the keys before RoPE (``rotation``: RoPE's
+        ``(cos, sin)`` ``[B, T, D]`` of the keys' positions)."""
+        if not self.needs_key_rotation:
+            return keys
+        raw, (cos, sin) = self._unrotated(keys, rotation, "use_k_proj" if self.k_proj is not None else "position_free")
+        if self.k_proj is not None:
+            rep = self.num_heads // raw.shape[1]
+            raw = self.k_proj(raw.repeat_interleave(rep, dim=1).transpose(1, 2)).transpose(1, 2)
+        return (raw if self.position_free else rotate(raw, cos, sin)).to(keys.dtype)
 
     @property
     def official_name(self) -> str:
@@ -551,6 +584,8 @@ class AhnMemory(nn.Module):
             return self(query, key[:, :, None], value[:, :, None], gates[:, None], valid, x_read, state)
         B, H, _, D = query.shape
         Hkv = key.shape[1]
+        if value.shape[1] < Hkv:  # keys projected per query head by ``write_keys``
+            value = value.repeat_interleave(Hkv // value.shape[1], dim=1)
         # grouped by KV head (query head h reads KV head h // rep): keys/values broadcast, nothing is repeated
         q = l2norm(query.float().view(B, Hkv, H // Hkv, D))
         k, v = l2norm(key.float())[:, :, None], value.float()[:, :, None]
@@ -565,10 +600,11 @@ class AhnMemory(nn.Module):
 
     def _prepare(self, query, keys, values):
         """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> ``[B,T,H,D]`` (KV heads repeated)."""
-        rep = query.shape[1] // keys.shape[1]
-        if rep > 1:
-            keys = keys.repeat_interleave(rep, dim=1)
-            values = values.repeat_interleave(rep, dim=1)
+        H = query.shape[1]  # keys have H heads already where ``write_keys`` projected them per head
+        if keys.shape[1] < H:
+            keys = keys.repeat_interleave(H // keys.shape[1], dim=1)
+        if values.shape[1] < H:
+            values = values.repeat_interleave(H // values.shape[1], dim=1)
         return query.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
 
 
@@ -605,8 +641,8 @@ class GatedDeltaNet(_DeltaRuleMemory):
     ahn_type = "gdn"
     num_gates = 2  # beta, log-decay
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
-        super().__init__(hidden_size, num_heads, head_dim, use_q_proj)
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False, **options):
+        super().__init__(hidden_size, num_heads, head_dim, use_q_proj, **options)
         self._init_readout(hidden_size, num_heads, head_dim)
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
         self.A_log = nn.Parameter(torch.empty(num_heads))
@@ -643,8 +679,8 @@ class DeltaNet(_DeltaRuleMemory):
     ahn_type = "dn"
     num_gates = 1  # beta
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
-        super().__init__(hidden_size, num_heads, head_dim, use_q_proj)
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False, **options):
+        super().__init__(hidden_size, num_heads, head_dim, use_q_proj, **options)
         self._init_readout(hidden_size, num_heads, head_dim)
         self.reset_parameters()
 
@@ -666,8 +702,8 @@ class Mamba2(AhnMemory):
     ahn_type = "mamba2"
     num_gates = 1  # dt
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False):
-        super().__init__(hidden_size, num_heads, head_dim, use_q_proj)
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False, **options):
+        super().__init__(hidden_size, num_heads, head_dim, use_q_proj, **options)
         H = num_heads
         self.dt_proj = nn.Linear(hidden_size, H, bias=True)
         self.g_proj = nn.Linear(hidden_size, H, bias=True)
@@ -711,8 +747,25 @@ class Mamba2(AhnMemory):
 MEMORY_CLASSES = {"gdn": GatedDeltaNet, "dn": DeltaNet, "mamba2": Mamba2}
 
 
-def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False) -> AhnMemory:
-    return MEMORY_CLASSES[canonical_ahn_type(ahn_type)](hidden_size, num_heads, head_dim, use_q_proj)
+# The memory options beyond the official checkpoint format (off by default; see ``AhnMemory``).
+UNOFFICIAL_OPTIONS = ("use_k_proj", "position_free")
+
+
+def memory_options(config) -> dict:
+    """The memory's options recorded in ``config`` (an ``AhnConfig`` or a PEFT config): ``use_q_proj`` (official)
+    and ``UNOFFICIAL_OPTIONS``. The one place that reads them, for every entry point that builds memories."""
+    return {name: bool(getattr(config, name, False)) for name in ("use_q_proj", *UNOFFICIAL_OPTIONS)}
+
+
+def unofficial_options(config) -> list[str]:
+    """The options of ``config`` beyond the official checkpoint format that are on."""
+    return [name for name in UNOFFICIAL_OPTIONS if getattr(config, name, False)]
+
+
+def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False,
+                 use_k_proj: bool = False, position_free: bool = False) -> AhnMemory:
+    return MEMORY_CLASSES[canonical_ahn_type(ahn_type)](hidden_size, num_heads, head_dim, use_q_proj,
+                                                        use_k_proj=use_k_proj, position_free=position_free)
 
 
 class AhnModule(nn.Module):

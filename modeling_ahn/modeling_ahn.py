@@ -29,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn, get_layer_spec
 from .cache_ahn import AhnCache, StaticAhnCache
 from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, head_dim_of, parse_layer_ids, validate_settings
-from .memory_ahn import AhnMemory, AhnModule, build_memory
+from .memory_ahn import AhnMemory, AhnModule, build_memory, memory_options
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def expected_ahn_shapes(config) -> dict[str, tuple[int, ...]]:
     bc = config.base_config
     with torch.device("meta"):
         fn = build_memory(config.ahn_type, bc.hidden_size, bc.num_attention_heads, head_dim_of(bc),
-                          use_q_proj=getattr(config, "use_q_proj", False))
+                          **memory_options(config))
     shapes = {name: tuple(p.shape) for name, p in fn.named_parameters()}
     return {f"model.layers.{i}.ahn.fn.{name}": s for i in config.ahn_layers for name, s in shapes.items()}
 
@@ -285,7 +285,7 @@ class AhnPreTrainedModel(PreTrainedModel):
         for i in config.ahn_layers:
             ref = decoder.layers[i].self_attn.q_proj.weight
             mem = build_memory(config.ahn_type, base_config.hidden_size, base_config.num_attention_heads,
-                               head_dim_of(base_config), use_q_proj=config.use_q_proj)
+                               head_dim_of(base_config), **memory_options(config))
             memories[i] = AhnModule(mem).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         attach_ahn(decoder, config, memories, inner=inner)
         base_model.set_attn_implementation(AHN_ATTENTION)  # the base dispatches to "ahn"; the AHN config reports
@@ -642,14 +642,16 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         ahn_dtype: torch.dtype | None = None,
         base_model_revision: str | None = None,
         use_q_proj: bool = False,
+        use_k_proj: bool = False,
+        position_free: bool = False,
         **from_pretrained_kwargs,
     ) -> AhnForCausalLM:
         """A fresh AHN (``o_proj`` zero, so it equals sinks + sliding-window attention) over a frozen base.
 
         ``base_model_or_path``: a loaded causal LM (augmented in place) or a path/repo id loaded with
         ``AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)``. The AHN takes the base's
-        dtype and device unless ``ahn_dtype`` is given. ``use_q_proj``: the official learned read-query projection
-        (see ``AhnConfig``).
+        dtype and device unless ``ahn_dtype`` is given. ``use_q_proj``: the official learned read-query projection;
+        ``use_k_proj``, ``position_free``: memory options beyond the official format (see ``AhnConfig``).
         """
         if isinstance(base_model_or_path, (str, os.PathLike)):
             path = str(base_model_or_path)
@@ -660,7 +662,8 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
             base = base_model_or_path
             path = getattr(base.config, "_name_or_path", None) or None
         _check_base(base)
-        kwargs = dict(ahn_type=ahn_type, full_attention_layers=full_attention_layers, use_q_proj=use_q_proj)
+        kwargs = dict(ahn_type=ahn_type, full_attention_layers=full_attention_layers, use_q_proj=use_q_proj,
+                      use_k_proj=use_k_proj, position_free=position_free)
         if sliding_window is not None:
             kwargs["sliding_window"] = sliding_window
         if num_sinks is not None:
@@ -853,7 +856,7 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
         "num_sinks": config.num_sinks,
         "full_attention_layers": list(config.full_attention_layers),
         "prefill_chunk_size": config.prefill_chunk_size,
-        "use_q_proj": bool(config.use_q_proj),
+        **memory_options(config),
         "target_modules": ["self_attn"],
         "inference_mode": True,
     }

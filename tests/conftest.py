@@ -76,6 +76,23 @@ def randomize_ahn(model, seed: int = 1, scale: float = 0.3):
     return model
 
 
+def random_ids(n, batch=2, seed=0):
+    return torch.randint(3, 300, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def random_projections(model, seed=5):
+    """Random (identity + noise) memory read/write projections, where the model has them (``use_q_proj``,
+    ``use_k_proj``): a fresh projection is the identity and would hide a wrong one."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.ahn_modules().values():
+            for proj in (m.fn.q_proj, m.fn.k_proj):
+                if proj is not None:
+                    w = proj.weight
+                    w.copy_(torch.eye(w.shape[-1]) + 0.3 * torch.randn(w.shape, generator=g))
+    return model
+
+
 def make_ahn(arch="qwen2", ahn_type="gdn", sliding_window=5, num_sinks=2, seed=0, random_ahn=True, **kw):
     model = modeling_ahn.AhnForCausalLM.from_base(
         make_base(arch, seed), ahn_type=ahn_type, sliding_window=sliding_window, num_sinks=num_sinks, **kw

@@ -86,3 +86,13 @@ def test_too_short_a_sequence_is_refused():
     model = make_ahn("llama", "gdn", W, S)
     with pytest.raises(ValueError, match="nothing to memory"):
         layer_local_step(model, _ids(W + S))
+
+
+def test_the_memory_only_mode_refuses_a_cached_call():
+    from modeling_ahn.attention_ahn import MEMORY_ONLY, get_layer_spec
+
+    model = make_ahn("qwen2", "gdn", W, S)
+    for layer in model.model.layers:
+        get_layer_spec(layer.self_attn).mode = MEMORY_ONLY
+    with torch.no_grad(), pytest.raises(ValueError, match="whole sequences only"):
+        model(_ids(20), use_cache=True)

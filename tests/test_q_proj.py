@@ -6,27 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_ahn import AhnForCausalLM
 from modeling_ahn.attention_ahn import get_layer_spec
 from modeling_ahn.memory_ahn import rotate, unrotate
 
-from .conftest import AHN_TYPES, make_ahn, make_base
+from .conftest import AHN_TYPES, make_ahn, random_ids, random_projections
 from .reference import LayerRecorder
 
 W, S = 5, 2
 
 
-def _ids(n, batch=2, seed=0):
-    return torch.randint(3, 300, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
-def _with_random_q_proj(model, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.ahn_modules().values():
-            w = m.fn.q_proj.weight
-            w.copy_(torch.eye(w.shape[-1]) + 0.3 * torch.randn(w.shape, generator=g))
-    return model
 
 
 def test_unrotate_inverts_rope_also_with_an_attention_scaling():
@@ -45,7 +33,7 @@ def test_a_fresh_q_proj_reads_exactly_as_none(ahn_type):
     assert {k for k in model.ahn_state_dict()} - {k for k in ref.ahn_state_dict()} == {
         f"model.layers.{i}.ahn.fn.q_proj.weight" for i in range(2)}
     model.load_ahn_state_dict({**model.ahn_state_dict(), **ref.ahn_state_dict()})
-    ids = _ids(30)
+    ids = random_ids(30)
     with torch.no_grad():
         assert (model(ids, use_cache=False).logits - ref(ids, use_cache=False).logits).abs().max() < 1e-5
 
@@ -54,8 +42,8 @@ def test_a_fresh_q_proj_reads_exactly_as_none(ahn_type):
 def test_q_proj_projects_the_raw_query_then_rotates(arch):
     """The memory's read query is RoPE(q_proj(W_q x + b)): recomputed here from the layer input with the base's
     own projection and rotary embedding."""
-    model = _with_random_q_proj(make_ahn(arch, "gdn", W, S, use_q_proj=True))
-    ids = _ids(20)
+    model = random_projections(make_ahn(arch, "gdn", W, S, use_q_proj=True))
+    ids = random_ids(20)
     with torch.no_grad(), LayerRecorder() as rec:
         model(ids, use_cache=False)
     call = rec.calls[0]
@@ -70,31 +58,5 @@ def test_q_proj_projects_the_raw_query_then_rotates(arch):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("ahn_type", AHN_TYPES)
-def test_cached_prefill_and_decoding_equal_the_whole_sequence(ahn_type):
-    model = _with_random_q_proj(make_ahn("llama", ahn_type, W, S, use_q_proj=True, prefill_chunk_size=7))
-    ids = _ids(40)
-    with torch.no_grad():
-        whole = model(ids, use_cache=False).logits
-        out = model(ids[:, :30], use_cache=True)
-        steps = [out.logits]
-        cache = out.past_key_values
-        for t in range(30, 40):
-            o = model(ids[:, t: t + 1], past_key_values=cache, use_cache=True)
-            steps.append(o.logits)
-    assert (torch.cat(steps, 1) - whole).abs().max() < 1e-4
-    static = model.generate(ids[:, :20], max_new_tokens=10, do_sample=False, cache_implementation="static",
-                            eos_token_id=None, pad_token_id=0)
-    dynamic = model.generate(ids[:, :20], max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert torch.equal(static, dynamic)
-
-
-def test_q_proj_round_trips_through_save_and_load(tmp_path):
-    model = _with_random_q_proj(make_ahn("qwen2", "gdn", W, S, use_q_proj=True))
-    model.config.base_model_name_or_path = None
-    model.save_pretrained(tmp_path)
-    loaded = AhnForCausalLM.from_pretrained(tmp_path, base_model=make_base("qwen2"))
-    assert loaded.config.use_q_proj
-    ids = _ids(30)
-    with torch.no_grad():
-        assert torch.equal(loaded(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+# Every execution path with q_proj (chunked prefill, decoding, static cache) and the save/load round trip:
+# tests/test_memory_options.py, with the other memory options.

@@ -7,7 +7,7 @@ import string
 from importlib import resources
 from pathlib import Path
 
-from ..memory_ahn import AHN_TYPES
+from ..memory_ahn import AHN_TYPES, unofficial_options
 
 
 def _template(name: str = "model_card.md") -> str:
@@ -58,6 +58,12 @@ def render_model_card(config, num_params: int, eval_results=None, repo_id: str |
     section = ""
     if eval_results:
         section = "## Evaluation\n\n" + eval_table(eval_results) + "\n"
+    beyond = unofficial_options(config)
+    if beyond:
+        section = "\n".join([section, (
+            "## Beyond the official format\n\nThis adapter uses memory options that the ByteDance release does not "
+            f"have: {', '.join(f'`{name}`' for name in beyond)} (see `configuration_ahn.py`). The remote code here "
+            "runs them; the official AHN code cannot load these weights.\n")])
     section = "\n".join([section, *extra_sections]).strip()
     values = dict(
         base_model=base,

@@ -36,7 +36,7 @@ from ..configuration_ahn import (
     parse_layer_ids,
     validate_settings,
 )
-from ..memory_ahn import AhnModule, build_memory, canonical_ahn_type
+from ..memory_ahn import AhnModule, build_memory, canonical_ahn_type, memory_options
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -68,6 +68,10 @@ class AhnPeftConfig(PeftConfig):
     prefill_chunk_size: int | None = field(default=None, metadata={"help": "kept for round trips with AhnConfig"})
     use_q_proj: bool = field(default=False, metadata={"help": "a learned per-head projection of the memory's "
                                                               "read query (the official option)"})
+    use_k_proj: bool = field(default=False, metadata={"help": "a learned per-head projection of the keys the "
+                                                              "memory writes (beyond the official format)"})
+    position_free: bool = field(default=False, metadata={"help": "the memory writes and reads keys and queries "
+                                                                 "before RoPE (beyond the official format)"})
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "attention modules to augment (default: every `self_attn`)"})
     exclude_modules: list[str] | str | None = field(default=None)
@@ -104,7 +108,7 @@ class AhnPeftLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name, config, model_config):
         ref = self.base_layer.q_proj.weight
         memory = build_memory(config.ahn_type, model_config.hidden_size, model_config.num_attention_heads,
-                              head_dim_of(model_config), use_q_proj=config.use_q_proj)
+                              head_dim_of(model_config), **memory_options(config))
         self.ahn[adapter_name] = AhnModule(memory).to(device=ref.device)
         self.ahn_config[adapter_name] = config
         self._specs[adapter_name] = make_layer_spec(self.ahn[adapter_name].fn, config, model_config,

@@ -87,6 +87,21 @@ def _iter_dataset(name, tokenizer, text_field, from_disk):
         yield _row_text(row, text_field, tokenizer, f"{name}[{i}]")
 
 
+def with_repeat(sequence: list[int], window: int, sinks: int, rng, passage: tuple[int, int] = (32, 256)) -> list[int]:
+    """``sequence`` (same length) with one of its passages recurring more than ``window`` tokens after it: a
+    passage ``[a, a + P)`` past the sinks is inserted again at ``b >= a + P + window`` (so no query of the repeat
+    sees the passage in its window), the document's text after ``b`` shifted and cut at the end. Unchanged when the
+    sequence is too short for it. ``rng``: a ``random.Random`` (deterministic per micro-batch, for exact resume)."""
+    L = len(sequence)
+    P = rng.randint(*passage)
+    last_a = L - 2 * P - window
+    if last_a < sinks:
+        return sequence
+    a = rng.randint(sinks, last_a)
+    b = rng.randint(a + P + window, L - P)
+    return sequence[:b] + sequence[a: a + P] + sequence[b: L - P]
+
+
 def tokenize_documents(texts, tokenizer, max_length: int, min_length: int, pack: bool = False,
                        split: bool = False) -> TokenizedData:
     """Tokenise. By default each document is truncated to its first ``max_length`` tokens; ``split`` cuts each

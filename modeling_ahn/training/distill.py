@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .data import with_repeat
 from .layer_local import layer_local_losses, record_teacher
 
 PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -77,6 +78,13 @@ class DistillConfig:
     loss: str = option("kl", "end-to-end objective's loss", choices=LOSSES)
     use_q_proj: bool = option(False, "the official option: a learned per-head projection of each memory's read "
                                      "query")
+    use_k_proj: bool = option(False, "beyond the official format: a learned per-head projection of the keys "
+                                     "each memory writes (before RoPE)")
+    position_free: bool = option(False, "beyond the official format: the memories write and read keys and "
+                                        "queries before RoPE")
+    repeat_fraction: float = option(0.0, "share of training sequences in which a passage of 32-256 tokens recurs "
+                                         "more than a window later (a synthetic retrieval signal; the rest of the "
+                                         "sequence is the document's own text)")
     kl_chunk_size: int = option(1024, "positions per chunk of the KL/CE over the vocab")
     max_length: int = option(2048, "tokens per training sequence at most")
     min_length: int | None = option(None, "drop shorter sequences (default: smallest window+1)")
@@ -119,6 +127,8 @@ class DistillConfig:
             raise ValueError(f"loss must be 'kl', 'ce' or 'kl+ce', got {self.loss!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0.0 <= self.repeat_fraction <= 1.0:
+            raise ValueError(f"repeat_fraction must be in [0, 1], got {self.repeat_fraction}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         for name in ("max_steps", "batch_size", "grad_accum", "kl_chunk_size", "max_length", "eval_sequences"):
@@ -499,7 +509,8 @@ def build_student_model(cfg: DistillConfig, eval_window: int, eval_sinks: int, d
     dtype = getattr(torch, cfg.base_dtype) if cfg.base_dtype else (torch.bfloat16 if cfg.bf16 else torch.float32)
     model = AhnForCausalLM.from_base(cfg.base, ahn_type=cfg.ahn_type, sliding_window=eval_window,
                                      num_sinks=eval_sinks, dtype=dtype, ahn_dtype=torch.float32,
-                                     prefill_chunk_size=None, use_q_proj=cfg.use_q_proj)
+                                     prefill_chunk_size=None, use_q_proj=cfg.use_q_proj,
+                                     use_k_proj=cfg.use_k_proj, position_free=cfg.position_free)
     if cfg.init_adapter and not resume:
         _load_init_adapter(model, cfg)
     if cfg.memory_span and not resume:
@@ -679,7 +690,10 @@ def train_step(run: DistillRun, step: int, order: GlobalOrder) -> dict:
     for a in range(accum):
         micro = (step * accum + a) * world + accelerator.process_index
         batch = [run.sequences[order[micro * bs + i]] for i in range(bs)]
-        window, sinks = sample_window(min(map(len, batch)), cfg.windows, cfg.sinks, _micro_rng(cfg.seed, micro))
+        rng = _micro_rng(cfg.seed, micro)
+        window, sinks = sample_window(min(map(len, batch)), cfg.windows, cfg.sinks, rng)
+        if cfg.repeat_fraction:
+            batch = [with_repeat(s, window, sinks, rng) if rng.random() < cfg.repeat_fraction else s for s in batch]
         ids, mask = collate(batch, run.pad_id)
         ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
         ctx = accelerator.no_sync(run.student) if a < accum - 1 else contextlib.nullcontext()
@@ -709,7 +723,10 @@ def training_recipe(run: DistillRun, train_rows: list[dict]) -> dict:
     cfg = run.cfg
     return {"base": cfg.base, "objective": cfg.objective,
             "loss": cfg.loss if cfg.objective == "end-to-end" else "per-layer normalised attention transfer",
-            "use_q_proj": cfg.use_q_proj, "steps": cfg.max_steps, "global batch": run.per_step,
+            "use_q_proj": cfg.use_q_proj, **({"beyond the official format": ", ".join(
+                n for n in ("use_k_proj", "position_free") if getattr(cfg, n))}
+                if cfg.use_k_proj or cfg.position_free else {}),
+            "repeated passages": cfg.repeat_fraction or "none", "steps": cfg.max_steps, "global batch": run.per_step,
             "max length": cfg.max_length,
             "documents": ("packed" if cfg.pack else "split into max-length chunks" if cfg.split_documents
                           else "first max-length tokens of each"),

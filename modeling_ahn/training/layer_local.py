@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention_ahn import LayerInputs, get_layer_spec
+from ..attention_ahn import MEMORY_ONLY, LayerInputs, get_layer_spec
 
 
 @dataclass
@@ -104,11 +104,14 @@ def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=No
         weight = attn.o_proj.weight  # [hidden, H * D]
         valid = None if attention_mask is None else attention_mask[:, keep].to(torch.bool)
         with torch.no_grad():
-            delta = (r.target - _student(spec, attn, r, attention_mask, "swa"))[:, keep].flatten(-2) @ weight.T
+            window = _student(spec, attn, r, attention_mask, "swa")
+            delta = (r.target - window)[:, keep].flatten(-2) @ weight.T
             if valid is not None:
                 delta = delta[valid]
             norm = delta.float().pow(2).sum().clamp_min(1e-12)
-        err = (_student(spec, attn, r, attention_mask, "ahn") - r.target)[:, keep].flatten(-2) @ weight.T
+        # the student's output is window + memory read-out (what mode "ahn" computes), its window part reused
+        student = window + _student(spec, attn, r, attention_mask, MEMORY_ONLY)
+        err = (student - r.target)[:, keep].flatten(-2) @ weight.T
         if valid is not None:
             err = err[valid]
         losses[i] = err.float().pow(2).sum() / norm

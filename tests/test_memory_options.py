@@ -1,0 +1,136 @@
+"""Memory options beyond the official format: ``use_k_proj`` (a learned per-head projection of the key the memory
+writes, before RoPE) and ``position_free`` (the memory writes and reads keys and queries before RoPE). Off by
+default; off is the official maths (every other test), on they must agree with an independent reference and give
+the same result on every execution path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_ahn import AhnConfig, AhnForCausalLM
+from modeling_ahn.attention_ahn import get_layer_spec, memory_keys
+from modeling_ahn.memory_ahn import memory_options, unofficial_options
+
+from .conftest import AHN_TYPES, make_ahn, make_base, random_ids, random_projections
+from .reference import LayerRecorder, naive_ahn_layer, naive_memory
+
+W, S = 5, 2
+OPTIONS = [dict(use_q_proj=True), dict(use_k_proj=True), dict(position_free=True),
+           dict(use_q_proj=True, use_k_proj=True, position_free=True)]
+
+
+
+
+def test_options_are_recorded_off_by_default_and_named_as_unofficial():
+    cfg = AhnConfig()
+    assert memory_options(cfg) == {"use_q_proj": False, "use_k_proj": False, "position_free": False}
+    assert unofficial_options(AhnConfig(use_q_proj=True, use_k_proj=True, position_free=True)) == [
+        "use_k_proj", "position_free"]
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_a_fresh_k_proj_writes_exactly_as_none(ahn_type):
+    ref = make_ahn("qwen2", ahn_type, W, S)
+    model = make_ahn("qwen2", ahn_type, W, S, use_k_proj=True)
+    assert set(model.ahn_state_dict()) - set(ref.ahn_state_dict()) == {
+        f"model.layers.{i}.ahn.fn.k_proj.weight" for i in range(2)}
+    model.load_ahn_state_dict({**model.ahn_state_dict(), **ref.ahn_state_dict()})
+    ids = random_ids(30)
+    with torch.no_grad():
+        assert (model(ids, use_cache=False).logits - ref(ids, use_cache=False).logits).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_position_free_memory_equals_the_reference_over_unrotated_projections(arch, ahn_type):
+    """The memory's read-out, recomputed token by token (tests/reference.py) from q_proj(W_q x) and k_proj(W_k x):
+    the base's own projections of the layer input, before RoPE, through the memory's learned projections."""
+    model = random_projections(make_ahn(arch, ahn_type, W, S, use_q_proj=True, use_k_proj=True,
+                                              position_free=True))
+    ids = random_ids(24, batch=1)
+    with torch.no_grad(), LayerRecorder() as rec:
+        model(ids, use_cache=False)
+    for call in rec.calls:
+        attn, x = call["module"], call["hidden"][0]
+        fn = get_layer_spec(attn).memory
+        T, H, D = x.shape[0], fn.num_heads, fn.head_dim
+        rep = H // (attn.k_proj.out_features // D)
+        q = torch.einsum("thd,hde->the", attn.q_proj(x).view(T, H, D), fn.q_proj.weight)
+        k_raw = attn.k_proj(x).view(T, -1, D).repeat_interleave(rep, 1)
+        k = torch.einsum("thd,hde->the", k_raw, fn.k_proj.weight)
+        v = attn.v_proj(x).view(T, -1, D).repeat_interleave(rep, 1)
+        e = torch.arange(T) - W
+        idx = e.clamp(min=0)
+        mem = naive_memory(fn, ahn_type, q, k[idx], v[idx], (x[idx], x), e >= S)
+        attn_ref, _ = naive_ahn_layer(fn, ahn_type, call["query"][0], call["key"][0], call["value"][0], x, W, S,
+                                      call["scaling"])
+        got = call["out"][0].double() - attn_ref  # [T, H, D]: the memory's share of the layer output
+        assert mem.abs().max() > 1e-2 and (got - mem).abs().max() < 1e-4, (arch, ahn_type)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(o))
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_every_path_gives_the_whole_sequence_result(ahn_type, options):
+    """Chunked prefill, steady decoding and the static cache locate each evicted key's position the same way."""
+    model = random_projections(make_ahn("llama", ahn_type, W, S, prefill_chunk_size=7, **options))
+    ids = random_ids(40)
+    with torch.no_grad():
+        whole = model(ids, use_cache=False).logits
+        out = model(ids[:, :30], use_cache=True)
+        steps, cache = [out.logits], out.past_key_values
+        for t in range(30, 40):
+            o = model(ids[:, t: t + 1], past_key_values=cache, use_cache=True)
+            steps.append(o.logits)
+    assert (torch.cat(steps, 1) - whole).abs().max() < 1e-4
+    static = model.generate(ids[:, :20], max_new_tokens=10, do_sample=False, cache_implementation="static",
+                            eos_token_id=None, pad_token_id=0)
+    dynamic = model.generate(ids[:, :20], max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(static, dynamic)
+
+
+def test_left_padding_uses_each_rows_real_positions():
+    """A left-padded row gives the logits of the same row unpadded (its keys' RoPE positions are real positions)."""
+    model = random_projections(make_ahn("qwen2", "gdn", W, S, use_k_proj=True, position_free=True))
+    ids = random_ids(25, batch=1)
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones_like(ids)], 1)
+    with torch.no_grad():
+        alone = model(ids, use_cache=False).logits
+        both = model(padded, attention_mask=mask, use_cache=False).logits[:, 4:]
+    assert (alone - both).abs().max() < 1e-4
+
+
+def test_memory_keys_undo_rope_at_the_given_positions():
+    model = make_ahn("qwen2", "gdn", W, S, position_free=True)
+    spec = get_layer_spec(model.model.layers[0].self_attn)
+    raw = torch.randn(2, 2, 6, spec.memory.head_dim)
+    pos = torch.tensor([[3, 4, 5, 6, 7, 8], [10, 11, 12, 13, 14, 15]])
+    cos, sin = model.model.rotary_emb(raw, pos)
+    from modeling_ahn.memory_ahn import rotate
+
+    rotated = rotate(raw, cos[:, None], sin[:, None])
+    assert torch.allclose(memory_keys(spec, rotated, pos), raw, atol=1e-5)
+    assert not torch.allclose(memory_keys(spec, rotated, pos + 1), raw, atol=1e-3)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(o))
+def test_options_round_trip_through_save_and_load(tmp_path, options):
+    model = random_projections(make_ahn("qwen2", "gdn", W, S, **options))
+    model.config.base_model_name_or_path = None
+    model.save_pretrained(tmp_path)
+    loaded = AhnForCausalLM.from_pretrained(tmp_path, base_model=make_base("qwen2"))
+    assert all(getattr(loaded.config, name) for name in options)
+    ids = random_ids(30)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+
+
+def test_the_card_says_when_an_adapter_goes_beyond_the_official_format():
+    from modeling_ahn.hub.card import render_model_card
+
+    official = make_ahn("qwen2", "gdn", W, S, use_q_proj=True).config
+    beyond = make_ahn("qwen2", "gdn", W, S, use_k_proj=True, position_free=True).config
+    assert "Beyond the official format" not in render_model_card(official, 1)
+    card = render_model_card(beyond, 1)
+    assert "Beyond the official format" in card and "`use_k_proj`, `position_free`" in card
