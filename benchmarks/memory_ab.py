@@ -82,8 +82,8 @@ _TEACHER: dict = {}
 
 def layer_outputs(model, ids: list[int], layer: int):
     """``(y_full, y_window, y_student)`` ``[T, H*D]`` of the layer, after ``o_proj`` (teacher-forced)."""
-    from modeling_ahn.attention_ahn import MEMORY_ONLY, LayerInputs, get_layer_spec
-    from modeling_ahn.training.layer_local import record_teacher
+    from modeling_ahn.attention_ahn import MEMORY_ONLY, get_layer_spec
+    from modeling_ahn.training.layer_local import layer_output, record_teacher
 
     attn = model.model.layers[layer].self_attn
     spec = get_layer_spec(attn)
@@ -93,17 +93,9 @@ def layer_outputs(model, ids: list[int], layer: int):
             _TEACHER[key] = record_teacher(model, torch.tensor([ids]))[layer]
     rec = _TEACHER[key]
 
-    def run(mode):
-        previous, spec.mode = spec.mode, mode
-        try:
-            spec.inputs = LayerInputs(rec.hidden, None, rec.rotation)
-            return spec.attention(attn, rec.query, rec.key, rec.value, None, scaling=rec.scaling)[0]
-        finally:
-            spec.mode = previous
-
     with torch.no_grad():
-        window = run("swa")
-        student = window + run(MEMORY_ONLY)
+        window = layer_output(spec, attn, rec, None, "swa")
+        student = window + layer_output(spec, attn, rec, None, MEMORY_ONLY)
     W = attn.o_proj.weight
     return tuple((y[0].flatten(-2) @ W.T).double() for y in (rec.target, window, student))
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..memory_ahn import unofficial_options
 from .data import with_repeat
 from .layer_local import layer_local_losses, record_teacher
 
@@ -723,9 +724,8 @@ def training_recipe(run: DistillRun, train_rows: list[dict]) -> dict:
     cfg = run.cfg
     return {"base": cfg.base, "objective": cfg.objective,
             "loss": cfg.loss if cfg.objective == "end-to-end" else "per-layer normalised attention transfer",
-            "use_q_proj": cfg.use_q_proj, **({"beyond the official format": ", ".join(
-                n for n in ("use_k_proj", "position_free") if getattr(cfg, n))}
-                if cfg.use_k_proj or cfg.position_free else {}),
+            "use_q_proj": cfg.use_q_proj,
+            **({"beyond the official format": ", ".join(unofficial_options(cfg))} if unofficial_options(cfg) else {}),
             "repeated passages": cfg.repeat_fraction or "none", "steps": cfg.max_steps, "global batch": run.per_step,
             "max length": cfg.max_length,
             "documents": ("packed" if cfg.pack else "split into max-length chunks" if cfg.split_documents

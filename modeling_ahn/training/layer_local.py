@@ -70,8 +70,9 @@ def record_teacher(model, input_ids, attention_mask=None) -> dict[int, LayerReco
     return records
 
 
-def _student(spec, attn, record: LayerRecord, mask, mode: str):
-    """The layer's attention output (window + sinks, plus the memory in mode ``"ahn"``) from the teacher's inputs."""
+def layer_output(spec, attn, record: LayerRecord, mask, mode: str):
+    """The layer's attention output from the teacher's inputs, in ``mode``: ``"swa"`` (window + sinks), ``"ahn"``
+    (plus the memory) or ``MEMORY_ONLY`` (the memory's read-out alone)."""
     previous, spec.mode = spec.mode, mode
     try:
         spec.inputs = LayerInputs(record.hidden, None, record.rotation)
@@ -86,7 +87,7 @@ def layer_local_parts(model, input_ids, attention_mask=None) -> dict[int, tuple[
     """Per AHN layer, ``(y_full, y_window)`` ``[B, T, H, D]``: the teacher's full-attention output and the sinks +
     window attention of the same inputs (their difference is what the memory is trained to supply)."""
     records = record_teacher(model, input_ids, attention_mask)
-    return {i: (records[i].target, _student(spec, attn, records[i], attention_mask, "swa"))
+    return {i: (records[i].target, layer_output(spec, attn, records[i], attention_mask, "swa"))
             for i, attn, spec in _ahn_layers(model)}
 
 
@@ -104,13 +105,13 @@ def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=No
         weight = attn.o_proj.weight  # [hidden, H * D]
         valid = None if attention_mask is None else attention_mask[:, keep].to(torch.bool)
         with torch.no_grad():
-            window = _student(spec, attn, r, attention_mask, "swa")
+            window = layer_output(spec, attn, r, attention_mask, "swa")
             delta = (r.target - window)[:, keep].flatten(-2) @ weight.T
             if valid is not None:
                 delta = delta[valid]
             norm = delta.float().pow(2).sum().clamp_min(1e-12)
         # the student's output is window + memory read-out (what mode "ahn" computes), its window part reused
-        student = window + _student(spec, attn, r, attention_mask, MEMORY_ONLY)
+        student = window + layer_output(spec, attn, r, attention_mask, MEMORY_ONLY)
         err = (student - r.target)[:, keep].flatten(-2) @ weight.T
         if valid is not None:
             err = err[valid]
@@ -127,4 +128,5 @@ def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) 
     return float(mean), {i: float(v) for i, v in losses.items()}
 
 
-__all__ = ["LayerRecord", "layer_local_losses", "layer_local_parts", "layer_local_step", "record_teacher"]
+__all__ = ["LayerRecord", "layer_local_losses", "layer_local_parts", "layer_local_step", "layer_output",
+           "record_teacher"]
