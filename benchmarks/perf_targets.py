@@ -1,4 +1,4 @@
-"""Issue-7 CPU targets from measured results: reads an ``ahn bench`` JSON and ``kernel_speed.py``'s JSON and
+"""Issue-7 and issue-23 CPU targets from measured results: reads an ``ahn bench`` JSON and ``kernel_speed.py``'s JSON and
 prints each ratio next to its target (met / missed). Nothing is measured here.
 
     python benchmarks/perf_targets.py [--bench benchmarks/results/bench_cpu.json]
@@ -43,6 +43,20 @@ def targets(bench: dict, kernel: dict | None, ahn: str = "ahn_gdn") -> list[dict
     add("AHN / sinks+SWA prefill time at 32k", x, "<= 1.3", x is not None and x <= 1.3)
     x = ratio(ahn32, swa32, "decode_ms")
     add("AHN / sinks+SWA decode latency at 32k", x, "<= 1.3", x is not None and x <= 1.3)
+    # issue 23: long-context overhead (per-token cost / full attention's at the run's reference length, 1k by
+    # default; `ahn bench` writes it on every row) and our sinks+SWA path against transformers' sliding window
+    for L, goal in ((16384, 1.25), (32768, 1.3), (65536, 1.3)):
+        row = r.get((ahn, L))
+        for phase in ("prefill", "decode"):
+            x = row.get(f"{phase}_overhead") if row else None
+            add(f"AHN {phase} long-context overhead at {L // 1024}k", x, f"<= {goal}", x is not None and x <= goal)
+    for L in sorted({length for (m, length) in r if m == "swa_hf"}):
+        ours, theirs = r.get(("sinks_swa", L)), r.get(("swa_hf", L))
+        for key, phase in (("prefill_s", "prefill"), ("decode_ms", "decode")):
+            x = ratio(theirs, ours, key)
+            add(f"{phase} speed sinks+SWA / transformers' sliding window at {L // 1024}k"
+                + (" (sinks must be 0 for the same work)" if bench.get("settings", {}).get("sinks") else ""),
+                x, ">= 1", x is not None and x >= 1 and not bench.get("settings", {}).get("sinks"))
     if kernel:  # the default configuration (what the model runs), at each thread count measured
         from modeling_ahn.memory_ahn import TORCH_CHUNK_SIZE, TORCH_SEGMENT
 

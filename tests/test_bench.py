@@ -209,3 +209,31 @@ def test_dtype_auto_is_what_the_machine_runs_fast(tmp_path, monkeypatch):
     res = run("random:tiny", [96], ["ahn_gdn"], window=32, sinks=4, chunk=64, decode=2, dtype="auto", device="cpu",
               out=tmp_path / "a.json", progress=False)
     assert res["settings"]["dtype"] == "float32"  # recorded as resolved, not as "auto"
+
+
+def test_long_context_overhead_is_per_token_cost_over_the_base_at_the_reference_length(tmp_path):
+    from modeling_ahn.benchmarking.bench import long_context_overhead
+
+    rows = [dict(method="full", length=1024, prefill_s=2.0, decode_ms=10.0),
+            dict(method="ahn_gdn", length=16384, prefill_s=40.0, decode_ms=12.0),
+            dict(method="ahn_gdn", length=1024, error="boom")]
+    o = long_context_overhead(rows)
+    assert o["reference"] == dict(method="full", length=1024)
+    assert o["points"][("full", 1024)] == dict(prefill=1.0, decode=1.0)
+    # 40 s / 16k tokens against 2 s / 1k tokens: 1.25x per token; decode 12 / 10
+    assert o["points"][("ahn_gdn", 16384)]["prefill"] == pytest.approx(1.25)
+    assert o["points"][("ahn_gdn", 16384)]["decode"] == pytest.approx(1.2)
+    assert ("ahn_gdn", 1024) not in o["points"]
+    assert long_context_overhead(rows[1:])["points"] == {}  # no reference in the run: not computed
+
+    # in a run: every row carries its overhead against this run's own reference point, and the table shows it
+    res = run("random:tiny", [64, 256], ["full", "ahn_gdn"], window=32, sinks=4, chunk=64, decode=2,
+              dtype="float32", device="cpu", out=tmp_path / "b.json", progress=False, reference_length=64)
+    rows = {(r["method"], r["length"]): r for r in res["rows"]}
+    assert res["overhead_reference"] == dict(method="full", length=64)
+    assert rows[("full", 64)]["prefill_overhead"] == 1.0
+    ref = rows[("full", 64)]
+    r = rows[("ahn_gdn", 256)]
+    assert r["prefill_overhead"] == pytest.approx((r["prefill_s"] / 256) / (ref["prefill_s"] / 64))
+    assert r["decode_overhead"] == pytest.approx(r["decode_ms"] / ref["decode_ms"])
+    assert f"{r['prefill_overhead']:.2f}/" in table(res)

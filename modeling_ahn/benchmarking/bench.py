@@ -24,6 +24,27 @@ METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2", "fu
 # "*_static": a fixed-size cache (transformers' StaticCache / StaticAhnCache) and a torch.compile'd decoding step
 # (CUDA graphs on GPU: mode="reduce-overhead"); the prefill runs eagerly. Compilation is timed apart (compile_s).
 COMPILE_WARMUP = 3
+REFERENCE = ("full", 1024)  # the long-context overhead's reference: the base, full attention, at a short context
+
+
+def long_context_overhead(rows: list[dict], reference: tuple[str, int] = REFERENCE) -> dict:
+    """Long-context overhead of every measured point: its per-token prefill time, and its decode latency, divided
+    by the reference's (the base with full attention at 1k tokens, measured in the same run). 1.0 means a token
+    at length L costs what the base pays at 1k. Returns ``{"reference": ..., "points": {(method, length):
+    {"prefill": x, "decode": y}}}``; empty points when the run has no reference point (it is then not computed,
+    rather than computed against another run's)."""
+    ref = next((r for r in rows if (r["method"], r["length"]) == tuple(reference) and "error" not in r), None)
+    points = {}
+    if ref is not None:
+        ref_prefill = ref["prefill_s"] / ref["length"]
+        for r in rows:
+            if "error" in r:
+                continue
+            points[(r["method"], r["length"])] = dict(
+                prefill=(r["prefill_s"] / r["length"]) / ref_prefill,
+                decode=r["decode_ms"] / ref["decode_ms"] if r.get("decode_ms") and ref.get("decode_ms") else None)
+    return dict(reference=dict(method=reference[0], length=reference[1]) if ref is not None else None,
+                points=points)
 
 
 def parse_length(text: str) -> int:
@@ -192,7 +213,7 @@ def machine_info(device_name: str) -> dict:
 
 def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: int, chunk: int, decode: int,
         dtype: str, device: str, out: str | Path, max_full: int | None = None, progress: bool = True,
-        timeout: int = 3600, compile_backend: str = "inductor") -> dict:
+        timeout: int = 3600, compile_backend: str = "inductor", reference_length: int = REFERENCE[1]) -> dict:
     from tqdm.auto import tqdm
 
     from .devices import dtype_name, resolve_dtype
@@ -239,7 +260,17 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
         with open(partial, "a") as f:
             f.write(json.dumps(row) + "\n")
     rows = [{k: v for k, v in done[(m, L)].items() if k != "settings"} for L, m in points]
-    result = dict(machine=machine_info(device), settings=settings, rows=rows)
+    reference = (REFERENCE[0], reference_length)
+    overhead = long_context_overhead(rows, reference)
+    for r in rows:
+        x = overhead["points"].get((r["method"], r["length"]))
+        if x is not None:
+            r["prefill_overhead"], r["decode_overhead"] = x["prefill"], x["decode"]
+    if overhead["reference"] is None:
+        print(f"ahn bench: no {reference[0]} point at {reference[1]} tokens in this run, so no long-context "
+              f"overhead (add {reference[1]} to --lengths and {reference[0]} to --methods)", file=sys.stderr)
+    result = dict(machine=machine_info(device), settings=settings, overhead_reference=overhead["reference"],
+                  rows=rows)
     out.write_text(json.dumps(result, indent=2))
     plot(result, out.with_suffix(".png"))
     return result
@@ -254,14 +285,29 @@ def plot(result: dict, path: Path) -> bool:
     except ImportError:
         return False
     rows = [r for r in result["rows"] if "error" not in r]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    with_overhead = any("prefill_overhead" in r for r in rows)
+    fig, axes = plt.subplots(1, 4 if with_overhead else 3, figsize=(21 if with_overhead else 16, 4.5))
+    styles = {}
     for m in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r["length"], r) for r in rows if r["method"] == m)
         xs = [p[0] for p in pts]
-        axes[0].plot(xs, [p[1]["prefill_s"] for p in pts], "o-", label=m)
-        axes[1].plot(xs, [p[1]["decode_ms"] for p in pts], "o-", label=m)
-        axes[2].plot(xs, [p[1]["peak_bytes"] / 2**20 for p in pts], "o-", label=m)
-    for ax, title in zip(axes, ("prefill time (s)", "decode latency (ms/token)", "peak memory (MiB)")):
+        line, = axes[0].plot(xs, [p[1]["prefill_s"] for p in pts], "o-", label=m)
+        styles[m] = line.get_color()
+        axes[1].plot(xs, [p[1]["decode_ms"] for p in pts], "o-", label=m, color=styles[m])
+        axes[2].plot(xs, [p[1]["peak_bytes"] / 2**20 for p in pts], "o-", label=m, color=styles[m])
+        if with_overhead:
+            o = [(x, p) for x, p in pts if "prefill_overhead" in p]
+            axes[3].plot([x for x, _ in o], [p["prefill_overhead"] for _, p in o], "o-", color=styles[m],
+                         label=f"{m} prefill")
+            d = [(x, p["decode_overhead"]) for x, p in o if p.get("decode_overhead")]
+            axes[3].plot([x for x, _ in d], [y for _, y in d], "s--", color=styles[m], alpha=0.7,
+                         label=f"{m} decode")
+    titles = ["prefill time (s)", "decode latency (ms/token)", "peak memory (MiB)"]
+    if with_overhead:
+        ref = result.get("overhead_reference") or dict(method=REFERENCE[0], length=REFERENCE[1])
+        titles.append(f"per-token cost / {ref['method']} at {ref['length']:,} (—prefill, --decode)")
+        axes[3].axhline(1.0, color="grey", lw=0.8)
+    for ax, title in zip(axes, titles):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length (tokens)")
@@ -278,14 +324,22 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
+def _overhead_cell(row: dict) -> str:
+    if "prefill_overhead" not in row:
+        return "-"
+    d = row.get("decode_overhead")
+    return f"{row['prefill_overhead']:.2f}/{d:.2f}" if d is not None else f"{row['prefill_overhead']:.2f}/-"
+
+
 def table(result: dict) -> str:
     head = (f"{'method':<11} {'length':>8} {'prefill s':>10} {'tok/s':>9} {'decode ms':>10} {'peak MiB':>9} "
-            f"{'cache MiB':>10}")
+            f"{'cache MiB':>10} {'overhead p/d':>13}")
     lines = [head]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"{r['method']:<11} {r['length']:>8}  error: {r['error'][:80]}")
             continue
         lines.append(f"{r['method']:<11} {r['length']:>8} {r['prefill_s']:>10.2f} {r['prefill_tok_s']:>9.0f} "
-                     f"{r['decode_ms']:>10.1f} {r['peak_bytes'] / 2**20:>9.0f} {r['cache_bytes'] / 2**20:>10.2f}")
+                     f"{r['decode_ms']:>10.1f} {r['peak_bytes'] / 2**20:>9.0f} {r['cache_bytes'] / 2**20:>10.2f} "
+                     f"{_overhead_cell(r):>13}")
     return "\n".join(lines)

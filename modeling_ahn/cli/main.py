@@ -159,7 +159,8 @@ def cmd_bench(args) -> int:
     res = run(base, [parse_length(x) for x in args.lengths.split(",")], args.methods.split(","), args.window,
               args.sinks, args.chunk, args.decode, args.dtype, device, args.out,
               max_full=parse_length(args.max_full_length) if args.max_full_length else None,
-              progress=not args.no_progress, compile_backend=args.compile_backend)
+              progress=not args.no_progress, compile_backend=args.compile_backend,
+              reference_length=parse_length(args.overhead_reference))
     print(table(res))
     print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png")
     return 0
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--max-full-length", default=None, help="skip full attention beyond this length")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the *_static methods")
+    p.add_argument("--overhead-reference", default="1k", help="long-context overhead = per-token prefill time "
+                   "and decode latency / full attention's at this length (measured in the same run)")
     p.add_argument("--out", default="benchmarks/results/bench.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
