@@ -7,7 +7,8 @@ Only layer ``--layer`` gets a memory, trained with the layer-local objective (``
 training corpora, with passages recurring beyond the window in ``--repeat-fraction`` of the sequences; the teacher
 forward stops at that layer, so a step costs a fraction of a full run's. Each arm starts from the same seed and sees
 the same sequences; ``span`` in an arm starts its GatedDeltaNet decays at ``--memory-span`` half-lives
-(``ahn distill --memory-span``) instead of the release's, whose heads forget within a few tokens. Held-out
+(``ahn distill --memory-span``) instead of the release's, whose heads forget within a few tokens; ``contrast`` adds
+the content loss (``layer_local_contrast_losses``: the far-context swap below, on training pairs). Held-out
 measurements of that layer, on text never trained on (Austen segments, Paul Graham essays), each with a 95 %
 bootstrap interval over segments:
 
@@ -36,13 +37,16 @@ HERE = Path(__file__).resolve().parent
 OPTION_NAMES = {"q_proj": "use_q_proj", "k_proj": "use_k_proj", "position_free": "position_free"}
 
 
-def parse_arm(text: str) -> tuple[dict, bool]:
-    """``(memory options, whether the arm starts from --memory-span)`` of an arm such as ``q_proj,span``."""
+def parse_arm(text: str) -> tuple[dict, bool, bool]:
+    """``(memory options, whether the arm starts from --memory-span, whether it adds the content loss)`` of an arm
+    such as ``q_proj,span,contrast``."""
     names = [t for t in text.split(",") if t and t != "none"]
-    bad = [n for n in names if n not in OPTION_NAMES and n != "span"]
+    bad = [n for n in names if n not in OPTION_NAMES and n not in ("span", "contrast")]
     if bad:
-        raise SystemExit(f"unknown arm option(s) {bad}: choose from {sorted(OPTION_NAMES)}, span, or 'none'")
-    return {OPTION_NAMES[n]: True for n in names if n != "span"}, "span" in names
+        raise SystemExit(f"unknown arm option(s) {bad}: choose from {sorted(OPTION_NAMES)}, span, contrast, "
+                         f"or 'none'")
+    return ({OPTION_NAMES[n]: True for n in names if n not in ("span", "contrast")}, "span" in names,
+            "contrast" in names)
 
 
 class Truncated:
@@ -168,11 +172,12 @@ def training_sequences(tok, data: str, length: int, count: int, seed: int) -> li
 
 
 def train_arm(model, layer: int, seqs, steps: int, lr: float, window: int, sinks: int, repeat_fraction: float,
-              seed: int, data: dict, every: int, label: str) -> dict:
+              seed: int, data: dict, every: int, label: str, contrast: float = 0.0) -> dict:
     from tqdm.auto import tqdm
 
     from modeling_ahn.training.data import with_repeat
-    from modeling_ahn.training.layer_local import layer_local_losses, record_teacher
+    from modeling_ahn.evaluation.calibration import first_unswapped_query, swap_evicted
+    from modeling_ahn.training.layer_local import layer_local_contrast_losses, layer_local_losses, record_teacher
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -193,10 +198,15 @@ def train_arm(model, layer: int, seqs, steps: int, lr: float, window: int, sinks
         ids = seqs[step % len(seqs)]
         if rng.random() < repeat_fraction:
             ids = with_repeat(ids, window, sinks, rng)
-        ids = torch.tensor([ids])
         with Truncated(model, layer):
-            records = record_teacher(model, ids)
+            records = record_teacher(model, torch.tensor([ids]))
         loss = layer_local_losses(model, records)[layer]
+        if contrast:  # the same sequence with its far context [sinks, prefix) from another training sequence
+            other = seqs[(step + 1 + rng.randrange(len(seqs) - 1)) % len(seqs)]
+            with Truncated(model, layer):
+                swapped = record_teacher(model, torch.tensor([swap_evicted(ids, other, sinks, data["prefix"])]))
+            start = first_unswapped_query(data["prefix"], window)
+            loss = loss + contrast * layer_local_contrast_losses(model, records, swapped, start)[layer]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -247,6 +257,10 @@ def main(argv=None):
     ap.add_argument("--repeat-fraction", type=float, default=0.5)
     ap.add_argument("--memory-span", type=lambda t: [float(x) for x in t.split(",")], default=[16, 8192],
                     metavar="LO,HI", help="the decay half-lives (tokens) of an arm with 'span' (GDN)")
+    ap.add_argument("--contrast-weight", type=float, default=1.0,
+                    help="weight of the content loss in an arm with 'contrast' (training/layer_local.py's "
+                         "layer_local_contrast_losses: each step also reads the sequence with its far context "
+                         "[sinks, prefix) from another training sequence)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -271,14 +285,15 @@ def main(argv=None):
               "settings": {k: v for k, v in vars(args).items() if k not in ("arm", "base", "data", "out")},
               "arms": {}}
     for arm in args.arm:
-        options, span = parse_arm(arm)
+        options, span, contrast = parse_arm(arm)
         model = build(base, args.layer, args.window, args.sinks, options, args.seed)
         if span:
             from modeling_ahn.training.distill import init_memory_span
 
             init_memory_span(model, *args.memory_span)
         result = train_arm(model, args.layer, seqs, args.steps, args.lr, args.window, args.sinks,
-                           args.repeat_fraction, args.seed, data, args.every, arm)
+                           args.repeat_fraction, args.seed, data, args.every, arm,
+                           args.contrast_weight if contrast else 0.0)
         final = summarise(measure(model, args.layer, args.window, args.sinks, data))
         report["arms"][arm] = {**result, "final": final}
         print(arm, json.dumps(final))

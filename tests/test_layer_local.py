@@ -96,3 +96,39 @@ def test_the_memory_only_mode_refuses_a_cached_call():
         get_layer_spec(layer.self_attn).mode = MEMORY_ONLY
     with torch.no_grad(), pytest.raises(ValueError, match="whole sequences only"):
         model(_ids(20), use_cache=True)
+
+
+def _pair(n=40, prefix=16, seed=0):
+    """A sequence and the same with its tokens [S, prefix) from another one."""
+    from modeling_ahn.evaluation.calibration import first_unswapped_query, swap_evicted
+
+    a, b = _ids(n, batch=2, seed=seed).tolist()
+    return torch.tensor([a]), torch.tensor([swap_evicted(a, b, S, prefix)]), first_unswapped_query(prefix, W)
+
+
+def test_the_content_loss_is_one_for_a_memory_that_ignores_what_it_read():
+    """The content loss cancels whatever the memory adds regardless of the document: an untrained memory and one
+    read the same document twice has nothing to carry (loss 0, not a division by zero), and training on the pair
+    takes the loss below 1 (the memory then carries the far context)."""
+    from modeling_ahn.training.layer_local import layer_local_contrast_losses
+
+    torch.manual_seed(0)
+    model = make_ahn("qwen2", "gdn", W, S, random_ahn=False)
+    a, b, start = _pair()
+    ra, rb = record_teacher(model, a), record_teacher(model, b)
+    losses = layer_local_contrast_losses(model, ra, rb, start)
+    assert all(abs(float(v) - 1.0) < 1e-6 for v in losses.values()), losses
+    # the same document twice: no far-context difference to carry; a random memory's read-outs cancel exactly
+    same = make_ahn("qwen2", "gdn", W, S)
+    ra2 = record_teacher(same, a)
+    for v in layer_local_contrast_losses(same, ra2, ra2, start).values():
+        assert float(v) == 0.0
+    params = list(model.ahn_parameters())
+    opt = torch.optim.Adam(params, lr=3e-2)
+    for _ in range(40):
+        loss = sum(layer_local_contrast_losses(model, ra, rb, start).values()) / len(losses)
+        loss.backward()
+        assert all(p.grad is None for n, p in model.named_parameters() if ".ahn." not in n)
+        opt.step()
+        opt.zero_grad()
+    assert float(loss) < 0.9, float(loss)

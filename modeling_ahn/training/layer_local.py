@@ -119,6 +119,34 @@ def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=No
     return losses
 
 
+def layer_local_contrast_losses(model, records_a: dict[int, LayerRecord], records_b: dict[int, LayerRecord],
+                                start: int) -> dict[int, torch.Tensor]:
+    """Per-layer content losses of a document pair that differ only in far context (``b`` is ``a`` with evicted
+    tokens taken from another document, e.g. ``calibration.swap_evicted``): with ``c = delta_a - delta_b`` the
+    document-dependent part of what the window misses and ``c_mem`` the same difference of the memory's read-outs,
+
+        loss_l = sum_{t >= start} |o_proj(c_mem_t - c_t)|^2 / sum_{t >= start} |o_proj(c_t)|^2
+
+    (``start``: the first query whose window holds no swapped token). Whatever the memory adds regardless of what
+    it read cancels in ``c_mem``: this loss is 1 for sinks + SWA and for a pure bias, and below 1 only for a memory
+    that carries the document (the held-out ``content`` share of ``benchmarks/memory_ab.py`` is ``1 - loss``)."""
+    losses = {}
+    for i, attn, spec in _ahn_layers(model):
+        weight = attn.o_proj.weight
+        parts = []
+        for r in (records_a[i], records_b[i]):
+            with torch.no_grad():
+                window = layer_output(spec, attn, r, None, "swa")
+            parts.append((r.target - window, layer_output(spec, attn, r, None, MEMORY_ONLY)))
+        (delta_a, mem_a), (delta_b, mem_b) = parts
+        with torch.no_grad():
+            c = (delta_a - delta_b)[:, start:].flatten(-2) @ weight.T
+            norm = c.float().pow(2).sum().clamp_min(1e-12)
+        err = (mem_a - mem_b)[:, start:].flatten(-2) @ weight.T - c
+        losses[i] = err.float().pow(2).sum() / norm
+    return losses
+
+
 def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) -> tuple[float, dict[int, float]]:
     """One teacher-forced step: record the teacher, backpropagate the mean of the per-layer losses (times
     ``scale``, e.g. ``1 / grad_accum``) into the AHN parameters. Returns ``(mean loss, {layer: loss})``."""
@@ -128,5 +156,5 @@ def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) 
     return float(mean), {i: float(v) for i, v in losses.items()}
 
 
-__all__ = ["LayerRecord", "layer_local_losses", "layer_local_parts", "layer_local_step", "layer_output",
+__all__ = ["LayerRecord", "layer_local_contrast_losses", "layer_local_losses", "layer_local_parts", "layer_local_step", "layer_output",
            "record_teacher"]
