@@ -312,13 +312,14 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
              if not (m == "full" and L > base_context and s.full_beyond_context == "skip")]
     todo = [u for u in units if "/".join(map(str, u)) not in done]
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="ahn eval", unit="unit", disable=not progress)
-    from lm_eval.models.huggingface import HFLM
+    from .streaming_lm import StreamingLM
 
     for method in [m for m in s.methods if any(u[0] == m for u in todo)]:
         model, tok = _load_models(s, method, config)
         tok_name = s.model if (Path(s.model) / "tokenizer_config.json").exists() else (
             s.base or config.base_model_name_or_path)
-        lm = HFLM(pretrained=model, tokenizer=tok, max_length=effective, batch_size=s.batch_size)
+        # log-likelihoods chunk by chunk (memory flat in length), generation as lm-eval's hf model
+        lm = StreamingLM(pretrained=model, tokenizer=tok, max_length=effective, batch_size=s.batch_size)
         mode = model.attention_mode(method) if method == "swa" else contextlib.nullcontext()
         with mode:
             for m, task, L in [u for u in todo if u[0] == method]:
