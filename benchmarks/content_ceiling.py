@@ -165,7 +165,7 @@ def main(argv=None):
         units.append(ceilings(model, a, swap_evicted(a, b, args.sinks, args.prefix), args.prefix))
     layers = summarise(units)
     report = {"title": f"content ceiling of a linear read-out: {Path(base).name}, window {args.window}, "
-                       f"{args.sinks} sinks, far tokens [{args.sinks}, {args.prefix}) swapped, {args.pairs} pairs",
+                       f"{args.sinks} sinks,\nfar tokens [{args.sinks}, {args.prefix}) swapped, {args.pairs} pairs",
               "machine": machine_info("cpu"), "date": time.strftime("%Y-%m-%d"), "base": Path(base).name,
               "settings": {k: v for k, v in vars(args).items() if k not in ("base", "out")},
               "layers": {str(i): v for i, v in layers.items()}}
