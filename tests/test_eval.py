@@ -154,6 +154,8 @@ def test_readme_eval_block_runs_as_written(env, tmp_path):
     assert report["scores"]["ahn_passkey"]["full"]["2048"]["extrapolated"]
     assert (tmp_path / "runs" / "eval-demo" / "scores.png").is_file()
     assert "| ahn_passkey_mc | acc | sinks+SWA |" in proc.stdout
+    streamed = json.loads(next((tmp_path / "runs" / "lm-eval-ahn").rglob("results_*.json")).read_text())["results"]
+    assert streamed["ahn_passkey_mc"]["acc,none"] == results["ahn_passkey_mc"]["acc,none"]
 
 
 # ---------------------------------------------------------------------- the task generators

@@ -38,7 +38,15 @@ import unittest
 import torch
 from transformers import Qwen2Config
 
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
 from modeling_ahn import AhnConfig, AhnForCausalLM, AhnModel
+
+# The mixins pick labels and skip head-less classes by transformers' static name tables, which list only
+# transformers' own models (a remote-code model is registered with the Auto classes instead, as importing
+# modeling_ahn does): enter AHN in them the way an in-library model would be.
+MODEL_MAPPING_NAMES.setdefault("ahn", "AhnModel")
+MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault("ahn", "AhnForCausalLM")
 
 from .generation.test_utils import GenerationTesterMixin
 from .test_modeling_common import ModelTesterMixin, ids_tensor, random_attention_mask
