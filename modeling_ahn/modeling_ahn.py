@@ -468,9 +468,9 @@ class AhnPreTrainedModel(PreTrainedModel):
     @staticmethod
     def _chunked_output(output, hidden, return_dict):
         """The output of a chunked prefill: the chunks' hidden states joined along the sequence, a tuple when
-        ``return_dict=False``."""
+        ``return_dict=False``. A state not captured (``output_hidden_states=[indices]``) stays ``None``."""
         if hidden:
-            output.hidden_states = tuple(torch.cat(h, dim=1) for h in zip(*hidden))
+            output.hidden_states = tuple(None if h[0] is None else torch.cat(h, dim=1) for h in zip(*hidden))
         return output if return_dict is not False else output.to_tuple()
 
     def _chunks(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, past):
@@ -559,7 +559,8 @@ class AhnPreTrainedModel(PreTrainedModel):
         the checkpoint or unexpected in it are then reported there (and logged) instead of raising (tensors whose
         shapes do not fit always raise); ``state_dict=`` gives the tensors instead of the repo's weights file (AHN
         keys, and the base's keys, which are loaded over the base); ``from_pretrained(None, config=AhnConfig(...),
-        state_dict=...)`` builds the model from the config alone.
+        state_dict=...)`` builds the model from the config alone, its tensors from ``state_dict`` and the others
+        initialised as ``AhnForCausalLM(config)`` would (missing keys are logged and reported, never raised).
         """
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes keyword arguments only, got {model_args}.")
@@ -586,7 +587,9 @@ class AhnPreTrainedModel(PreTrainedModel):
             state_dict = read_adapter_weights(path, hub)
         state = {k: v for k, v in state_dict.items() if ".ahn." in k}
         base_state = {k: v for k, v in state_dict.items() if ".ahn." not in k}
-        strict = not output_loading_info
+        # a repo's weights must fit; a model built from a config alone takes what state_dict= gives and
+        # initialises the rest (transformers' convention: missing keys are warned about and reported)
+        strict = not output_loading_info and path is not None
         check_ahn_state_dict(config, state, strict=strict)
 
         base_model = cls._load_base(config, path, base_model, kwargs, hub, build=bool(base_state))

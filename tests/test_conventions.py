@@ -140,6 +140,25 @@ def test_chunked_prefill_outputs(cls):
     assert (as_tuple[0] - first).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("cls", [AhnForCausalLM, AhnModel])
+def test_chunked_prefill_captures_selected_hidden_states(cls):
+    """output_hidden_states=[indices] (transformers' selective capture) on the chunked path: the selected states
+    equal the whole-prompt ones, the others are None."""
+    model = _config_only_model(cls)
+    ids = _ids(20)
+    with torch.no_grad():
+        model.config.prefill_chunk_size = None
+        whole = model(ids, output_hidden_states=True).hidden_states
+        model.config.prefill_chunk_size = 7
+        picked = model(ids, output_hidden_states=[0, 2]).hidden_states
+    assert len(picked) == len(whole)
+    for i, (a, b) in enumerate(zip(picked, whole)):
+        if i in (0, 2):
+            assert a is not None and (a - b).abs().max() < 1e-4
+        else:
+            assert a is None
+
+
 def test_chunked_prefill_keeps_the_last_hidden_states_of_skipped_chunks():
     """With logits_to_keep=1 the first chunks compute no logits, yet their hidden states are returned."""
     model = make_ahn("qwen2", "gdn", W, S, prefill_chunk_size=7)
@@ -192,6 +211,15 @@ def test_from_pretrained_none_with_config_and_state_dict():
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+    # transformers' convention for a model built from a config: what the state dict lacks is initialised, and
+    # reported (ModelTesterMixin.test_can_init_all_missing_weights)
+    partial = {k: v for k, v in model.state_dict().items() if ".ahn." not in k or ".layers.0." in k}
+    loaded = AhnForCausalLM.from_pretrained(None, config=model.config, state_dict=partial)
+    fresh = AhnForCausalLM(model.config)
+    assert set(loaded.state_dict()) == set(fresh.state_dict())
+    assert torch.equal(loaded.model.layers[0].ahn.fn.a_proj.weight, model.model.layers[0].ahn.fn.a_proj.weight)
+    _, info = AhnForCausalLM.from_pretrained(None, config=model.config, state_dict=partial, output_loading_info=True)
+    assert info["missing_keys"] == {k for k in model.state_dict() if ".ahn." in k and ".layers.1." in k}
     with pytest.raises(ValueError, match="needs config=AhnConfig"):
         AhnForCausalLM.from_pretrained(None, state_dict=model.state_dict())
     with pytest.raises(ValueError, match="needs state_dict="):
