@@ -19,7 +19,7 @@ BASE="${AHN_BASE:-$HOME/.cache/modeling_ahn/smollm2-135m-instruct}"
 CORPORA="${AHN_CORPORA:-$HOME/.cache/modeling_ahn/corpora}"
 OUT="${OUT:-benchmarks/results/gpu_train}"
 MINUTES="${MINUTES:-8}" BATCH="${BATCH:-16}" LENGTH="${LENGTH:-4096}" STEPS="${STEPS:-3000}"
-RECIPE="${RECIPE:---objective layer-local --use-q-proj --use-k-proj --position-free --repeat-fraction 0.5}"
+RECIPE="${RECIPE:---objective layer-local --use-q-proj --memory-span 16,8192 --repeat-fraction 0.5 --content-weight 1.0}"
 DEVICE=(--bf16) PROBE=(--segments 16) PYTHON="${PYTHON:-python3}"
 if [ "${AHN_GPU_SMOKE:-0}" = 1 ]; then
     MINUTES=3 BATCH=1 LENGTH=1024 STEPS=2 DEVICE=(--cpu) PROBE=(--segments 1 --length 2048 --prefix 1024 --gap 1100)

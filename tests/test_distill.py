@@ -445,3 +445,36 @@ def test_saved_states_are_sharded_and_exact(tmp_path, monkeypatch):
     back = d.load_state(tmp_path / "s")
     assert back["python"] == state["python"] and back["groups"] == state["groups"] and back["none"] is None
     assert torch.equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+
+
+def test_content_pair_swaps_only_the_far_context():
+    from modeling_ahn.training.distill import content_pair
+
+    a, b = list(range(100, 164)), list(range(200, 264))
+    (swapped,), (start, end) = content_pair([a], [b], window=16, sinks=4)
+    prefix = 4 + (64 - 4 - 16) // 2
+    assert swapped == a[:4] + b[4:prefix] + a[prefix:]
+    assert (start, end) == (prefix + 16 - 1, 64)  # the first query whose window holds no swapped token
+    assert content_pair([a[:20]], [b], window=16, sinks=4) is None  # nothing the window leaves to swap
+
+
+def test_content_weight_trains_the_content_loss_and_resumes_exactly(corpus, tmp_path):
+    """``--content-weight`` (layer-local): each step also reads the sequence with another's far context; the
+    content loss starts at 1 (a fresh AHN carries nothing of what it read), falls, and a time-budgeted run resumes
+    to the same adapter."""
+    kw = dict(objective="layer-local", use_q_proj=True, content_weight=1.0, lr=1e-2)
+    distill(_cfg(corpus, tmp_path / "cw", max_steps=80, eval_every=80, **kw), progress=False)
+    rows = [r for r in _log(tmp_path / "cw") if "loss" in r]
+    content = [r["content"] for r in rows]
+    assert content[0] == pytest.approx(1.0, abs=1e-5) and sum(content[-20:]) / 20 < 0.95
+    assert all(r["loss"] > r["content"] for r in rows)  # the total holds the attention-transfer loss too
+    short = dict(max_steps=6, save_every=1000, eval_every=1000, **kw)
+    reference = distill(_cfg(corpus, tmp_path / "ref", **short), progress=False)
+    while not (tmp_path / "run" / "adapter").exists():
+        distill(_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **short), resume=(tmp_path / "run").exists(),
+                progress=False)
+    assert _same_adapter(reference, tmp_path / "run" / "adapter")
+    with pytest.raises(ValueError, match="content_weight adds a loss to the layer-local objective"):
+        distill(_cfg(corpus, tmp_path / "bad", content_weight=1.0), progress=False)
+    with pytest.raises(ValueError, match="content_weight must be >= 0"):
+        distill(_cfg(corpus, tmp_path / "bad", objective="layer-local", content_weight=-1.0), progress=False)

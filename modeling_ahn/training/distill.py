@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..memory_ahn import unofficial_options
 from .data import with_repeat
-from .layer_local import layer_local_losses, record_teacher
+from .layer_local import layer_local_contrast_losses, layer_local_losses, record_teacher
 
 PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -122,6 +122,12 @@ class DistillConfig:
                                                  "tokens", metavar="LO,HI")
     max_minutes: float | None = option(None, "stop at a checkpoint once this much wall time is spent; --resume "
                                              "continues exactly")
+    content_weight: float = option(0.0, "layer-local only: weight of the content loss. Each step also reads the "
+                                        "sequence with its far context (between the sinks and the middle of what "
+                                        "the window leaves) taken from another training sequence, and each "
+                                        "memory learns the difference this makes to its layer's far-context "
+                                        "output (training/layer_local.py: layer_local_contrast_losses; 1 for a "
+                                        "memory that ignores what it read). Doubles the teacher's work per step")
 
     def validate(self):
         if self.loss not in LOSSES:
@@ -130,6 +136,11 @@ class DistillConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.repeat_fraction <= 1.0:
             raise ValueError(f"repeat_fraction must be in [0, 1], got {self.repeat_fraction}")
+        if not self.content_weight >= 0:
+            raise ValueError(f"content_weight must be >= 0, got {self.content_weight}")
+        if self.content_weight and self.objective != "layer-local":
+            raise ValueError("content_weight adds a loss to the layer-local objective; use --objective layer-local "
+                             f"(got {self.objective!r})")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         for name in ("max_steps", "batch_size", "grad_accum", "kl_chunk_size", "max_length", "eval_sequences"):
@@ -210,27 +221,39 @@ class DistillStudent(nn.Module):
     """Teacher pass, student pass and loss in one ``forward``, so that the module accelerate wraps (DDP, FSDP,
     DeepSpeed) runs both passes and sees the AHN parameters' gradients."""
 
-    def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024, objective: str = "end-to-end"):
+    def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024, objective: str = "end-to-end",
+                 content_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.loss = loss
         self.kl_chunk_size = kl_chunk_size
         self.objective = objective
+        self.content_weight = content_weight
 
-    def forward(self, input_ids, attention_mask, window: int, sinks: int):
+    def forward(self, input_ids, attention_mask, window: int, sinks: int, swapped_ids=None, content_span=None):
         """The losses at ``window`` and ``sinks``. Hold ``model.runtime(...)`` at the same settings around the
-        backward pass too: activation checkpointing recomputes the student's layers there."""
+        backward pass too: activation checkpointing recomputes the student's layers there. ``swapped_ids`` (the
+        batch with its far context from other sequences, :func:`content_pair`) and ``content_span`` (``(start,
+        end)``: the queries whose window holds no swapped token) add the layer-local content loss."""
         with self.model.runtime(sliding_window=int(window), num_sinks=int(sinks)):
-            return self._losses(input_ids, attention_mask, int(window), int(sinks))
+            return self._losses(input_ids, attention_mask, int(window), int(sinks), swapped_ids, content_span)
 
-    def _losses(self, input_ids, attention_mask, window: int, sinks: int):
+    def _losses(self, input_ids, attention_mask, window: int, sinks: int, swapped_ids=None, content_span=None):
         model = self.model
         if self.objective == "layer-local":
-            losses = layer_local_losses(model, record_teacher(model, input_ids, attention_mask), attention_mask)
+            records = record_teacher(model, input_ids, attention_mask)
+            losses = layer_local_losses(model, records, attention_mask)
             total = sum(losses.values()) / len(losses)
             pos = attention_mask.long().cumsum(-1) - 1
-            return {"loss": total, "layer_local": total.detach(),
-                    "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
+            out = {"layer_local": total.detach(),
+                   "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
+            if self.content_weight and swapped_ids is not None:
+                swapped = record_teacher(model, swapped_ids, attention_mask)
+                content = layer_local_contrast_losses(model, records, swapped, *content_span)
+                out["content"] = sum(content.values()) / len(content)
+                total = total + self.content_weight * out["content"]
+            out["loss"] = total
+            return out
         with torch.no_grad(), model.runtime(mode="full"):
             h_teacher = model.model(input_ids=input_ids, attention_mask=attention_mask,
                                     use_cache=False).last_hidden_state
@@ -269,6 +292,21 @@ def sample_window(length: int, windows=None, sinks=None, rng: random.Random | No
     window = rng.choice(cands)
     sink_cands = [s for s in (sinks if sinks is not None else PAPER_SINKS) if s <= window // 2] or [0]
     return window, rng.choice(sink_cands)
+
+
+def content_pair(batch: list[list[int]], partners: list[list[int]], window: int, sinks: int):
+    """The swapped copy of a batch for the content loss: ``(swapped, (start, end))`` with each sequence's tokens
+    ``[sinks, prefix)`` taken from its partner (``prefix`` halfway between the sinks and the last position whose
+    window still leaves tokens out) and ``[start, end)`` the queries whose window holds no swapped token, up to the
+    shortest sequence's end; ``None`` when the sequences are too short to leave such queries."""
+    from ..evaluation.calibration import first_unswapped_query, swap_evicted
+
+    end = min(map(len, batch))
+    prefix = min(sinks + (end - sinks - window) // 2, min(map(len, partners)))
+    start = first_unswapped_query(prefix, window)
+    if prefix <= sinks or start >= end:
+        return None
+    return [swap_evicted(a, b, sinks, prefix) for a, b in zip(batch, partners)], (start, end)
 
 
 def _micro_rng(seed: int, micro_index: int) -> random.Random:
@@ -556,7 +594,7 @@ def setup_run(cfg: DistillConfig, resume: bool = False, overwrite: bool = False,
     eval_window, eval_sinks = eval_settings(cfg, held_out)
     model = build_student_model(cfg, eval_window, eval_sinks, accelerator.device, resume)
     params, optimizer, scheduler = build_optimizer(cfg, model)
-    student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective)
+    student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective, cfg.content_weight)
     student, optimizer = accelerator.prepare(student, optimizer)
     return DistillRun(cfg, out, accelerator, tokenizer, pad_id, sequences, held_out, eval_window, eval_sinks, model,
                       params, optimizer, scheduler, student, progress)
@@ -686,23 +724,33 @@ def train_step(run: DistillRun, step: int, order: GlobalOrder) -> dict:
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
     world, accum, bs = accelerator.num_processes, cfg.grad_accum, cfg.batch_size
     t0 = time.perf_counter()
-    stats = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
+    names = ("loss", "kl", "ce") + (("content",) if cfg.content_weight else ())
+    stats = dict.fromkeys(names, 0.0)
     step_tokens = 0
+    n = len(run.sequences)
     for a in range(accum):
         micro = (step * accum + a) * world + accelerator.process_index
-        batch = [run.sequences[order[micro * bs + i]] for i in range(bs)]
+        picked = [order[micro * bs + i] for i in range(bs)]
+        batch = [run.sequences[j] for j in picked]
         rng = _micro_rng(cfg.seed, micro)
         window, sinks = sample_window(min(map(len, batch)), cfg.windows, cfg.sinks, rng)
         if cfg.repeat_fraction:
             batch = [with_repeat(s, window, sinks, rng) if rng.random() < cfg.repeat_fraction else s for s in batch]
+        extra = {}
+        if cfg.content_weight and n > 1:  # each sequence's far context from another training sequence
+            partners = [run.sequences[(j + 1 + rng.randrange(n - 1)) % n] for j in picked]
+            pair = content_pair(batch, partners, window, sinks)
+            if pair is not None:
+                extra = {"swapped_ids": collate(pair[0], run.pad_id)[0].to(accelerator.device),
+                         "content_span": pair[1]}
         ids, mask = collate(batch, run.pad_id)
         ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
         ctx = accelerator.no_sync(run.student) if a < accum - 1 else contextlib.nullcontext()
         # the backward pass recomputes checkpointed layers: it runs at the same settings as the forward
         with model.runtime(sliding_window=window, num_sinks=sinks), ctx, accelerator.autocast():
-            res = run.student(ids, mask, window, sinks)
+            res = run.student(ids, mask, window, sinks, **extra)
             accelerator.backward(res["loss"] / accum)
-        for k in ("loss", "kl", "ce"):
+        for k in names:
             if k in res:
                 stats[k] += float(res[k].detach()) / accum
         step_tokens += int(mask.sum())
@@ -710,12 +758,12 @@ def train_step(run: DistillRun, step: int, order: GlobalOrder) -> dict:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    reduced = accelerator.reduce(torch.tensor([stats["loss"], stats["kl"], stats["ce"], step_tokens],
+    reduced = accelerator.reduce(torch.tensor([stats[k] for k in names] + [step_tokens],
                                               dtype=torch.float64, device=accelerator.device), "sum")
-    loss, kl, ce = (float(x) / world for x in reduced[:3])
-    tokens = int(reduced[3])
+    means = {k: float(x) / world for k, x in zip(names, reduced[:-1])}
+    tokens = int(reduced[-1])
     dt = time.perf_counter() - t0
-    return {"step": step + 1, "loss": loss, "kl": kl, "ce": ce, "lr": run.scheduler.get_last_lr()[0],
+    return {"step": step + 1, **means, "lr": run.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm), "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
 
 
@@ -725,6 +773,7 @@ def training_recipe(run: DistillRun, train_rows: list[dict]) -> dict:
     return {"base": cfg.base, "objective": cfg.objective,
             "loss": cfg.loss if cfg.objective == "end-to-end" else "per-layer normalised attention transfer",
             "use_q_proj": cfg.use_q_proj,
+            **({"content loss weight": cfg.content_weight} if cfg.content_weight else {}),
             **({"beyond the official format": ", ".join(unofficial_options(cfg))} if unofficial_options(cfg) else {}),
             "repeated passages": cfg.repeat_fraction or "none", "steps": cfg.max_steps, "global batch": run.per_step,
             "max length": cfg.max_length,

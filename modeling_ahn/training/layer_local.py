@@ -120,14 +120,15 @@ def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=No
 
 
 def layer_local_contrast_losses(model, records_a: dict[int, LayerRecord], records_b: dict[int, LayerRecord],
-                                start: int) -> dict[int, torch.Tensor]:
+                                start: int, end: int | None = None) -> dict[int, torch.Tensor]:
     """Per-layer content losses of a document pair that differ only in far context (``b`` is ``a`` with evicted
     tokens taken from another document, e.g. ``calibration.swap_evicted``): with ``c = delta_a - delta_b`` the
     document-dependent part of what the window misses and ``c_mem`` the same difference of the memory's read-outs,
 
-        loss_l = sum_{t >= start} |o_proj(c_mem_t - c_t)|^2 / sum_{t >= start} |o_proj(c_t)|^2
+        loss_l = sum_{start <= t < end} |o_proj(c_mem_t - c_t)|^2 / sum_{start <= t < end} |o_proj(c_t)|^2
 
-    (``start``: the first query whose window holds no swapped token). Whatever the memory adds regardless of what
+    (``start``: the first query whose window holds no swapped token; ``end``: the end of the shortest sequence
+    of a padded batch, default all). Whatever the memory adds regardless of what
     it read cancels in ``c_mem``: this loss is 1 for sinks + SWA and for a pure bias, and below 1 only for a memory
     that carries the document (the held-out ``content`` share of ``benchmarks/memory_ab.py`` is ``1 - loss``)."""
     losses = {}
@@ -140,9 +141,9 @@ def layer_local_contrast_losses(model, records_a: dict[int, LayerRecord], record
             parts.append((r.target - window, layer_output(spec, attn, r, None, MEMORY_ONLY)))
         (delta_a, mem_a), (delta_b, mem_b) = parts
         with torch.no_grad():
-            c = (delta_a - delta_b)[:, start:].flatten(-2) @ weight.T
+            c = (delta_a - delta_b)[:, start:end].flatten(-2) @ weight.T
             norm = c.float().pow(2).sum().clamp_min(1e-12)
-        err = (mem_a - mem_b)[:, start:].flatten(-2) @ weight.T - c
+        err = (mem_a - mem_b)[:, start:end].flatten(-2) @ weight.T - c
         losses[i] = err.float().pow(2).sum() / norm
     return losses
 
