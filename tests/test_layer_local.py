@@ -132,3 +132,20 @@ def test_the_content_loss_is_one_for_a_memory_that_ignores_what_it_read():
         opt.step()
         opt.zero_grad()
     assert float(loss) < 0.9, float(loss)
+
+
+def test_the_far_normalised_content_loss_starts_at_the_document_share():
+    """normalise='far' (what `ahn distill --content-weight` trains): the same error over the layer's whole far part,
+    so an untrained memory starts at |c|^2 / |delta|^2 (< 1: the document is part of what the window misses)."""
+    from modeling_ahn.training.layer_local import layer_local_contrast_losses, layer_local_contrast_terms
+
+    torch.manual_seed(0)
+    model = make_ahn("qwen2", "gdn", W, S, random_ahn=False)
+    a, b, start = _pair()
+    ra, rb = record_teacher(model, a), record_teacher(model, b)
+    far = layer_local_contrast_losses(model, ra, rb, start, normalise="far")
+    for i, (err, c_sum, far_sum) in layer_local_contrast_terms(model, ra, rb, start).items():
+        assert float(err) == pytest.approx(c_sum, rel=1e-6)  # nothing carried: the error is all of c
+        assert float(far[i]) == pytest.approx(c_sum / far_sum, rel=1e-6) and 0 < float(far[i]) < 1
+    with pytest.raises(ValueError, match="normalise must be 'content' or 'far'"):
+        layer_local_contrast_losses(model, ra, rb, start, normalise="delta")

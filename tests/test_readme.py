@@ -187,7 +187,7 @@ def ahn_argv(tokens: list[str]) -> list[str] | None:
         extra = [t.split("=", 1)[1] for t in tokens[2:] if t.startswith("DEMO_ARGS=")]
         return ["demo"] + (shlex.split(extra[0]) if extra else [])
     for i, tok in enumerate(tokens):
-        if tok == "ahn" or tok.endswith("/ahn"):
+        if (tok == "ahn" or tok.endswith("/ahn")) and not (i and tokens[i - 1].startswith("-")):  # not `--model ahn`
             return tokens[i + 1:]
     return None
 
@@ -271,6 +271,7 @@ def test_the_command_check_catches_bad_commands():
     assert check_names(["distil"]) and check_names(["convert", "bytedance", "--nope"])
     found = list(shell_commands("x=1 && ahn push a b --dry-run  # a comment\n"))
     assert found == [(1, ["push", "a", "b", "--dry-run"])]
+    assert not list(shell_commands("python -m lm_eval --model ahn --tasks t\n"))  # an option's value, no command
 
 
 # ---------------------------------------------------------------------- links

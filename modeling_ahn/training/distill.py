@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..memory_ahn import unofficial_options
 from .data import with_repeat
-from .layer_local import layer_local_contrast_losses, layer_local_losses, record_teacher
+from .layer_local import layer_local_contrast_terms, layer_local_losses, record_teacher
 
 PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -126,8 +126,10 @@ class DistillConfig:
                                         "sequence with its far context (between the sinks and the middle of what "
                                         "the window leaves) taken from another training sequence, and each "
                                         "memory learns the difference this makes to its layer's far-context "
-                                        "output (training/layer_local.py: layer_local_contrast_losses; 1 for a "
-                                        "memory that ignores what it read). Doubles the teacher's work per step")
+                                        "output, in units of that far-context output (training/layer_local.py: "
+                                        "layer_local_contrast_losses, normalise='far'); logged as 'content', the "
+                                        "share of the difference left unexplained (1 for a memory that ignores "
+                                        "what it read). Doubles the teacher's work per step")
 
     def validate(self):
         if self.loss not in LOSSES:
@@ -248,10 +250,14 @@ class DistillStudent(nn.Module):
             out = {"layer_local": total.detach(),
                    "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
             if self.content_weight and swapped_ids is not None:
+                # trained in the attention-transfer loss's unit (normalised by each layer's far part, so that layers
+                # with little document in it weigh little); logged as the share of the document part left unexplained
                 swapped = record_teacher(model, swapped_ids, attention_mask)
-                content = layer_local_contrast_losses(model, records, swapped, *content_span)
-                out["content"] = sum(content.values()) / len(content)
-                total = total + self.content_weight * out["content"]
+                terms = layer_local_contrast_terms(model, records, swapped, *content_span)
+                far = sum(err / max(far_sum, 1e-12) for err, _, far_sum in terms.values()) / len(terms)
+                out["content"] = torch.tensor(sum(float(err) / max(c_sum, 1e-12) for err, c_sum, _ in terms.values())
+                                              / len(terms))
+                total = total + self.content_weight * far
             out["loss"] = total
             return out
         with torch.no_grad(), model.runtime(mode="full"):

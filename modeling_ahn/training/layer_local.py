@@ -119,19 +119,15 @@ def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=No
     return losses
 
 
-def layer_local_contrast_losses(model, records_a: dict[int, LayerRecord], records_b: dict[int, LayerRecord],
-                                start: int, end: int | None = None) -> dict[int, torch.Tensor]:
-    """Per-layer content losses of a document pair that differ only in far context (``b`` is ``a`` with evicted
-    tokens taken from another document, e.g. ``calibration.swap_evicted``): with ``c = delta_a - delta_b`` the
-    document-dependent part of what the window misses and ``c_mem`` the same difference of the memory's read-outs,
-
-        loss_l = sum_{start <= t < end} |o_proj(c_mem_t - c_t)|^2 / sum_{start <= t < end} |o_proj(c_t)|^2
-
-    (``start``: the first query whose window holds no swapped token; ``end``: the end of the shortest sequence
-    of a padded batch, default all). Whatever the memory adds regardless of what
-    it read cancels in ``c_mem``: this loss is 1 for sinks + SWA and for a pure bias, and below 1 only for a memory
-    that carries the document (the held-out ``content`` share of ``benchmarks/memory_ab.py`` is ``1 - loss``)."""
-    losses = {}
+def layer_local_contrast_terms(model, records_a: dict[int, LayerRecord], records_b: dict[int, LayerRecord],
+                               start: int, end: int | None = None) -> dict[int, tuple[torch.Tensor, float, float]]:
+    """Per layer, the sums behind the content losses of a document pair that differ only in far context (``b`` is
+    ``a`` with evicted tokens taken from another document, e.g. ``calibration.swap_evicted``): with
+    ``c = delta_a - delta_b`` the document-dependent part of what the window misses and ``c_mem`` the same
+    difference of the memory's read-outs, over the queries ``start <= t < end`` (``start``: the first query whose
+    window holds no swapped token; ``end``: the end of the shortest sequence of a padded batch, default all),
+    ``(sum |o_proj(c_mem - c)|^2`` (with its graph), ``sum |o_proj(c)|^2``, ``sum |o_proj(delta_a)|^2)``."""
+    terms = {}
     for i, attn, spec in _ahn_layers(model):
         weight = attn.o_proj.weight
         parts = []
@@ -142,10 +138,33 @@ def layer_local_contrast_losses(model, records_a: dict[int, LayerRecord], record
         (delta_a, mem_a), (delta_b, mem_b) = parts
         with torch.no_grad():
             c = (delta_a - delta_b)[:, start:end].flatten(-2) @ weight.T
-            norm = c.float().pow(2).sum().clamp_min(1e-12)
+            c_sum = float(c.float().pow(2).sum())
+            far_sum = float(((delta_a[:, start:end].flatten(-2) @ weight.T).float().pow(2).sum()))
         err = (mem_a - mem_b)[:, start:end].flatten(-2) @ weight.T - c
-        losses[i] = err.float().pow(2).sum() / norm
-    return losses
+        terms[i] = (err.float().pow(2).sum(), c_sum, far_sum)
+    return terms
+
+
+def layer_local_contrast_losses(model, records_a: dict[int, LayerRecord], records_b: dict[int, LayerRecord],
+                                start: int, end: int | None = None, normalise: str = "content"
+                                ) -> dict[int, torch.Tensor]:
+    """Per-layer content losses of a document pair (see :func:`layer_local_contrast_terms`):
+
+        content: loss_l = sum |o_proj(c_mem - c)|^2 / sum |o_proj(c)|^2
+        far:     loss_l = sum |o_proj(c_mem - c)|^2 / sum |o_proj(delta_a)|^2
+
+    Whatever the memory adds regardless of what it read cancels in ``c_mem``. Normalised by the document part
+    (``"content"``) the loss is 1 for sinks + SWA and for a pure bias, and below 1 only for a memory that carries
+    the document (the held-out ``content`` share of ``benchmarks/memory_ab.py`` is ``1 - loss``). Normalised by the
+    layer's whole far-context part (``"far"``, the attention-transfer loss's unit) it starts at the layer's
+    document share ``|c|^2 / |delta|^2`` instead: layers whose far context is mostly the same whatever the document
+    (a few per cent in SmolLM2's early layers) then weigh little, rather than contributing the noisy gradient of a
+    ratio of two small numbers when all layers train at once."""
+    if normalise not in ("content", "far"):
+        raise ValueError(f"normalise must be 'content' or 'far', got {normalise!r}")
+    terms = layer_local_contrast_terms(model, records_a, records_b, start, end)
+    return {i: err / max(c_sum if normalise == "content" else far_sum, 1e-12)
+            for i, (err, c_sum, far_sum) in terms.items()}
 
 
 def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) -> tuple[float, dict[int, float]]:
@@ -157,5 +176,5 @@ def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) 
     return float(mean), {i: float(v) for i, v in losses.items()}
 
 
-__all__ = ["LayerRecord", "layer_local_contrast_losses", "layer_local_losses", "layer_local_parts", "layer_local_step", "layer_output",
+__all__ = ["LayerRecord", "layer_local_contrast_losses", "layer_local_contrast_terms", "layer_local_losses", "layer_local_parts", "layer_local_step", "layer_output",
            "record_teacher"]
