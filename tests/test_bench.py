@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import json
 import math
 
@@ -237,3 +238,12 @@ def test_long_context_overhead_is_per_token_cost_over_the_base_at_the_reference_
     assert r["prefill_overhead"] == pytest.approx((r["prefill_s"] / 256) / (ref["prefill_s"] / 64))
     assert r["decode_overhead"] == pytest.approx(r["decode_ms"] / ref["decode_ms"])
     assert f"{r['prefill_overhead']:.2f}/" in table(res)
+
+
+def test_machine_info_records_the_cpu_features_that_decide_speed():
+    from modeling_ahn.benchmarking.bench import VECTOR_FEATURES, cpu_features, machine_info
+
+    info = machine_info("cpu")
+    assert info["cpu_features"] == cpu_features() and set(info["cpu_features"]) <= set(VECTOR_FEATURES)
+    if open("/proc/cpuinfo").read().count(" avx2") and platform.machine() == "x86_64":
+        assert "avx2" in info["cpu_features"]

@@ -194,6 +194,19 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
                 weight_bytes=sum(p.nbytes for p in model.parameters()))
 
 
+VECTOR_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_features() -> list[str]:
+    """The CPU's vector features that decide float32/bf16 speed (an "AMD EPYC" may be AVX2-only or have
+    AVX512-BF16: the model name alone does not say), from ``/proc/cpuinfo``; empty where it cannot be read."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in VECTOR_FEATURES if f in flags]
+
+
 def machine_info(device_name: str) -> dict:
     import torch
     import transformers
@@ -206,6 +219,7 @@ def machine_info(device_name: str) -> dict:
                            if line.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
+    info["cpu_features"] = cpu_features()
     if device_name.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

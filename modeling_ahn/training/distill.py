@@ -255,8 +255,8 @@ class DistillStudent(nn.Module):
                 swapped = record_teacher(model, swapped_ids, attention_mask)
                 terms = layer_local_contrast_terms(model, records, swapped, *content_span)
                 far = sum(err / max(far_sum, 1e-12) for err, _, far_sum in terms.values()) / len(terms)
-                out["content"] = torch.tensor(sum(float(err) / max(c_sum, 1e-12) for err, c_sum, _ in terms.values())
-                                              / len(terms))
+                shares = [float(err.detach()) / max(c_sum, 1e-12) for err, c_sum, _ in terms.values()]
+                out["content"] = torch.tensor(sum(shares) / len(shares))
                 total = total + self.content_weight * far
             out["loss"] = total
             return out
