@@ -145,7 +145,7 @@ def test_the_far_normalised_content_loss_starts_at_the_document_share():
     ra, rb = record_teacher(model, a), record_teacher(model, b)
     far = layer_local_contrast_losses(model, ra, rb, start, normalise="far")
     for i, (err, c_sum, far_sum) in layer_local_contrast_terms(model, ra, rb, start).items():
-        assert float(err) == pytest.approx(c_sum, rel=1e-6)  # nothing carried: the error is all of c
-        assert float(far[i]) == pytest.approx(c_sum / far_sum, rel=1e-6) and 0 < float(far[i]) < 1
+        assert float(err) == pytest.approx(float(c_sum), rel=1e-6)  # nothing carried: the error is all of c
+        assert float(far[i]) == pytest.approx(float(c_sum / far_sum), rel=1e-6) and 0 < float(far[i]) < 1
     with pytest.raises(ValueError, match="normalise must be 'content' or 'far'"):
         layer_local_contrast_losses(model, ra, rb, start, normalise="delta")

@@ -197,13 +197,25 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
 VECTOR_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def cpu_features() -> list[str]:
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in ``/proc/cpuinfo`` (empty where there is none)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_features(cpuinfo: dict[str, str] | None = None) -> list[str]:
     """The CPU's vector features that decide float32/bf16 speed (an "AMD EPYC" may be AVX2-only or have
     AVX512-BF16: the model name alone does not say), from ``/proc/cpuinfo``; empty where it cannot be read."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
+    flags = set((_cpuinfo() if cpuinfo is None else cpuinfo).get("flags", "").split())
     return [f for f in VECTOR_FEATURES if f in flags]
 
 
@@ -214,12 +226,9 @@ def machine_info(device_name: str) -> dict:
     info = dict(date=time.strftime("%Y-%m-%d"), python=platform.python_version(), torch=torch.__version__,
                 transformers=transformers.__version__, machine=platform.machine(), cpus=os.cpu_count(),
                 threads=torch.get_num_threads(), device=device_name)
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                           if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    info["cpu_features"] = cpu_features()
+    cpuinfo = _cpuinfo()
+    info["cpu"] = cpuinfo.get("model name") or platform.processor()
+    info["cpu_features"] = cpu_features(cpuinfo)
     if device_name.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

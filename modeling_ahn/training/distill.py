@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..memory_ahn import unofficial_options
 from .data import with_repeat
-from .layer_local import layer_local_contrast_terms, layer_local_losses, record_teacher
+from .layer_local import layer_local_contrast_terms, layer_local_losses, normalised_contrast, record_teacher
 
 PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -254,10 +254,9 @@ class DistillStudent(nn.Module):
                 # with little document in it weigh little); logged as the share of the document part left unexplained
                 swapped = record_teacher(model, swapped_ids, attention_mask)
                 terms = layer_local_contrast_terms(model, records, swapped, *content_span)
-                far = sum(err / max(far_sum, 1e-12) for err, _, far_sum in terms.values()) / len(terms)
-                shares = [float(err.detach()) / max(c_sum, 1e-12) for err, c_sum, _ in terms.values()]
-                out["content"] = torch.tensor(sum(shares) / len(shares))
-                total = total + self.content_weight * far
+                far = normalised_contrast(terms, "far")
+                out["content"] = torch.stack(list(normalised_contrast(terms, "content").values())).mean().detach()
+                total = total + self.content_weight * sum(far.values()) / len(far)
             out["loss"] = total
             return out
         with torch.no_grad(), model.runtime(mode="full"):

@@ -120,13 +120,15 @@ def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=No
 
 
 def layer_local_contrast_terms(model, records_a: dict[int, LayerRecord], records_b: dict[int, LayerRecord],
-                               start: int, end: int | None = None) -> dict[int, tuple[torch.Tensor, float, float]]:
+                               start: int, end: int | None = None
+                               ) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per layer, the sums behind the content losses of a document pair that differ only in far context (``b`` is
     ``a`` with evicted tokens taken from another document, e.g. ``calibration.swap_evicted``): with
     ``c = delta_a - delta_b`` the document-dependent part of what the window misses and ``c_mem`` the same
     difference of the memory's read-outs, over the queries ``start <= t < end`` (``start``: the first query whose
     window holds no swapped token; ``end``: the end of the shortest sequence of a padded batch, default all),
-    ``(sum |o_proj(c_mem - c)|^2`` (with its graph), ``sum |o_proj(c)|^2``, ``sum |o_proj(delta_a)|^2)``."""
+    ``(sum |o_proj(c_mem - c)|^2`` (with its graph), ``sum |o_proj(c)|^2``, ``sum |o_proj(delta_a)|^2)``, all
+    float32 scalar tensors (no host sync: the training step reads them once, when it logs)."""
     terms = {}
     for i, attn, spec in _ahn_layers(model):
         weight = attn.o_proj.weight
@@ -138,8 +140,8 @@ def layer_local_contrast_terms(model, records_a: dict[int, LayerRecord], records
         (delta_a, mem_a), (delta_b, mem_b) = parts
         with torch.no_grad():
             c = (delta_a - delta_b)[:, start:end].flatten(-2) @ weight.T
-            c_sum = float(c.float().pow(2).sum())
-            far_sum = float(((delta_a[:, start:end].flatten(-2) @ weight.T).float().pow(2).sum()))
+            c_sum = c.float().pow(2).sum()
+            far_sum = (delta_a[:, start:end].flatten(-2) @ weight.T).float().pow(2).sum()
         err = (mem_a - mem_b)[:, start:end].flatten(-2) @ weight.T - c
         terms[i] = (err.float().pow(2).sum(), c_sum, far_sum)
     return terms
@@ -160,11 +162,24 @@ def layer_local_contrast_losses(model, records_a: dict[int, LayerRecord], record
     document share ``|c|^2 / |delta|^2`` instead: layers whose far context is mostly the same whatever the document
     (a few per cent in SmolLM2's early layers) then weigh little, rather than contributing the noisy gradient of a
     ratio of two small numbers when all layers train at once."""
-    if normalise not in ("content", "far"):
+    _check_normalise(normalise)
+    return normalised_contrast(layer_local_contrast_terms(model, records_a, records_b, start, end), normalise)
+
+
+NORMALISATIONS = ("content", "far")
+
+
+def _check_normalise(normalise: str) -> None:
+    if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be 'content' or 'far', got {normalise!r}")
-    terms = layer_local_contrast_terms(model, records_a, records_b, start, end)
-    return {i: err / max(c_sum if normalise == "content" else far_sum, 1e-12)
-            for i, (err, c_sum, far_sum) in terms.items()}
+
+
+def normalised_contrast(terms: dict, normalise: str = "content") -> dict[int, torch.Tensor]:
+    """The per-layer content losses of :func:`layer_local_contrast_losses` from already computed
+    :func:`layer_local_contrast_terms` (one set of terms serves both normalisations)."""
+    _check_normalise(normalise)
+    pick = 1 if normalise == "content" else 2
+    return {i: t[0] / t[pick].clamp_min(1e-12) for i, t in terms.items()}
 
 
 def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) -> tuple[float, dict[int, float]]:
@@ -176,5 +191,5 @@ def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) 
     return float(mean), {i: float(v) for i, v in losses.items()}
 
 
-__all__ = ["LayerRecord", "layer_local_contrast_losses", "layer_local_contrast_terms", "layer_local_losses", "layer_local_parts", "layer_local_step", "layer_output",
-           "record_teacher"]
+__all__ = ["LayerRecord", "layer_local_contrast_losses", "layer_local_contrast_terms", "layer_local_losses",
+           "layer_local_parts", "layer_local_step", "layer_output", "normalised_contrast", "record_teacher"]
