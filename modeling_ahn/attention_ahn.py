@@ -267,9 +267,9 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
         key[:, :, : layer.num_sinks] = rotated_forward(layer.sink_keys, *rot).to(key.dtype)
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, None, scaling, dropout)
     memory, hidden = spec.memory, inputs.hidden
-    gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
-    state = None
+    state = gates_new = None  # the memory off ("swa"): no write gates either
     if spec.mode == "ahn":
+        gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
         ev_k, ev_v, ev_g = layer.evicted()
         if memory.needs_key_rotation:  # window[0] sits W positions before the new token (a steady row has no pads)
             pos = torch.full((ev_k.shape[0], 1), layer.step.start - layer.sliding_window, device=ev_k.device)
@@ -388,6 +388,8 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
         if inputs is None:
             raise RuntimeError("AHN pre-hook did not run: the layer input is missing.")
         layer, key, value, whole_sequence = _cache_layer(spec, module, cache, key, value)
+        if spec.mode in ("ahn", MEMORY_ONLY) and not whole_sequence:
+            layer.check_memory_on()
         if isinstance(layer.step, SteadyStep) and mask2d is not None:  # a padding mask after all: a chunk step
             key, value = layer.as_chunk_step()
         step = layer.step
@@ -409,7 +411,7 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
         attn_out, attn_weights = query.new_zeros(B, q_len, H, value.shape[-1]), None
     else:
         attn_out, attn_weights = _CHUNK_PATHS[path](spec, module, facts, query, key, value, scaling, dropout)
-    gates_new = spec.memory.write_gates(inputs.hidden)
+    gates_new = spec.memory.write_gates(inputs.hidden) if spec.mode in ("ahn", MEMORY_ONLY) else None
     mem_out, state = _memory_readout(spec, facts, query, inputs, gates_new)
     if mem_out is not None:
         attn_out = attn_out + mem_out

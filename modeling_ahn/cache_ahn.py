@@ -88,6 +88,9 @@ class SinkWindowLayer(CacheLayerMixin):
         self.recurrent_state = None
         self.step: ChunkStep | SteadyStep | StaticStep | None = None  # the step under way (update -> end_step)
         self.padded = False  # whether any row has had a pad token (then every step takes the general path)
+        # whether a step ran with the memory off (attention mode "swa"): its tokens got no write gates, so this cache
+        # can no longer feed a memory (an "ahn" step refuses it)
+        self.memory_off = False
 
     def __repr__(self):
         return f"SinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window})"
@@ -182,8 +185,20 @@ class SinkWindowLayer(CacheLayerMixin):
         S = self.num_sinks
         self.keys, self.values = step.keys[:, :, S:], step.values[:, :, S:]
         self.window_rpos = torch.cat([self.window_rpos[:, 1:], self.num_real[:, None]], dim=-1)
-        self.window_gates = torch.cat([self.window_gates[:, 1:], gates_new], dim=1)
+        self._keep_gates(None if gates_new is None else torch.cat([self.window_gates[:, 1:], gates_new], dim=1))
         self.num_real = self.num_real + 1
+
+    def _keep_gates(self, window_gates):
+        """The window's write gates after a step; ``None``: the step ran with the memory off (none computed)."""
+        self.window_gates = window_gates
+        self.memory_off = self.memory_off or window_gates is None
+
+    def check_memory_on(self):
+        """Refuse a step with the memory on after steps without it (the window's tokens have no write gates)."""
+        if self.memory_off:
+            raise ValueError(
+                "this cache was filled with the memory off (attention mode 'swa'): its tokens have no write gates, so "
+                "the memory cannot take them. Start a new cache (model.new_cache()) for attention mode 'ahn'.")
 
     def _end_static(self, step, rpos_new, gates_new):
         raise TypeError("a StaticStep belongs to a StaticSinkWindowLayer")
@@ -211,9 +226,11 @@ class SinkWindowLayer(CacheLayerMixin):
             self.sink_filled = self.sink_filled | filled
         self.keys, self.values = all_k[:, :, n_ev:], all_v[:, :, n_ev:]
         self.window_rpos = rpos_all[:, n_ev:]
-        if gates_new is not None:
+        if gates_new is not None and not self.memory_off:
             gates_all = gates_new if self.window_gates is None else torch.cat([self.window_gates, gates_new], dim=1)
-            self.window_gates = gates_all[:, n_ev:]
+            self._keep_gates(gates_all[:, n_ev:])
+        else:
+            self._keep_gates(None)
         self.num_real = self.num_real + (rpos_new >= 0).sum(-1)
         self.padded = self.padded or bool((rpos_new < 0).any())
 

@@ -81,8 +81,10 @@ def canonical_ahn_type(name: str) -> str:
 
 
 def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
-    """``x / sqrt(sum(x^2) + eps)`` over the last dimension (the release's kernels' numerics)."""
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+    """``x / sqrt(sum(x^2) + eps)`` over the last dimension (the release's kernels' numerics), in float32 whatever
+    ``x``'s dtype (the norm is accumulated in float32 without a float32 copy of ``x``)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    return x * torch.rsqrt(norm * norm + eps)
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -149,80 +151,94 @@ TORCH_SEGMENT = 512
 
 
 def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=TORCH_CHUNK_SIZE,
-                     segment=TORCH_SEGMENT):
+                     segment=TORCH_SEGMENT, matmul_dtype=None):
     """Chunked (parallel) form of the recurrence, ``segment`` tokens at a time (``None``: all at once).
-    Inputs ``[B, T, H, ·]``; returns ``(o [B, T, H, V] fp32, state)``; see ``_chunk_segment`` for the maths.
+    Inputs ``[B, T, H, ·]``; ``k``/``v`` may have fewer heads ``Hkv`` (grouped-query attention: key/value head ``j``
+    serves query heads ``j * H / Hkv ..``, as ``repeat_interleave`` would give). Returns ``(o [B, T, H, V] fp32,
+    state)``; see ``_chunk_segment`` for the maths.
 
-    Tokens are gathered head-major, ``[B*H, T, ·]`` (a view where the input already is, as the memories' repeated
-    keys and values are), each segment's chunks are laid out chunk-major for the sequential loop, and without a
-    gradient the output is written into one head-major buffer (returned as a ``[B, T, H, V]`` view). A final
-    chunk shorter than ``chunk_size`` is run as a chunk of its own length (no padding).
+    Each input is laid out chunk-major, ``[chunks, B*H, C, ·]``, in one copy (with the grouped heads
+    repeated by the same copy; a segment is then a contiguous slice), and without a gradient the output is written into one head-major buffer (returned as a ``[B, T, H, V]``
+    view). A final chunk shorter than ``chunk_size`` is run as a chunk of its own length (no padding).
+    ``matmul_dtype``: the operand dtype of the chunk-parallel products (``None``: float32). ``torch.bfloat16``
+    (bf16 models, no gradient) takes them in bf16 with float32 accumulation, as fla's kernels do on GPU; the state
+    and its recurrence stay float32 either way.
     """
-    B, T, H, K = k.shape
+    B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
     BH = B * H
-
-    def heads(x):  # [B, T, H, ...] -> [B*H, T, ...] float32
-        return x.float().transpose(1, 2).reshape(BH, T, *x.shape[3:])
-
-    q, k, v, beta = heads(q), heads(k), heads(v), heads(beta)
-    g = heads(g) if g is not None else None
-    S = q.new_zeros(BH, K, V) if initial_state is None else initial_state.float().reshape(BH, K, V)
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, beta, g, S) if x is not None)
-    out = None if grad else q.new_empty(BH, T, V)
+    if H % k.shape[2] or H % v.shape[2]:
+        raise ValueError(f"{H} query heads cannot share {k.shape[2]} key / {v.shape[2]} value heads")
+    S = q.new_zeros(BH, K, V, dtype=torch.float32) if initial_state is None else \
+        initial_state.float().reshape(BH, K, V)
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, g, S))
+    md = torch.float32 if grad or matmul_dtype is None else matmul_dtype
+    out = None if grad else torch.empty(BH, T, V, dtype=torch.float32, device=q.device)
     seg = T if segment is None else max(C, segment - segment % C)
+    full = T // C * C  # whole chunks, then (at the very end) one shorter chunk
     outs = []
-    for s0 in range(0, T, max(seg, 1)):
-        s1 = min(T, s0 + seg)
-        full = s0 + (s1 - s0) // C * C  # whole chunks, then (at the very end) one shorter chunk
-        for a, b_, c in ((s0, full, C), (full, s1, s1 - full)):
-            if b_ > a:
-                o, S = _chunk_segment(q[:, a:b_], k[:, a:b_], v[:, a:b_], None if g is None else g[:, a:b_],
-                                      beta[:, a:b_], S, scale, delta, c)  # o: [n, BH, c, V], chunk-major
-                if out is None:
-                    outs.append(o.transpose(0, 1).reshape(BH, b_ - a, V))
-                else:
-                    out[:, a:b_].view(BH, -1, c, V).copy_(o.transpose(0, 1))
+    for a, b_, c in ((0, full, C), (full, T, T - full)):
+        if b_ <= a:
+            continue
+        n = (b_ - a) // c
+
+        def chunk_major(x, dtype=torch.float32):  # [B, T, h, ...] -> [n, B*H, c, ...], heads repeated to H, one copy
+            x = x[:, a:b_].unflatten(1, (n, c))  # [B, n, c, h, ...]
+            x = x.permute(1, 0, 3, 2, *range(4, x.dim()))  # [n, B, h, c, ...]
+            h, rest = x.shape[2], x.shape[4:]
+            x = x.unsqueeze(3).expand(n, B, h, H // h, c, *rest)
+            y = torch.empty(x.shape, dtype=dtype, device=x.device)
+            return y.copy_(x).view(n, BH, c, *rest)  # (copy_ is differentiable)
+
+        # the queries (and with the delta rule the values) enter products only: laid out in their operand dtype
+        cq, ck, cv = chunk_major(q, md), chunk_major(k), chunk_major(v, md if delta else torch.float32)
+        cb, cg = chunk_major(beta), chunk_major(g) if g is not None else None
+        per = max(1, seg // c)  # chunks per segment
+        for i0 in range(0, n, per):
+            i1 = min(n, i0 + per)
+            o, S = _chunk_segment(cq[i0:i1], ck[i0:i1], cv[i0:i1], None if cg is None else cg[i0:i1], cb[i0:i1],
+                                  S, scale, delta, md)  # o: [i1 - i0, BH, c, V], chunk-major
+            t0, t1 = a + i0 * c, a + i1 * c
+            if out is None:
+                outs.append(o.transpose(0, 1).reshape(BH, t1 - t0, V))
+            else:
+                out[:, t0:t1].view(BH, -1, c, V).copy_(o.transpose(0, 1))
     if out is None:
-        out = torch.cat(outs, dim=1) if outs else q.new_zeros(BH, 0, V)
+        out = torch.cat(outs, dim=1) if outs else q.new_zeros(BH, 0, V, dtype=torch.float32)
     return out.view(B, H, T, V).transpose(1, 2), S.view(B, H, K, V)
 
 
-def _chunk_segment(q, k, v, g, beta, S, scale, delta, C):
-    """Chunked (parallel) form of the recurrence over ``[BH, L, ·]`` inputs (``L`` a multiple of ``C``), from state
-    ``S`` ``[BH, K, V]``, exact up to float rounding.
+def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
+    """Chunked (parallel) form of the recurrence over chunk-major ``[n, BH, C, ·]`` inputs, from state ``S``
+    ``[BH, K, V]``, exact up to float rounding (``md``: the operand dtype of the chunk-parallel products; ``k``, ``g``
+    and ``beta`` are float32, ``q`` and, with the delta rule, ``v`` may be in ``md`` already).
 
     Inside a chunk of ``C`` steps with cumulative log-decay ``c_i = sum_{j<=i} g_j``:
     ``U = T (beta*V - (beta*exp(c)*K) S0)`` with ``T = (I + A)^-1``,
     ``A_ij = beta_i exp(c_i - c_j) k_i.k_j`` for ``j < i`` (the WY form of the delta rule; ``U = beta*V``
     without the delta rule), then ``O = (Q*exp(c)) S0 + (QK^T * exp(c_i - c_j))_{j<=i} U`` and
     ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Only the ``S`` recurrence runs chunk by chunk (two products
-    per chunk: ``U`` from ``S0``, then the next ``S``); everything else is computed for all chunks at once, the
-    outputs after the loop from the states it kept (the per-row factors ``beta``, ``exp(c)`` and the read scale are
-    applied to the ``C x C`` matrices, not to the ``C x D`` keys and values). Tensors are chunk-major
-    (``[n, BH, C, ·]``), so that every chunk's operands are contiguous.
-    Returns ``(o [n, BH, C, V], state)``.
+    per chunk: ``U`` from ``S0``, then the next ``S``, both float32); everything else is computed for all chunks at
+    once, the outputs after the loop from the states it kept (the per-row factors ``beta``, ``exp(c)`` and the
+    read scale are applied to the ``C x C`` matrices or the products' rows, not to the ``C x D`` keys and values).
+    Returns ``(o [n, BH, C, V] fp32, state)``.
     """
-    BH, L, K = k.shape
-    n = L // C
-
-    def chunks(x):  # [BH, L, ...] -> [n, BH, C, ...], contiguous
-        return x.reshape(BH, n, C, *x.shape[2:]).transpose(0, 1).contiguous()
-
-    q, k, v, beta = chunks(q), chunks(k), chunks(v), chunks(beta)
-    gc = chunks(g).cumsum(-1) if g is not None else torch.zeros_like(beta)  # [n, BH, C]
+    n, BH, C, K = k.shape
+    low = md != torch.float32
+    qm, km, vm = (x.to(md) for x in (q, k, v)) if low else (q, k, v)
+    gc = g.cumsum(-1) if g is not None else torch.zeros_like(beta)  # [n, BH, C]
     tril = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
     decay = (gc[..., :, None] - gc[..., None, :]).masked_fill(~tril, float("-inf")).exp()  # exp(c_i - c_j), j <= i
     egc = gc.exp()
     if delta:
-        A = ((k @ k.transpose(-1, -2)) * (decay * beta[..., :, None])).tril(-1)
+        A = ((km @ km.transpose(-1, -2)) * (decay * beta[..., :, None])).tril(-1)  # float32
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
         # T = (I + A)^-1 once per chunk (a C x C right-hand side, cheaper than solving for [V | K] columns)
         t_mat = torch.linalg.solve_triangular(A + eye, eye.expand_as(A), upper=False, unitriangular=True)
         t_beta = t_mat * beta[..., None, :]  # T diag(beta)
-        w_value = t_beta @ v  # U = w_value - w_key @ S0
-        w_key = (t_beta * egc[..., None, :]) @ k
+        w_value = (t_beta.to(md) @ vm).float()  # U = w_value - w_key @ S0
+        w_key = ((t_beta * egc[..., None, :]).to(md) @ km).float()
     else:
         w_value = v * beta[..., None]
     k_to_end = (k * (gc[..., -1:] - gc).exp()[..., None]).transpose(-1, -2)  # [n, BH, K, C]
@@ -241,20 +257,22 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, C):
             us.append(u)
             states.append(torch.baddbmm(states[-1] * decay_c[i], kend_c[i], u))
         S_prev, U, S = torch.stack(states[:-1]), torch.stack(us), states[-1]
-    else:  # states and updates written into two buffers
+    else:  # states and updates written into two buffers, in place
         S_all = S.new_empty(n + 1, *S.shape)
         S_all[0] = S
         U = w_value if not delta else torch.empty_like(w_value)
         for i in range(n):
             if delta:
                 torch.baddbmm(wv_c[i], wk_c[i], S_all[i], alpha=-1, out=U[i])
-            torch.baddbmm(S_all[i] * decay_c[i], kend_c[i], U[i], out=S_all[i + 1])
+            torch.mul(S_all[i], decay_c[i], out=S_all[i + 1]).baddbmm_(kend_c[i], U[i])
         S_prev, S = S_all[:n], S_all[n]
-    # O_i = (Q_i exp(c) scale) S_{i-1} + (Q_i K_i^T exp(c_i - c_j) scale)_{j<=i} U_i
-    qk = (q @ k.transpose(-1, -2)) * (decay * scale)  # [n, BH, C, C]
-    o = (q * (egc * scale)[..., None]) @ S_prev  # [n, BH, C, V]
+    # O_i = exp(c) scale * (Q_i S_{i-1}) + (Q_i K_i^T exp(c_i - c_j) scale)_{j<=i} U_i
+    qk = (qm @ km.transpose(-1, -2)) * (decay * scale)  # [n, BH, C, C] float32
+    o = (qm @ S_prev.to(md)) * (egc * scale)[..., None]  # [n, BH, C, V] float32
     if grad:
         return o + qk @ U, S
+    if low:
+        return o.add_(qk.to(md) @ U.to(md)), S
     o.flatten(0, 1).baddbmm_(qk.flatten(0, 1), U.flatten(0, 1))
     return o, S
 
@@ -390,8 +408,23 @@ def _fp32(x: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type):
-    """(Gated) delta rule over ``[B,T,H,D]`` inputs; ``g is None`` for DeltaNet."""
+def _repeat_heads(q, *xs):
+    """``[B, T, h, D]`` key/value heads repeated to the query's ``H`` (grouped-query attention)."""
+    H = q.shape[2]
+    return [x if x.shape[2] == H else x.repeat_interleave(H // x.shape[2], dim=2) for x in xs]
+
+
+def product_dtype(x: torch.Tensor):
+    """The operand dtype of the torch chunk kernel's products for a model computing in ``x.dtype``: bf16 for bf16
+    (float32 accumulation, as fla's kernels on GPU), else ``None`` (float32)."""
+    return torch.bfloat16 if x.dtype == torch.bfloat16 else None
+
+
+def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type, matmul_dtype=None):
+    """(Gated) delta rule over ``[B,T,H,D]`` inputs (``k``/``v`` may have fewer, grouped heads); ``g is None`` for
+    DeltaNet. ``matmul_dtype``: see ``torch_chunk_rule`` (the torch kernel only)."""
+    if _use_kernels(ahn_type, q) or q.shape[1] == 1:
+        k, v = _repeat_heads(q, k, v)
     if _use_kernels(ahn_type, q):
         dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
         qq, kk, vv = q.to(dtype), k.to(dtype), v.to(dtype)
@@ -412,15 +445,18 @@ def delta_rule(q, k, v, g, beta, initial_state, scale, ahn_type):
     with _fp32(q):
         if q.shape[1] == 1:
             return torch_recurrent_rule(q, k, v, g, beta, initial_state, scale, delta=True)
-        return torch_chunk_rule(q, k, v, g, beta, initial_state, scale, delta=True)
+        return torch_chunk_rule(q, k, v, g, beta, initial_state, scale, delta=True, matmul_dtype=matmul_dtype)
 
 
-def ssd_rule(q, k, v, dt, A, initial_state):
-    """Mamba2 / SSD: ``S = exp(dt*A) S + dt k v^T``, ``o = S^T q`` over ``[B,T,H,D]`` inputs.
+def ssd_rule(q, k, v, dt, A, initial_state, matmul_dtype=None):
+    """Mamba2 / SSD: ``S = exp(dt*A) S + dt k v^T``, ``o = S^T q`` over ``[B,T,H,D]`` inputs (``k``/``v`` may have
+    fewer, grouped heads; ``matmul_dtype``: see ``torch_chunk_rule``).
 
     On CUDA: mamba-ssm's SSD kernel if installed, else fla's ``chunk_simple_gla`` (the same recurrence with
     ``k * dt`` as key and ``dt * A`` as log-decay). Decoding steps use the torch recurrence (one step).
     """
+    if _use_kernels("mamba2", q) or q.shape[1] == 1:
+        k, v = _repeat_heads(q, k, v)
     if _use_kernels("mamba2", q) and q.shape[1] > 1:
         dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
         if _KERNELS["mamba_chunk_scan_combined"] is None:
@@ -447,7 +483,7 @@ def ssd_rule(q, k, v, dt, A, initial_state):
         g = dt.float() * A.float()
         if q.shape[1] == 1:
             return torch_recurrent_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
-        return torch_chunk_rule(q, k, v, g, dt, initial_state, 1.0, delta=False)
+        return torch_chunk_rule(q, k, v, g, dt, initial_state, 1.0, delta=False, matmul_dtype=matmul_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,10 +510,14 @@ class PerHeadLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(num_heads, head_dim, head_dim))
 
-    def forward(self, x):  # [..., H, D]: one [H, N, D] x [H, D, D] product (as einsum would, without its overhead)
+    def forward(self, x, row_scale=None):
+        """``x`` ``[..., H, D]``: one ``[H, N, D] x [H, D, D]`` product (as einsum would, without its overhead),
+        returned as a ``[..., H, E]`` view of the head-major result. ``row_scale`` ``[H, D]``: ``x * row_scale``
+        times the weight, applied to the weight's rows (``D x D`` work instead of ``N x D``)."""
         H, D, E = self.weight.shape
-        y = torch.bmm(x.to(self.weight.dtype).reshape(-1, H, D).transpose(0, 1), self.weight)
-        return y.transpose(0, 1).reshape(*x.shape[:-1], E)
+        w = self.weight if row_scale is None else self.weight * row_scale.to(self.weight.dtype)[..., None]
+        y = torch.bmm(x.to(w.dtype).reshape(-1, H, D).transpose(0, 1), w)
+        return y.transpose(0, 1).unflatten(0, x.shape[:-2])
 
 
 def unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -599,13 +639,9 @@ class AhnMemory(nn.Module):
         return self._readout(o.reshape(B, 1, H, -1), x_read).to(query.dtype), S.reshape(B, H, D, -1)
 
     def _prepare(self, query, keys, values):
-        """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> ``[B,T,H,D]`` (KV heads repeated)."""
-        H = query.shape[1]  # keys have H heads already where ``write_keys`` projected them per head
-        if keys.shape[1] < H:
-            keys = keys.repeat_interleave(H // keys.shape[1], dim=1)
-        if values.shape[1] < H:
-            values = values.repeat_interleave(H // values.shape[1], dim=1)
-        return query.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> the kernels' ``[B,T,·,D]`` views, the query and the
+        keys l2-normalised in float32 (the keys before any repetition: the kernels share grouped heads)."""
+        return l2norm(query).transpose(1, 2), l2norm(keys).transpose(1, 2), values.transpose(1, 2)
 
 
 class _DeltaRuleMemory(AhnMemory):
@@ -623,16 +659,20 @@ class _DeltaRuleMemory(AhnMemory):
         beta = gates[..., 0, :] * valid
         g = self.log_decay(gates)
         g = None if g is None else g * valid
-        o, state = delta_rule(l2norm(q.float()), l2norm(k.float()), v, g, beta, state,
-                              1.0 / math.sqrt(self.head_dim), self.ahn_type)
+        o, state = delta_rule(q, k, v, g, beta, state, 1.0 / math.sqrt(self.head_dim), self.ahn_type,
+                              product_dtype(query))
         return self._readout(o, x_read).to(query.dtype), state
 
     def _step(self, q, k, v, g, beta, state):
         return torch_step_rule(q, k, v, g, beta, state, 1.0 / math.sqrt(self.head_dim))
 
     def _readout(self, o, x_read):  # o [B, T, H, D] fp32
+        """``o_proj(o_norm(o) * silu(g_proj(x)))``, with the norm's and the gate's per-row factors in one product and
+        the norm's weight folded into ``o_proj``'s rows (one pass over ``o``)."""
         gate = F.silu(self._proj(self.g_proj, x_read))[..., None]  # one scalar per head
-        return self.o_proj(self.o_norm(o) * gate)
+        norm = torch.linalg.vector_norm(o, dim=-1, keepdim=True, dtype=torch.float32)
+        rows = torch.rsqrt(norm * norm / o.shape[-1] + self.o_norm.eps) * gate
+        return self.o_proj(o * rows, self.o_norm.weight.float().expand(self.num_heads, -1))
 
 
 class GatedDeltaNet(_DeltaRuleMemory):
@@ -665,8 +705,10 @@ class GatedDeltaNet(_DeltaRuleMemory):
         self._reset_q_proj()
 
     def write_gates(self, x):
-        beta = torch.sigmoid(self._proj(self.b_proj, x))
-        g = -self.A_log.float().exp() * F.softplus(self._proj(self.a_proj, x) + self.dt_bias.float())
+        H = self.num_heads
+        ba = F.linear(x.to(self.b_proj.weight.dtype), torch.cat([self.b_proj.weight, self.a_proj.weight])).float()
+        beta = torch.sigmoid(ba[..., :H])  # b_proj and a_proj in one product
+        g = -self.A_log.float().exp() * F.softplus(ba[..., H:] + self.dt_bias.float())
         return torch.stack([beta, g], dim=-2)
 
     def log_decay(self, gates):
@@ -732,7 +774,7 @@ class Mamba2(AhnMemory):
     def forward(self, query, keys, values, gates, valid, x_read, state=None):
         q, k, v = self._prepare(query, keys, values)
         dt = gates[..., 0, :] * valid.to(torch.float32)[..., None]
-        o, state = ssd_rule(l2norm(q.float()), l2norm(k.float()), v.float(), dt, -self.A_log.float().exp(), state)
+        o, state = ssd_rule(q, k, v, dt, -self.A_log.float().exp(), state, product_dtype(query))
         return self._readout(o, x_read).to(query.dtype), state
 
     def _step(self, q, k, v, g, beta, state):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from modeling_ahn import memory_ahn
 from modeling_ahn.memory_ahn import build_memory, torch_chunk_rule, torch_recurrent_rule
@@ -304,3 +305,62 @@ def test_memory_half_lives_are_those_of_the_decays_the_forward_applies(ahn_type)
     assert got.shape == (len(model.ahn_modules()), model.config.base_config.num_attention_heads)
     with pytest.raises(ValueError, match="DeltaNet has no decay"):
         memory_half_lives(make_ahn("llama", ahn_type="dn"), ids)
+
+
+@pytest.mark.parametrize("delta", [True, False])
+def test_chunk_kernel_shares_grouped_key_heads(delta):
+    """Keys/values with fewer heads (grouped-query attention) give exactly what their repeated heads give: the kernel
+    repeats them in its one layout copy instead of the caller's ``repeat_interleave``."""
+    torch.manual_seed(0)
+    B, T, H, Hkv, K = 2, 70, 6, 2, 8
+    q, k = memory_ahn.l2norm(torch.randn(B, T, H, K)), memory_ahn.l2norm(torch.randn(B, T, Hkv, K))
+    v, g, beta, s0 = torch.randn(B, T, Hkv, K), -torch.rand(B, T, H), torch.rand(B, T, H), torch.randn(B, H, K, K)
+    rep = [x.repeat_interleave(H // Hkv, dim=2) for x in (k, v)]
+    o1, s1 = torch_chunk_rule(q, *rep, g, beta, s0, 0.5, delta, chunk_size=8, segment=32)
+    o2, s2 = torch_chunk_rule(q, k, v, g, beta, s0, 0.5, delta, chunk_size=8, segment=32)
+    assert torch.equal(o1, o2) and torch.equal(s1, s2)
+    with pytest.raises(ValueError, match="cannot share"):
+        torch_chunk_rule(q, k[:, :, :1].expand(B, T, 4, K)[:, :, :4], v, g, beta, s0, 0.5, delta)
+
+
+@pytest.mark.parametrize("delta", [True, False])
+def test_chunk_kernel_bf16_products_stay_close_and_fp32_state(delta):
+    """``matmul_dtype=bfloat16`` (bf16 models, no gradient): the chunk products in bf16 with float32 accumulation,
+    as fla's kernels do; output and state within bf16 rounding of the float32 kernel, the state still float32; with a
+    gradient the products stay float32 (the same result as without ``matmul_dtype``)."""
+    torch.manual_seed(0)
+    B, T, H, K = 1, 300, 4, 32
+    q, k = memory_ahn.l2norm(torch.randn(B, T, H, K)), memory_ahn.l2norm(torch.randn(B, T, H, K))
+    v, g, beta, s0 = torch.randn(B, T, H, K), -torch.rand(B, T, H) * 0.2, torch.rand(B, T, H), torch.randn(B, H, K, K)
+    with torch.no_grad():
+        ref_o, ref_s = torch_chunk_rule(q, k, v, g, beta, s0, 0.5, delta)
+        o, s = torch_chunk_rule(q, k, v, g, beta, s0, 0.5, delta, matmul_dtype=torch.bfloat16)
+    assert o.dtype == s.dtype == torch.float32
+    err_o = ((o - ref_o).abs().max() / ref_o.abs().max()).item()
+    err_s = ((s - ref_s).abs().max() / ref_s.abs().max()).item()
+    assert 0 < err_o < 2e-2 and err_s < 2e-2, (err_o, err_s)  # bf16 rounding: not exact, not far
+    qg = q.clone().requires_grad_()
+    o_grad, _ = torch_chunk_rule(qg, k, v, g, beta, s0, 0.5, delta, matmul_dtype=torch.bfloat16)
+    assert (o_grad - ref_o).abs().max() < 1e-5
+
+
+def test_bf16_memory_takes_bf16_products():
+    """A bf16 model's memory runs the chunk kernel with bf16 products (``product_dtype``); a float32 one does not."""
+    assert memory_ahn.product_dtype(torch.zeros(1, dtype=torch.bfloat16)) is torch.bfloat16
+    assert memory_ahn.product_dtype(torch.zeros(1)) is None and memory_ahn.product_dtype(
+        torch.zeros(1, dtype=torch.float16)) is None
+
+
+@pytest.mark.parametrize("ahn_type", ["gdn", "dn"])
+def test_delta_rule_readout_equals_its_formula(ahn_type):
+    """The fused read-out (norm and gate factors in one pass, the norm's weight folded into ``o_proj``) equals
+    ``o_proj(RMSNorm(o) * silu(g_proj(x)))`` written out."""
+    fn = _random_memory(ahn_type)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fn.o_norm.weight.uniform_(0.5, 1.5)
+        o, x = torch.randn(2, 7, fn.num_heads, fn.head_dim), torch.randn(2, 7, fn.hidden_size)
+        normed = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + fn.o_norm.eps) * fn.o_norm.weight
+        gated = normed * F.silu(x @ fn.g_proj.weight.T)[..., None]
+        ref = torch.einsum("bthd,hde->bthe", gated, fn.o_proj.weight)
+        assert (fn._readout(o, x) - ref).abs().max() < 1e-5

@@ -389,17 +389,28 @@ def test_blocked_attention_equals_full_mask_with_padding_and_sinks(monkeypatch, 
     assert (blocked - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("strided", [True, False])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("W,block_min,P", [(5, 8, 10**6), (12, 1, 10**6), (12, 1, 40), (7, 2, 30)])
-def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W, block_min, P, monkeypatch,
+def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W, block_min, P, strided, monkeypatch,
                                                                           paths):
     """Once the window is full and every sink is in the store, a long cached chunk attends through
-    ``_banded_window_attention`` (query blocks as batch rows, one band mask): blocks shorter and longer than W,
-    a last block filled up with padding, sinks within the base's context (P large) and clamped beyond it (P
-    small: the merged-sink path) — equal to the whole-sequence forward, which takes neither path."""
+    ``banded_window_attention``: on CPU its strided form (``strided_band_attention``: keys read in place, grouped
+    heads folded into the rows, sinks merged by log-sum-exp; blocks of ``BAND_BLOCK`` and a shorter last one), else
+    (``strided=False``: CUDA, or torch without the CPU flash op) query blocks as batch rows under one band mask,
+    blocks shorter and longer than W, a last block filled up with padding; sinks within the base's context (P
+    large) and clamped beyond it (P small: the merged-sink path) — equal to the whole-sequence forward, which takes
+    neither path."""
     def banded():  # the queries of each chunk that took the banded path
         return [facts.q_len for p, facts in paths if p is AttentionPath.BANDED_PREFILL]
 
+    calls = []
+    if strided:
+        monkeypatch.setattr(window_attention, "BAND_BLOCK", 16)  # blocks of 16 and a shorter last one
+        original = window_attention.strided_band_attention
+        monkeypatch.setattr(window_attention, "strided_band_attention", lambda *a: calls.append(1) or original(*a))
+    else:
+        monkeypatch.setattr(window_attention, "_CPU_FLASH", None)
     monkeypatch.setattr(window_attention, "BLOCK_MIN", block_min)
     model = make_ahn(arch, "gdn", sliding_window=W, num_sinks=3, prefill_chunk_size=None)
     model.config.base_config.max_position_embeddings = P
@@ -411,6 +422,7 @@ def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W,
         cuts = (0, 9, W + 6, 71, 120)  # the first two chunks fill sinks (3) and window; the two long ones are steady
         outs = [model(ids[:, a:b], past_key_values=cache).logits for a, b in zip(cuts, cuts[1:])]
     assert banded() == [65 - W] * len(model.model.layers) + [49] * len(model.model.layers), banded()
+    assert len(calls) == (len(banded()) if strided else 0)
     assert (torch.cat(outs, 1) - ref).abs().max() < 1e-4
     # left padding: steady once the pads have left the window and the sinks are real tokens (pad 4), not while
     # a row's sink store is still filling (pad 58: 2 real tokens, 3 sinks); each row equals itself alone

@@ -91,3 +91,29 @@ def test_a_cache_built_for_other_settings_is_refused_inside_the_block():
         with model.runtime(sliding_window=W, num_sinks=S, mode="ahn"):  # the settings the cache was built for
             step = model(ids[:, 10:], past_key_values=kept).logits
     assert fresh.shape[1] == 12 and step.shape[1] == 2
+
+
+def test_memory_off_computes_no_write_gates_and_its_cache_refuses_the_memory_later(monkeypatch):
+    """Attention mode "swa" (the memory off) skips the memory's write gates in chunks and decoding steps (the work
+    transformers' sliding window does not do either); a cache filled that way cannot feed the memory afterwards (its
+    window has no gates), so an "ahn" step on it is refused with the reason, while a new cache works."""
+    from modeling_ahn.memory_ahn import GatedDeltaNet
+
+    model = make_ahn("qwen2", "gdn", W, S)
+    calls = []
+    original = GatedDeltaNet.write_gates
+    monkeypatch.setattr(GatedDeltaNet, "write_gates", lambda self, x: calls.append(x.shape[1]) or original(self, x))
+    ids = _ids(20)
+    with torch.no_grad():
+        cache = model.new_cache()
+        with model.attention_mode("swa"):
+            model(ids[:, :12], past_key_values=cache)  # a chunk past the window
+            for t in range(12, 16):  # steady decoding steps
+                model(ids[:, t:t + 1], past_key_values=cache)
+        assert calls == []
+        with pytest.raises(ValueError, match="memory off .*new cache"):
+            model(ids[:, 16:17], past_key_values=cache)
+        fresh = model.new_cache()
+        model(ids[:, :12], past_key_values=fresh)
+        model(ids[:, 12:13], past_key_values=fresh)
+    assert calls == [12] * len(model.model.layers) + [1] * len(model.model.layers)
