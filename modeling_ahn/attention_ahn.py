@@ -33,6 +33,8 @@ from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep
 from .window_attention import (
     banded_window_attention,
     block_plans,
+    fresh_band_available,
+    fresh_window_attention,
     blocked_window_attention,
     full_attention,
     inner_attention,
@@ -153,6 +155,7 @@ class AttentionPath(enum.Enum):
     STATIC_STEP = "static_step"  # one token over a static cache's fixed buffers (compiled / CUDA-graph decoding)
     STEADY_STEP = "steady_step"  # one token, window full, every sink stored, no padding: no mask at all
     BANDED_PREFILL = "banded_prefill"  # a steady cached chunk longer than W: query blocks as batch rows, band mask
+    FRESH_PREFILL = "fresh_prefill"  # a chunk starting the sequence (no padding), CPU: causal head, strided band
     BLOCKED = "blocked"  # a whole sequence or a chunk longer than W: query blocks over the keys they can reach
     MASKED = "masked"  # anything else (short chunks, padded steps): one call under a dense sink + window mask
 
@@ -161,9 +164,10 @@ class ChunkFacts:
     """What the choice among the chunk paths depends on, for one layer's :class:`ChunkStep` (the host-syncing
     facts are computed on first use, so a path that needs none of them pays nothing)."""
 
-    def __init__(self, spec, layer: SinkWindowLayer, step: ChunkStep, mask2d, q_len: int, whole_sequence: bool):
+    def __init__(self, spec, layer: SinkWindowLayer, step: ChunkStep, mask2d, q_len: int, whole_sequence: bool,
+                 dropout_active: bool = False):
         self.spec, self.layer, self.step, self.mask2d = spec, layer, step, mask2d
-        self.q_len, self.whole_sequence = q_len, whole_sequence
+        self.q_len, self.whole_sequence, self.dropout_active = q_len, whole_sequence, dropout_active
         self.window, self.sinks = layer.sliding_window, layer.num_sinks
 
     @cached_property
@@ -180,6 +184,12 @@ class ChunkFacts:
         is in the store, and no pad or sink token is among window + new."""
         return (not self.whole_sequence and self.step.num_old >= self.window - 1
                 and bool(self.layer.sink_filled.all()) and int(self.rpos_all.min()) >= self.sinks)
+
+    @cached_property
+    def fresh_chunk(self) -> bool:
+        """The chunk starts every row's sequence without padding: its tokens sit at positions ``0 .. q - 1``."""
+        return (self.step.num_old == 0 and int(self.rpos_new.min()) == 0
+                and int(self.rpos_new[:, -1].min()) == self.q_len - 1)
 
     @cached_property
     def blocks(self):
@@ -202,6 +212,9 @@ def choose_path(spec, step, facts: ChunkFacts | None) -> AttentionPath:
         return AttentionPath.MASKED
     if facts.steady_chunk:
         return AttentionPath.BANDED_PREFILL
+    if facts.q_len > facts.window + facts.sinks and facts.fresh_chunk and fresh_band_available(
+            spec, facts.step.keys, facts.step.keys, facts.dropout_active, facts.window, facts.sinks):
+        return AttentionPath.FRESH_PREFILL
     return AttentionPath.BLOCKED if facts.blocks is not None else AttentionPath.MASKED
 
 
@@ -288,6 +301,13 @@ def _banded_prefill(spec, module, facts, query, key, value, scaling, dropout):
                                    facts.rpos_new.to(query.device), step.num_old, facts.window, scaling, dropout), None
 
 
+def _fresh_prefill(spec, module, facts, query, key, value, scaling, dropout):
+    """FRESH_PREFILL: see ``window_attention.fresh_window_attention`` (the window + new keys are the chunk's own)."""
+    step = facts.step
+    return fresh_window_attention(spec, module, query, step.keys, step.values, facts.rpos_new.to(query.device),
+                                  facts.window, facts.sinks, scaling, dropout), None
+
+
 def _blocked(spec, module, facts, query, key, value, scaling, dropout):
     """BLOCKED: see ``window_attention.blocked_window_attention``. A whole sequence has no sink store (its sinks are
     among its own keys), a cached chunk attends over ``[store, window, new]``."""
@@ -312,7 +332,8 @@ def _masked(spec, module, facts, query, key, value, scaling, dropout):
                             key_is_sink)
 
 
-_CHUNK_PATHS = {AttentionPath.BANDED_PREFILL: _banded_prefill, AttentionPath.BLOCKED: _blocked,
+_CHUNK_PATHS = {AttentionPath.BANDED_PREFILL: _banded_prefill, AttentionPath.FRESH_PREFILL: _fresh_prefill,
+                AttentionPath.BLOCKED: _blocked,
                 AttentionPath.MASKED: _masked}
 
 
@@ -394,7 +415,8 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
             key, value = layer.as_chunk_step()
         step = layer.step
         if isinstance(step, ChunkStep):
-            facts = ChunkFacts(spec, layer, step, mask2d, query.shape[2], whole_sequence)
+            facts = ChunkFacts(spec, layer, step, mask2d, query.shape[2], whole_sequence,
+                               bool(dropout and module.training))
     elif isinstance(cache, Cache) and spec.memory is not None:
         raise ValueError("attention mode 'full' runs without an AHN cache: pass use_cache=False.")
     path = choose_path(spec, step, facts)

@@ -29,7 +29,7 @@ def _feed(layer, n, mask=None):
 
 def _plan(layer, q_len, inner="sdpa", mask=None, whole_sequence=False):
     """Begin a step of ``q_len`` tokens and return the path the plan chooses for it."""
-    spec = SimpleNamespace(inner=inner)
+    spec = SimpleNamespace(inner=inner, sink_position_limit=None)
     layer.update(*_kv(q_len))
     step = layer.step
     facts = ChunkFacts(spec, layer, step, mask, q_len, whole_sequence) if isinstance(step, ChunkStep) else None
@@ -69,7 +69,15 @@ def test_a_padded_row_ends_the_steady_step():
 
 def test_chunks():
     layer = SinkWindowLayer(S, W)
-    assert _plan(layer, 3 * W) is AttentionPath.BLOCKED  # window not yet full: the general blocked path
+    assert _plan(layer, 3 * W) is AttentionPath.BLOCKED  # window not yet full, with a gradient: the blocked path
+    layer.step = None
+    layer = SinkWindowLayer(S, W)
+    with torch.no_grad():  # the sequence's first chunk, no pad, on CPU: causal head + strided band
+        assert _plan(layer, 3 * W) is AttentionPath.FRESH_PREFILL
+    layer.step = None
+    layer = SinkWindowLayer(S, W)
+    with torch.no_grad():  # not longer than window + sinks: nothing to band
+        assert _plan(layer, W + S) is AttentionPath.MASKED
     layer.step = None
     layer = SinkWindowLayer(S, W)
     _feed(layer, S + W)

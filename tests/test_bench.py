@@ -30,7 +30,7 @@ def test_parse_length():
     assert [parse_length(x) for x in ("1k", "64K", "512", "0.5k")] == [1024, 65536, 512, 512]
 
 
-def test_bench_runs_every_method_and_writes_json_and_plot(tmp_path):
+def test_bench_runs_every_method_and_writes_json_and_plot(tmp_path, capsys):
     out = tmp_path / "bench.json"
     res = run("random:tiny", [96, 320], ["full", "swa_hf", "sinks_swa", "ahn_gdn"], window=32, sinks=4, chunk=64,
               decode=3, dtype="float32", device="cpu", out=out, progress=False)
@@ -50,6 +50,7 @@ def test_bench_runs_every_method_and_writes_json_and_plot(tmp_path):
     run("random:tiny", [96, 320], ["full", "ahn_gdn"], window=32, sinks=4, chunk=64, decode=3, dtype="float32",
         device="cpu", out=out, progress=False)
     assert len(partial.read_text().splitlines()) == n
+    assert f"reusing {n} point(s)" in capsys.readouterr().err  # said, so that stale numbers are not taken as new
     # ... but a point measured with other settings is measured anew, not reused
     res2 = run("random:tiny", [96], ["ahn_gdn"], window=16, sinks=4, chunk=64, decode=3, dtype="float32",
                device="cpu", out=out, progress=False)

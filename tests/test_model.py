@@ -422,7 +422,8 @@ def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W,
         cuts = (0, 9, W + 6, 71, 120)  # the first two chunks fill sinks (3) and window; the two long ones are steady
         outs = [model(ids[:, a:b], past_key_values=cache).logits for a, b in zip(cuts, cuts[1:])]
     assert banded() == [65 - W] * len(model.model.layers) + [49] * len(model.model.layers), banded()
-    assert len(calls) == (len(banded()) if strided else 0)
+    # (the strided kernel also serves the fresh first chunk's band: FRESH_PREFILL)
+    assert len(calls) == (len(banded()) + count_paths(paths, AttentionPath.FRESH_PREFILL) if strided else 0)
     assert (torch.cat(outs, 1) - ref).abs().max() < 1e-4
     # left padding: steady once the pads have left the window and the sinks are real tokens (pad 4), not while
     # a row's sink store is still filling (pad 58: 2 real tokens, 3 sinks); each row equals itself alone
@@ -437,11 +438,14 @@ def test_steady_cached_prefill_folds_blocks_into_the_batch_and_is_exact(arch, W,
         assert bool(banded()) == steady, (pad, paths)
         assert (out[0] - ref[0]).abs().max() < 1e-4
         assert (out[1, pad:] - alone[0]).abs().max() < 1e-4
-    # the first long chunk (window not yet full) takes the general blocked path
+    # the first long chunk (window not yet full) takes the fresh path on CPU (a causal head, then the band; with
+    # the sinks clamped inside the head, P = 30 < W + S - 1, the general blocked path), else the blocked path
     paths.clear()
     with torch.no_grad():
         model(ids, past_key_values=model.new_cache())
-    assert not banded() and count_paths(paths, AttentionPath.BLOCKED) == len(model.model.layers)
+    fresh = strided and W + 3 - 1 <= P
+    assert not banded() and count_paths(paths, AttentionPath.FRESH_PREFILL if fresh else AttentionPath.BLOCKED) == \
+        len(model.model.layers)
 
 
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)

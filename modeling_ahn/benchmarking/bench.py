@@ -262,6 +262,10 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
         print(f"ahn bench: {stale} point(s) in {partial} were measured with other settings; measuring anew",
               file=sys.stderr)
     points = [(L, m) for L in lengths for m in methods if not (m == "full" and max_full and L > max_full)]
+    reused = sum((m, L) in done for L, m in points)
+    if reused:  # (the settings do not include the code: after a change, delete the file to measure anew)
+        print(f"ahn bench: reusing {reused} point(s) measured earlier, from {partial} (delete it to measure anew)",
+              file=sys.stderr)
     bar = tqdm(points, desc="bench", unit="point", disable=not progress)
     for L, m in bar:
         bar.set_postfix_str(f"{m} @ {L:,}")
