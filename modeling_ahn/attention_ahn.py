@@ -33,9 +33,9 @@ from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep
 from .window_attention import (
     banded_window_attention,
     block_plans,
+    blocked_window_attention,
     fresh_band_available,
     fresh_window_attention,
-    blocked_window_attention,
     full_attention,
     inner_attention,
     rotated_forward,
@@ -88,6 +88,11 @@ class AhnLayerSpec:
         self.rotary = rotary
         self.base_config = base_config
         self.inputs: LayerInputs | None = None  # set by the pre-hook, taken by the attention function
+
+    @property
+    def memory_on(self) -> bool:
+        """Whether the memory takes part in this mode (``"ahn"``, or its read-out alone): writes, gates, reads."""
+        return self.mode in ("ahn", MEMORY_ONLY)
 
     def take_inputs(self) -> LayerInputs | None:
         inputs, self.inputs = self.inputs, None
@@ -213,7 +218,7 @@ def choose_path(spec, step, facts: ChunkFacts | None) -> AttentionPath:
     if facts.steady_chunk:
         return AttentionPath.BANDED_PREFILL
     if facts.q_len > facts.window + facts.sinks and facts.fresh_chunk and fresh_band_available(
-            spec, facts.step.keys, facts.step.keys, facts.dropout_active, facts.window, facts.sinks):
+            spec, facts.step.keys, facts.step.values, facts.dropout_active, facts.window, facts.sinks):
         return AttentionPath.FRESH_PREFILL
     return AttentionPath.BLOCKED if facts.blocks is not None else AttentionPath.MASKED
 
@@ -333,8 +338,7 @@ def _masked(spec, module, facts, query, key, value, scaling, dropout):
 
 
 _CHUNK_PATHS = {AttentionPath.BANDED_PREFILL: _banded_prefill, AttentionPath.FRESH_PREFILL: _fresh_prefill,
-                AttentionPath.BLOCKED: _blocked,
-                AttentionPath.MASKED: _masked}
+                AttentionPath.BLOCKED: _blocked, AttentionPath.MASKED: _masked}
 
 
 def _memory_readout(spec, facts, query, inputs, gates_new):
@@ -346,7 +350,7 @@ def _memory_readout(spec, facts, query, inputs, gates_new):
     q_len = facts.q_len
     n_ev = max(0, step.num_old + q_len - W)
     state = layer.recurrent_state
-    if spec.mode not in ("ahn", MEMORY_ONLY) or (n_ev == 0 and state is None):
+    if not spec.memory_on or (n_ev == 0 and state is None):
         return None, None
     rpos_all, hidden = facts.rpos_all, inputs.hidden
     query = memory.read_query(query, inputs.rotation)
@@ -409,7 +413,7 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
         if inputs is None:
             raise RuntimeError("AHN pre-hook did not run: the layer input is missing.")
         layer, key, value, whole_sequence = _cache_layer(spec, module, cache, key, value)
-        if spec.mode in ("ahn", MEMORY_ONLY) and not whole_sequence:
+        if spec.memory_on and not whole_sequence:
             layer.check_memory_on()
         if isinstance(layer.step, SteadyStep) and mask2d is not None:  # a padding mask after all: a chunk step
             key, value = layer.as_chunk_step()
@@ -433,7 +437,7 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
         attn_out, attn_weights = query.new_zeros(B, q_len, H, value.shape[-1]), None
     else:
         attn_out, attn_weights = _CHUNK_PATHS[path](spec, module, facts, query, key, value, scaling, dropout)
-    gates_new = spec.memory.write_gates(inputs.hidden) if spec.mode in ("ahn", MEMORY_ONLY) else None
+    gates_new = spec.memory.write_gates(inputs.hidden) if spec.memory_on else None
     mem_out, state = _memory_readout(spec, facts, query, inputs, gates_new)
     if mem_out is not None:
         attn_out = attn_out + mem_out

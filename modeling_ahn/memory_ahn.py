@@ -92,10 +92,16 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
+def rms_factor(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """``rsqrt(mean(x^2) + eps)`` over the last dimension, float32 ``[..., 1]`` (accumulated in float32 without a
+    float32 copy of ``x``)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    return torch.rsqrt(norm * norm / x.shape[-1] + eps)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """RMSNorm over the last dimension in float32."""
-    x = x.float()
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return x.float() * rms_factor(x, eps) * weight.float()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,9 +163,10 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
     serves query heads ``j * H / Hkv ..``, as ``repeat_interleave`` would give). Returns ``(o [B, T, H, V] fp32,
     state)``; see ``_chunk_segment`` for the maths.
 
-    Each input is laid out chunk-major, ``[chunks, B*H, C, ·]``, in one copy (with the grouped heads
-    repeated by the same copy; a segment is then a contiguous slice), and without a gradient the output is written into one head-major buffer (returned as a ``[B, T, H, V]``
-    view). A final chunk shorter than ``chunk_size`` is run as a chunk of its own length (no padding).
+    Each input is laid out chunk-major, ``[chunks, B*H, C, ·]``, in one copy (with the grouped heads repeated by the
+    same copy; a segment is then a contiguous slice), and without a gradient the output is written into one
+    head-major buffer (returned as a ``[B, T, H, V]`` view). A final chunk shorter than ``chunk_size`` is run as a
+    chunk of its own length (no padding).
     ``matmul_dtype``: the operand dtype of the chunk-parallel products (``None``: float32). ``torch.bfloat16``
     (bf16 models, no gradient) takes them in bf16 with float32 accumulation, as fla's kernels do on GPU; the state
     and its recurrence stay float32 either way.
@@ -670,8 +677,7 @@ class _DeltaRuleMemory(AhnMemory):
         """``o_proj(o_norm(o) * silu(g_proj(x)))``, with the norm's and the gate's per-row factors in one product and
         the norm's weight folded into ``o_proj``'s rows (one pass over ``o``)."""
         gate = F.silu(self._proj(self.g_proj, x_read))[..., None]  # one scalar per head
-        norm = torch.linalg.vector_norm(o, dim=-1, keepdim=True, dtype=torch.float32)
-        rows = torch.rsqrt(norm * norm / o.shape[-1] + self.o_norm.eps) * gate
+        rows = rms_factor(o, self.o_norm.eps) * gate
         return self.o_proj(o * rows, self.o_norm.weight.float().expand(self.num_heads, -1))
 
 

@@ -356,6 +356,8 @@ def banded_window_attention(spec, module, query, all_k, all_v, sink_k, sink_v, q
     own ``S + b + W - 1`` keys (the sinks and an unfolded slice of the window), all under one band mask: the same
     result as ``blocked_window_attention``, without its per-block calls. Returns ``[B, q, H, D]``.
     """
+    if strided_band_available(all_k, all_v, bool(dropout and module.training)):
+        return strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_old, W, scaling)
     B, H, L, D = query.shape
     Hkv, S = all_k.shape[1], sink_k.shape[2]
     b = min(query_block(W), L)
@@ -371,8 +373,6 @@ def banded_window_attention(spec, module, query, all_k, all_v, sink_k, sink_v, q
         out[:, :, :, S:] = win.unfold(2, b + W - 1, b).permute(0, 2, 1, 4, 3)
         return out.view(B * nblk, Hkv, S + b + W - 1, D)
 
-    if strided_band_available(query, all_k, bool(dropout and module.training)) and all_v.stride(-1) == 1:
-        return strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_old, W, scaling)
     q = F.pad(query, (0, 0, 0, pad)) if pad else query
     q = q.view(B, H, nblk, b, D).transpose(1, 2).reshape(B * nblk, H, b, D)
     qp = (F.pad(qpos, (0, pad)) if pad else qpos).reshape(B * nblk, b)
@@ -391,11 +391,11 @@ BAND_BLOCK = 64
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def strided_band_available(query, keys, dropout_active: bool) -> bool:
-    """Whether ``strided_band_attention`` can serve a steady chunk: CPU tensors in float32 or bf16 with contiguous
-    head dimensions, torch's CPU flash kernel present, no attention dropout in training."""
-    return (_CPU_FLASH is not None and query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16)
-            and keys.stride(-1) == 1 and not dropout_active)
+def strided_band_available(keys, values, dropout_active: bool) -> bool:
+    """Whether ``strided_band_attention`` can serve a chunk: CPU tensors in float32 or bf16 (the keys' dtype is the
+    queries') with contiguous head dimensions, torch's CPU flash kernel present, no attention dropout in training."""
+    return (_CPU_FLASH is not None and keys.device.type == "cpu" and keys.dtype in (torch.float32, torch.bfloat16)
+            and keys.stride(-1) == 1 and values.stride(-1) == 1 and not dropout_active)
 
 
 _BIAS_MEMO = LastValueMemo()
@@ -458,12 +458,12 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
     return out
 
 
-def fresh_band_available(spec, query, keys, dropout_active: bool, W: int, S: int) -> bool:
+def fresh_band_available(spec, keys, values, dropout_active: bool, W: int, S: int) -> bool:
     """Whether ``fresh_window_attention`` serves a chunk that starts the sequence: ``strided_band_attention``'s
     conditions, no gradient (training keeps the blocked path), and no sink clamping among the causal head's
     queries (positions below ``W + S - 1`` inside the base's context)."""
     limit = spec.sink_position_limit
-    return (not torch.is_grad_enabled() and strided_band_available(query, keys, dropout_active)
+    return (not torch.is_grad_enabled() and strided_band_available(keys, values, dropout_active)
             and (limit is None or W + S - 1 <= limit))
 
 
