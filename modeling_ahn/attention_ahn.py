@@ -30,6 +30,15 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
 from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep
+from .recall_slots import (
+    gather_candidates,
+    plan_slots,
+    raw_scores,
+    slot_visibility,
+    slots_after,
+    slotted_attention,
+    span_scores,
+)
 from .window_attention import (
     banded_window_attention,
     block_plans,
@@ -87,7 +96,21 @@ class AhnLayerSpec:
         self.attention = ahn_attention
         self.rotary = rotary
         self.base_config = base_config
+        self.recall = None  # the recall slots' retention classifier (AhnModule.recall), if the adapter has one
         self.inputs: LayerInputs | None = None  # set by the pre-hook, taken by the attention function
+
+    @property
+    def num_recall_slots(self) -> int:
+        """``G`` in force for this layer's attention: the config's, in modes ``"ahn"`` and ``"swa"``."""
+        return int(getattr(self.config, "num_recall_slots", 0)) if self.mode in ("ahn", "swa") else 0
+
+    def recall_scorer(self):
+        """The retention classifier, or a clear error where recall slots are asked of an adapter without one."""
+        if self.recall is None:
+            raise ValueError(
+                "num_recall_slots > 0 needs a trained retention classifier and this layer has none: train one with "
+                "`ahn train-recall`, or load an adapter that carries one (config recall_head=True).")
+        return self.recall
 
     @property
     def memory_on(self) -> bool:
@@ -280,11 +303,16 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
     as the chunk paths (tests compare them), with a fraction of their operations.
     """
     rot = sink_rotation(spec, layer.step.start, query.shape[-1], query.device)
+    S, G = layer.num_sinks, layer.num_recall_slots
     if rot is not None:  # beyond the base's context: the sinks as seen from its last position (see sink_clamped)
-        # `key` is this step's own concatenation (the store is unchanged)
-        key[:, :, : layer.num_sinks] = rotated_forward(layer.sink_keys, *rot).to(key.dtype)
+        # `key` is this step's own concatenation (the store is unchanged); recall slots move with the sinks
+        key[:, :, :S] = rotated_forward(layer.sink_keys, *rot).to(key.dtype)
+        if G:
+            key[:, :, S: S + G] = rotated_forward(layer.step.slots[0], *rot).to(key.dtype)
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, None, scaling, dropout)
     memory, hidden = spec.memory, inputs.hidden
+    # (a steady row has no pad and no sink among its new tokens)
+    scores_new = raw_scores(spec.recall_scorer(), hidden, layer.num_real[:, None], S) if G else None
     state = gates_new = None  # the memory off ("swa"): no write gates either
     if spec.mode == "ahn":
         gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
@@ -295,7 +323,7 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
         mem_out, state = memory.step(memory.read_query(query, inputs.rotation), ev_k, ev_v, ev_g, hidden,
                                      layer.recurrent_state)
         attn_out = attn_out + mem_out
-    layer.end_step(None, gates_new, state)
+    layer.end_step(None, gates_new, state, scores_new=scores_new)
     return attn_out, attn_weights
 
 
@@ -341,6 +369,39 @@ _CHUNK_PATHS = {AttentionPath.BANDED_PREFILL: _banded_prefill, AttentionPath.FRE
                 AttentionPath.BLOCKED: _blocked, AttentionPath.MASKED: _masked}
 
 
+def _recall_slots(spec, facts, inputs):
+    """The recall slots of a chunk step: ``(scores_new, plan)`` (``plan`` ``None``: nothing evicted, no slot yet).
+    The span scores of the tokens the chunk evicts come from the raw scores of the evicted tail, the window and the
+    new tokens (``recall_slots.py``)."""
+    layer, step = facts.layer, facts.step
+    W, S, G = facts.window, facts.sinks, layer.num_recall_slots
+    scores_new = raw_scores(spec.recall_scorer(), inputs.hidden, facts.rpos_new, S)
+    n_ev = max(0, step.num_old + facts.q_len - W)
+    if n_ev == 0 and not bool((layer.slot_rpos >= 0).any()):
+        return scores_new, None
+    before, after = layer.recall_span
+    raw_all = torch.cat([layer.score_tail, layer.window_scores, scores_new], dim=1)
+    ev_s = span_scores(raw_all, before, after, n_ev)
+    ev_r = facts.rpos_all[:, :n_ev].to(ev_s.device)
+    return scores_new, plan_slots(layer.slot_scores, layer.slot_rpos, ev_s, ev_r, ev_r >= S, G)
+
+
+def _slotted(spec, module, facts, plan, query, key, value, scaling, dropout):
+    """SLOTTED: sinks + recall slots + window in one softmax per query (``recall_slots.slotted_attention``), over
+    the same query blocks as BLOCKED; the slots a query sees follow from the plan and the evictions before it."""
+    layer, step = facts.layer, facts.step
+    idx, cand_k, cand_v, ok = gather_candidates(plan, step.keys, step.values, layer.slot_keys, layer.slot_values)
+    e_query = (step.num_old + torch.arange(facts.q_len, device=ok.device) - facts.window + 1).clamp(0, plan.num_evicted)
+    vis = slot_visibility(plan, idx, ok, e_query).to(query.device)
+    k, v = (step.keys, step.values) if facts.whole_sequence else (key, value)
+    store = None if facts.whole_sequence else layer.sink_filled
+    long = facts.whole_sequence or facts.q_len > facts.window
+    plans = facts.blocks if long and spec.inner == "sdpa" else None
+    return slotted_attention(spec, module, query, k, v, facts.rpos_all.to(query.device), facts.rpos_new.to(query.device),
+                             step.num_old, facts.window, facts.sinks, cand_k, cand_v, vis, scaling, dropout,
+                             store=store, plans=plans), None
+
+
 def _memory_readout(spec, facts, query, inputs, gates_new):
     """The memory's output for a chunk's queries and the state after it (``(None, state)`` when nothing is in
     memory). The token leaving the window at query ``i`` is slot ``i - W`` of window + new; it enters memory if it
@@ -382,18 +443,19 @@ def _cache_layer(spec, module, cache, key, value):
     """The layer's cache layer with its step begun, and the keys/values to attend over: a temporary layer for a
     whole sequence (``cache`` not a ``Cache``), else the model's own (checked to be an AHN layer with the settings
     now in force)."""
-    W, S = spec.config.sliding_window, spec.config.num_sinks
+    W, S, G = spec.config.sliding_window, spec.config.num_sinks, spec.num_recall_slots
     if not isinstance(cache, Cache):  # no cache: the whole sequence at once (training, use_cache=False)
-        layer = SinkWindowLayer(S, W)
+        layer = SinkWindowLayer(S, W, num_recall_slots=G, recall_span=spec.config.recall_span)
         key, value = layer.update(key, value)
         return layer, key, value, True
     layer = cache.layers[module.layer_idx]
     if not isinstance(layer, SinkWindowLayer) or layer.step is None:
         raise RuntimeError(f"layer {module.layer_idx}: the cache layer is {type(layer).__name__}, not an AHN layer.")
-    if (layer.sliding_window, layer.num_sinks) != (W, S):
+    if layer.settings[:2] != (W, S) or (layer.num_recall_slots != G and spec.mode != MEMORY_ONLY):
         raise ValueError(
-            f"This cache was built for sliding_window={layer.sliding_window}, num_sinks={layer.num_sinks} but the "
-            f"model now uses {W}, {S}: start a new cache after changing the window."
+            f"This cache was built for sliding_window={layer.sliding_window}, num_sinks={layer.num_sinks}, "
+            f"num_recall_slots={layer.num_recall_slots} but the model now uses {W}, {S}, {G}: start a new cache "
+            "(model.new_cache()) after changing these settings."
         )
     return layer, key, value, False
 
@@ -432,16 +494,24 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
         return _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling, dropout)
     if path is AttentionPath.STEADY_STEP:
         return _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropout)
+    scores_new = plan = slots = None
+    if layer.num_recall_slots:
+        scores_new, plan = _recall_slots(spec, facts, inputs)
     if spec.mode == MEMORY_ONLY:
         B, H, q_len, _ = query.shape
         attn_out, attn_weights = query.new_zeros(B, q_len, H, value.shape[-1]), None
+    elif plan is not None and bool(plan.keep.any()):
+        attn_out, attn_weights = _slotted(spec, module, facts, plan, query, key, value, scaling, dropout)
     else:
         attn_out, attn_weights = _CHUNK_PATHS[path](spec, module, facts, query, key, value, scaling, dropout)
+    if plan is not None:
+        step = facts.step
+        slots = slots_after(plan, step.keys, step.values, layer.slot_keys, layer.slot_values, layer.num_recall_slots)
     gates_new = spec.memory.write_gates(inputs.hidden) if spec.memory_on else None
     mem_out, state = _memory_readout(spec, facts, query, inputs, gates_new)
     if mem_out is not None:
         attn_out = attn_out + mem_out
-    layer.end_step(facts.rpos_new, gates_new, state)
+    layer.end_step(facts.rpos_new, gates_new, state, scores_new=scores_new, slots=slots)
     return attn_out, attn_weights
 
 
@@ -482,9 +552,10 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
             layer.ahn = mem
         elif "ahn" in layer._modules:
             del layer._modules["ahn"]
-        set_layer_spec(layer.self_attn, make_layer_spec(mem.fn if mem is not None else None, config,
-                                                        config.base_config, getattr(decoder, "rotary_emb", None),
-                                                        inner))
+        spec = make_layer_spec(mem.fn if mem is not None else None, config, config.base_config,
+                               getattr(decoder, "rotary_emb", None), inner)
+        spec.recall = mem.recall_head if mem is not None else None
+        set_layer_spec(layer.self_attn, spec)
 
 
 __all__ = ["AHN_ATTENTION", "MEMORY_ONLY", "AhnLayerSpec", "AttentionPath", "ChunkFacts", "LayerInputs",

@@ -48,8 +48,9 @@ class SteadyStep:
     start: int
     new_keys: torch.Tensor  # [B, Hkv, 1, D]
     new_values: torch.Tensor
-    keys: torch.Tensor  # [B, Hkv, S + W, D]: sinks, window[1:], new
+    keys: torch.Tensor  # [B, Hkv, S (+ G) + W, D]: sinks, (recall slots,) window[1:], new
     values: torch.Tensor
+    slots: tuple | None = None  # recall slots with window[0] admitted: (keys, values, scores, rpos)
 
 
 @dataclass
@@ -77,10 +78,16 @@ class SinkWindowLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, num_sinks: int, sliding_window: int, **kwargs):
+    def __init__(self, num_sinks: int, sliding_window: int, num_recall_slots: int = 0, recall_span=(0, 0), **kwargs):
         super().__init__()
         self.num_sinks = int(num_sinks)
         self.sliding_window = int(sliding_window)
+        # recall slots (recall_slots.py): G evicted tokens kept exactly; their span scores need the raw scores of the
+        # window's tokens and of the last `after` evicted ones
+        self.num_recall_slots = int(num_recall_slots)
+        self.recall_span = tuple(int(x) for x in recall_span)  # (before, after)
+        self.slot_keys = self.slot_values = self.slot_scores = self.slot_rpos = None
+        self.window_scores = self.score_tail = None
         self.cumulative_length = 0
         self.sink_keys = self.sink_values = self.sink_filled = None
         self.window_rpos = self.window_gates = None
@@ -93,7 +100,13 @@ class SinkWindowLayer(CacheLayerMixin):
         self.memory_off = False
 
     def __repr__(self):
-        return f"SinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window})"
+        slots = f", num_recall_slots={self.num_recall_slots}" if self.num_recall_slots else ""
+        return f"SinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window}{slots})"
+
+    @property
+    def settings(self) -> tuple[int, int, int]:
+        """``(sliding_window, num_sinks, num_recall_slots)`` this layer was built for."""
+        return self.sliding_window, self.num_sinks, self.num_recall_slots
 
     def lazy_initialization(self, key_states, value_states):
         B, Hkv, _, D = key_states.shape
@@ -106,6 +119,14 @@ class SinkWindowLayer(CacheLayerMixin):
         self.sink_filled = torch.zeros(B, self.num_sinks, dtype=torch.bool, device=self.device)
         self.window_rpos = torch.zeros(B, 0, dtype=torch.long, device=self.device)
         self.num_real = torch.zeros(B, dtype=torch.long, device=self.device)
+        G = self.num_recall_slots
+        if G:
+            self.slot_keys = key_states.new_zeros(B, Hkv, G, D)
+            self.slot_values = value_states.new_zeros(B, Hkv, G, value_states.shape[-1])
+            self.slot_scores = torch.full((B, G), float("-inf"), device=self.device)
+            self.slot_rpos = torch.full((B, G), -1, dtype=torch.long, device=self.device)
+            self.window_scores = torch.zeros(B, 0, device=self.device)
+            self.score_tail = torch.full((B, self.recall_span[1]), float("-inf"), device=self.device)
         self.is_initialized = True
 
     @property
@@ -131,9 +152,11 @@ class SinkWindowLayer(CacheLayerMixin):
         steady = key_states.shape[-2] == 1 and self.steady()
         self.cumulative_length += key_states.shape[-2]
         if steady:
-            k = torch.cat([self.sink_keys, self.keys[:, :, 1:], key_states], dim=-2)
-            v = torch.cat([self.sink_values, self.values[:, :, 1:], value_states], dim=-2)
-            self.step = SteadyStep(start, key_states, value_states, k, v)
+            slots = self._admit_evicted() if self.num_recall_slots else None
+            slots_k, slots_v = ([slots[0]], [slots[1]]) if slots else ([], [])
+            k = torch.cat([self.sink_keys, *slots_k, self.keys[:, :, 1:], key_states], dim=-2)
+            v = torch.cat([self.sink_values, *slots_v, self.values[:, :, 1:], value_states], dim=-2)
+            self.step = SteadyStep(start, key_states, value_states, k, v, slots)
             return k, v
         return self._begin_chunk(start, key_states, value_states)
 
@@ -144,9 +167,10 @@ class SinkWindowLayer(CacheLayerMixin):
         return torch.cat([self.sink_keys, all_k], dim=-2), torch.cat([self.sink_values, all_v], dim=-2)
 
     def steady(self) -> bool:
-        """Whether a one-token step can take the steady path: no row padded, the window full (``W`` tokens) and
-        every sink evicted into the store (``S + W`` tokens seen)."""
-        return (not self.padded and self.cumulative_length >= self.num_sinks + self.sliding_window
+        """Whether a one-token step can take the steady path: no row padded, the window full (``W`` tokens),
+        every sink evicted into the store (``S + W`` tokens seen) and every recall slot filled (``G`` more)."""
+        return (not self.padded
+                and self.cumulative_length >= self.num_sinks + self.sliding_window + self.num_recall_slots
                 and self.keys.shape[-2] == self.sliding_window)
 
     def as_chunk_step(self):
@@ -162,10 +186,15 @@ class SinkWindowLayer(CacheLayerMixin):
         """Keys, values ``[B, Hkv, D]`` and gates ``[B, G, H]`` of the token a steady step evicts (window[0])."""
         return self.keys[:, :, 0], self.values[:, :, 0], self.window_gates[:, 0]
 
-    def end_step(self, rpos_new: torch.Tensor, gates_new: torch.Tensor | None, recurrent_state=None):
+    def end_step(self, rpos_new: torch.Tensor, gates_new: torch.Tensor | None, recurrent_state=None,
+                 scores_new=None, slots=None):
         """End the step under way: ``rpos_new`` ``[B, q]`` the new tokens' real positions (-1 = pad), ``gates_new``
-        ``[B, q, G, H]`` their write gates, ``recurrent_state`` the memory after the step (``None``: unchanged)."""
+        ``[B, q, G, H]`` their write gates, ``recurrent_state`` the memory after the step (``None``: unchanged);
+        with recall slots, ``scores_new`` ``[B, q]`` the new tokens' raw scores and ``slots`` the slots after the
+        step (``(keys, values, scores, rpos)``; ``None``: a steady step, which updates them here)."""
         step, self.step = self.step, None
+        if self.num_recall_slots:
+            self._end_scores(step, scores_new, slots)
         if step is None:
             raise RuntimeError("SinkWindowLayer.end_step without a step under way (update was not called)")
         if isinstance(step, SteadyStep):
@@ -180,9 +209,42 @@ class SinkWindowLayer(CacheLayerMixin):
     def _store_state(self, recurrent_state):
         self.recurrent_state = recurrent_state
 
+    def steady_evicted_score(self) -> torch.Tensor:
+        """``[B]``: the span score of the token a steady step evicts (window[0])."""
+        before, after = self.recall_span
+        return torch.cat([self.score_tail, self.window_scores[:, : before + 1]], dim=1).amax(1)
+
+    def _admit_evicted(self):
+        """The slots once window[0], which a steady step evicts, has taken the weakest slot if it beats it (its query
+        already sees them): ``(keys, values, scores, rpos)``, new tensors (the layer's own are kept until the step
+        ends, so that a step turned into a chunk step plans from them)."""
+        from .recall_slots import beats, weakest_slot  # (sibling; imported here to keep the cache light)
+
+        ev_s, ev_r = self.steady_evicted_score(), self.window_rpos[:, 0]
+        w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
+        win = beats(ev_s, ev_r, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
+        hit = (torch.arange(self.num_recall_slots, device=w.device) == w) & win[:, None]  # [B, G]
+        return (torch.where(hit[:, None, :, None], self.keys[:, :, 0:1], self.slot_keys),
+                torch.where(hit[:, None, :, None], self.values[:, :, 0:1], self.slot_values),
+                torch.where(hit, ev_s[:, None], self.slot_scores), torch.where(hit, ev_r[:, None], self.slot_rpos))
+
+    def _end_scores(self, step, scores_new, slots):
+        """The window's raw scores, the tail of evicted ones and the slots after a step."""
+        if scores_new is None:
+            raise RuntimeError("a step with recall slots ended without the new tokens' scores")
+        n_ev = max(0, self.window_scores.shape[1] + scores_new.shape[1] - self.sliding_window)
+        if isinstance(step, SteadyStep):
+            self.slot_keys, self.slot_values, self.slot_scores, self.slot_rpos = step.slots
+        elif slots is not None:
+            self.slot_keys, self.slot_values, self.slot_scores, self.slot_rpos = slots
+        all_s = torch.cat([self.score_tail, self.window_scores, scores_new], dim=1)
+        after = self.recall_span[1]
+        self.score_tail = all_s[:, n_ev: n_ev + after]
+        self.window_scores = all_s[:, after + n_ev:]
+
     def _end_steady(self, step: SteadyStep, gates_new):
-        """The attended keys minus the sinks are the new window."""
-        S = self.num_sinks
+        """The attended keys minus the sinks (and the slots) are the new window."""
+        S = self.num_sinks + self.num_recall_slots
         self.keys, self.values = step.keys[:, :, S:], step.values[:, :, S:]
         self.window_rpos = torch.cat([self.window_rpos[:, 1:], self.num_real[:, None]], dim=-1)
         self._keep_gates(None if gates_new is None else torch.cat([self.window_gates[:, 1:], gates_new], dim=1))
@@ -241,7 +303,7 @@ class SinkWindowLayer(CacheLayerMixin):
         return self.cumulative_length
 
     def get_max_length(self) -> int:
-        return self.num_sinks + self.sliding_window
+        return self.num_sinks + self.num_recall_slots + self.sliding_window
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         stored = self.keys.shape[-2] if self.is_initialized else 0
@@ -249,7 +311,8 @@ class SinkWindowLayer(CacheLayerMixin):
 
     def _tensors(self):
         return ("keys", "values", "sink_keys", "sink_values", "sink_filled", "window_rpos", "window_gates",
-                "num_real", "recurrent_state")
+                "num_real", "recurrent_state", "slot_keys", "slot_values", "slot_scores", "slot_rpos", "window_scores",
+                "score_tail")
 
     def _apply_batch(self, fn):
         for name in self._tensors():
@@ -435,8 +498,12 @@ class AhnCache(Cache):
     """
 
     def __init__(self, config=None, *, num_layers=None, sliding_window=None, num_sinks=None,
-                 full_attention_layers=None):
+                 full_attention_layers=None, num_recall_slots=None, recall_span=None):
         if config is not None:
+            if num_recall_slots is None:
+                num_recall_slots = getattr(config, "num_recall_slots", 0)
+            if recall_span is None:
+                recall_span = getattr(config, "recall_span", None)
             num_layers = config.get_text_config().num_hidden_layers if num_layers is None else num_layers
             sliding_window = config.sliding_window if sliding_window is None else sliding_window
             num_sinks = config.num_sinks if num_sinks is None else num_sinks
@@ -451,7 +518,14 @@ class AhnCache(Cache):
                 f"{type(self).__name__} needs AHN in every layer; this model keeps layers {sorted(full)} at full "
                 "attention (their KV grows with the input): use AhnCache."
             )
-        layers = [DynamicLayer() if i in full else layer_class(num_sinks, sliding_window) for i in range(num_layers)]
+        num_recall_slots, recall_span = num_recall_slots or 0, tuple(recall_span or (0, 0))
+        if num_recall_slots and layer_class is not SinkWindowLayer:
+            raise ValueError(
+                f"{type(self).__name__} has no recall slots yet (num_recall_slots={num_recall_slots}): its fixed buffers "
+                "hold sinks + window only. Decode with the dynamic AhnCache, or set num_recall_slots=0.")
+        layers = [DynamicLayer() if i in full else layer_class(num_sinks, sliding_window, num_recall_slots=num_recall_slots,
+                                                      recall_span=recall_span)
+                  for i in range(num_layers)]
         super().__init__(layers=layers)
 
     _ahn_layer_class = SinkWindowLayer

@@ -18,6 +18,9 @@ DEFAULT_NUM_SINKS = 128
 DEFAULT_PREFILL_CHUNK_SIZE = 2048
 # Context length reported to tools that read `max_position_embeddings` (lm-eval); AHN itself has no limit.
 DEFAULT_EFFECTIVE_CONTEXT = 1_048_576
+# Recall slots keep a selected token with the 12 tokens before it and the 3 after it (a fact needs its neighbours to
+# be answered from: measured on SmolLM2, docs/recall_slots.md).
+DEFAULT_RECALL_SPAN = (12, 3)
 # The base's attributes an AhnConfig reads and writes through to its base_config (generation utilities, trainers,
 # lm-eval and transformers' tests read them from the top-level config). `max_position_embeddings` and
 # `sliding_window` are the AHN model's own.
@@ -53,12 +56,24 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None) -> None:
-    """Raise a ``ValueError`` naming a bad window / sinks / chunk setting."""
+def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None, num_recall_slots=0,
+                      recall_span=DEFAULT_RECALL_SPAN) -> None:
+    """Raise a ``ValueError`` naming a bad window / sinks / chunk / recall-slot setting."""
     if not _is_int(sliding_window) or sliding_window < 1:
         raise ValueError(f"sliding_window must be an integer >= 1 (tokens attended exactly), got {sliding_window!r}.")
     if not _is_int(num_sinks) or num_sinks < 0:
         raise ValueError(f"num_sinks must be an integer >= 0 (attention-sink tokens), got {num_sinks!r}.")
+    if not _is_int(num_recall_slots) or num_recall_slots < 0:
+        raise ValueError(f"num_recall_slots must be an integer >= 0 (evicted tokens kept exactly; 0 = off), got "
+                         f"{num_recall_slots!r}.")
+    span = tuple(recall_span) if isinstance(recall_span, (list, tuple)) else None
+    if span is None or len(span) != 2 or not all(_is_int(x) and x >= 0 for x in span):
+        raise ValueError(f"recall_span must be two integers >= 0 (tokens kept before and after a selected one), got "
+                         f"{recall_span!r}.")
+    if num_recall_slots and span[0] >= sliding_window:
+        raise ValueError(f"recall_span keeps {span[0]} tokens before a selected one, which needs a window of more than "
+                         f"that (sliding_window={sliding_window}): a token's span score must be known when it leaves "
+                         "the window. Use a smaller recall_span or a larger window.")
     if prefill_chunk_size is not None and (not _is_int(prefill_chunk_size) or prefill_chunk_size < 1):
         raise ValueError(f"prefill_chunk_size must be None or an integer >= 1, got {prefill_chunk_size!r}.")
 
@@ -94,6 +109,14 @@ class AhnConfig(PreTrainedConfig):
         position_free: beyond the official format: the memory writes and reads keys and queries before RoPE.
             Both are off by default (off = the official maths exactly). The official release's code cannot run
             them: an exported card says so; there is no export to the release's own format.
+        num_recall_slots: beyond the official format: ``G`` evicted tokens per AHN layer kept exactly (keys and
+            values), chosen by a learned retention score, attended in one softmax with sinks and window
+            (``recall_slots.py``); 0 (default) = off, the official maths exactly. Settable at load time and through
+            ``model.runtime``.
+        recall_span: ``(before, after)``: a selected token is kept with the ``before`` tokens preceding it and the
+            ``after`` following it.
+        recall_head: whether the adapter carries a trained retention classifier (``model.layers.{i}.ahn.recall``,
+            beyond the official format); recall slots need one.
     """
 
     model_type = "ahn"
@@ -111,6 +134,9 @@ class AhnConfig(PreTrainedConfig):
     use_q_proj: bool = False
     use_k_proj: bool = False
     position_free: bool = False
+    num_recall_slots: int = 0
+    recall_span: list[int] | tuple[int, int] = DEFAULT_RECALL_SPAN
+    recall_head: bool = False
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
     tie_word_embeddings: bool = False
@@ -128,7 +154,14 @@ class AhnConfig(PreTrainedConfig):
 
     def validate_ahn(self):
         """Raise a ``ValueError`` naming the bad setting and how to fix it."""
-        validate_settings(self.sliding_window, self.num_sinks, self.prefill_chunk_size)
+        validate_settings(self.sliding_window, self.num_sinks, self.prefill_chunk_size, self.num_recall_slots,
+                          self.recall_span)
+        self.recall_span = [int(x) for x in self.recall_span]
+        if self.num_recall_slots and not self.recall_head:
+            raise ValueError(
+                f"num_recall_slots={self.num_recall_slots} needs a trained retention classifier to choose the tokens "
+                "it keeps, and this adapter has none (recall_head=False). Train one with `ahn train-recall` (it adds "
+                "model.layers.{i}.ahn.recall to the adapter), or load an adapter that carries one.")
         base = self.base_config
         if base is None:
             return
@@ -171,4 +204,4 @@ class AhnConfig(PreTrainedConfig):
         return cls(base_config=base_config, **kwargs)
 
 
-__all__ = ["BASE_ATTRIBUTES", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids", "validate_settings"]
+__all__ = ["BASE_ATTRIBUTES", "DEFAULT_RECALL_SPAN", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids", "validate_settings"]

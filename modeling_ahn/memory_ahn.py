@@ -806,8 +806,10 @@ def memory_options(config) -> dict:
 
 
 def unofficial_options(config) -> list[str]:
-    """The options of ``config`` beyond the official checkpoint format that are on."""
-    return [name for name in UNOFFICIAL_OPTIONS if getattr(config, name, False)]
+    """The options of ``config`` beyond the official checkpoint format that are on (the memory's, and the recall
+    slots' retention classifier ``recall_head``, whose weights ``model.layers.{i}.ahn.recall.*`` the official code
+    does not know)."""
+    return [name for name in (*UNOFFICIAL_OPTIONS, "recall_head") if getattr(config, name, False)]
 
 
 def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False,
@@ -817,8 +819,19 @@ def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int,
 
 
 class AhnModule(nn.Module):
-    """The per-layer container, ``model.layers.{i}.ahn``, holding the memory as ``fn``."""
+    """The per-layer container, ``model.layers.{i}.ahn``, holding the memory as ``fn`` and, beyond the official
+    format, the recall slots' retention classifier as ``recall`` (a linear probe of the layer's pre-normed input:
+    ``model.layers.{i}.ahn.recall.weight`` ``(1, hidden)``, ``.bias`` ``(1,)``; present when ``recall_head``)."""
 
-    def __init__(self, fn: AhnMemory):
+    def __init__(self, fn: AhnMemory, recall_hidden_size: int | None = None):
         super().__init__()
         self.fn = fn
+        if recall_hidden_size:
+            self.recall = nn.Linear(recall_hidden_size, 1)
+            nn.init.zeros_(self.recall.weight)
+            nn.init.zeros_(self.recall.bias)
+
+    @property
+    def recall_head(self):
+        """The retention classifier, or ``None``."""
+        return self._modules.get("recall")

@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -35,8 +36,8 @@ logger = logging.getLogger(__name__)
 
 AHN_VERSION = "0.1.0"
 # The flat remote-code payload, copied verbatim into every exported repo.
-PAYLOAD_FILES = ("configuration_ahn.py", "memory_ahn.py", "cache_ahn.py", "window_attention.py", "attention_ahn.py",
-                 "modeling_ahn.py")
+PAYLOAD_FILES = ("configuration_ahn.py", "memory_ahn.py", "cache_ahn.py", "window_attention.py", "recall_slots.py",
+                 "attention_ahn.py", "modeling_ahn.py")
 WEIGHTS_NAME = "model.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -55,7 +56,7 @@ def _cache_kwarg_name() -> str:
 
 CACHE_KWARG = _cache_kwarg_name()
 # Settings that may be overridden at load time: from_pretrained(repo, sliding_window=8064, num_sinks=128)
-RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size")
+RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size", "num_recall_slots", "recall_span")
 # Attention modes of AhnPreTrainedModel.runtime(mode=...)
 ATTENTION_MODES = ("ahn", "swa", "full")
 
@@ -86,8 +87,10 @@ def expected_ahn_shapes(config) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         fn = build_memory(config.ahn_type, bc.hidden_size, bc.num_attention_heads, head_dim_of(bc),
                           **memory_options(config))
-    shapes = {name: tuple(p.shape) for name, p in fn.named_parameters()}
-    return {f"model.layers.{i}.ahn.fn.{name}": s for i in config.ahn_layers for name, s in shapes.items()}
+    shapes = {f"fn.{name}": tuple(p.shape) for name, p in fn.named_parameters()}
+    if getattr(config, "recall_head", False):  # beyond the official format: the recall slots' classifier
+        shapes.update({"recall.weight": (1, bc.hidden_size), "recall.bias": (1,)})
+    return {f"model.layers.{i}.ahn.{name}": s for i in config.ahn_layers for name, s in shapes.items()}
 
 
 def check_ahn_state_dict(config, state_dict, strict: bool = True) -> tuple[list[str], list[str]]:
@@ -286,7 +289,8 @@ class AhnPreTrainedModel(PreTrainedModel):
             ref = decoder.layers[i].self_attn.q_proj.weight
             mem = build_memory(config.ahn_type, base_config.hidden_size, base_config.num_attention_heads,
                                head_dim_of(base_config), **memory_options(config))
-            memories[i] = AhnModule(mem).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+            recall = base_config.hidden_size if config.recall_head else None
+            memories[i] = AhnModule(mem, recall).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         attach_ahn(decoder, config, memories, inner=inner)
         base_model.set_attn_implementation(AHN_ATTENTION)  # the base dispatches to "ahn"; the AHN config reports
         config._attn_implementation_internal = inner  # what runs inside it (not through the setter: base stays)
@@ -347,12 +351,33 @@ class AhnPreTrainedModel(PreTrainedModel):
                 own[k].copy_(v.to(device=own[k].device, dtype=own[k].dtype))
         return missing, unexpected
 
+    def add_recall_head(self, weights: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Give every AHN layer a retention classifier for recall slots (``model.layers.{i}.ahn.recall``, beyond the
+        official format; ``config.recall_head`` becomes true): ``weights`` maps layer index -> ``(weight [hidden],
+        bias [])`` of a trained probe (``None``: zeros, to be trained or loaded)."""
+        hidden = self.config.base_config.hidden_size
+        for i, module in self.ahn_modules().items():
+            if module.recall_head is None:
+                ref = module.fn.o_proj.weight if hasattr(module.fn, "o_proj") else next(module.fn.parameters())
+                module.recall = nn.Linear(hidden, 1).to(device=ref.device, dtype=ref.dtype)
+                nn.init.zeros_(module.recall.weight)
+                nn.init.zeros_(module.recall.bias)
+                module.recall.requires_grad_(False)
+            if weights is not None:
+                w, b = weights[i]
+                with torch.no_grad():
+                    module.recall.weight.copy_(torch.as_tensor(w).reshape(1, hidden))
+                    module.recall.bias.copy_(torch.as_tensor(b).reshape(1))
+            get_layer_spec(self.model.layers[i].self_attn).recall = module.recall
+        self.config.recall_head = True
+
     def new_cache(self, static: bool = False) -> AhnCache:
         """A fresh cache; ``static=True``: fixed-size buffers for compiled decoding (:class:`StaticAhnCache`)."""
         return StaticAhnCache(self.config) if static else AhnCache(self.config)
 
     @contextlib.contextmanager
-    def runtime(self, *, sliding_window: int | None = None, num_sinks: int | None = None, mode: str | None = None):
+    def runtime(self, *, sliding_window: int | None = None, num_sinks: int | None = None, mode: str | None = None,
+                num_recall_slots: int | None = None):
         """Run with these settings for the duration of the ``with`` block, then restore the previous ones.
 
         The one owner of the settings that vary per call (training samples a window per batch, evaluation compares
@@ -368,19 +393,23 @@ class AhnPreTrainedModel(PreTrainedModel):
         config = self.config
         window = config.sliding_window if sliding_window is None else sliding_window
         sinks = config.num_sinks if num_sinks is None else num_sinks
-        validate_settings(window, sinks)
+        slots = config.num_recall_slots if num_recall_slots is None else num_recall_slots
+        validate_settings(window, sinks, num_recall_slots=slots, recall_span=config.recall_span)
+        if slots and not config.recall_head:
+            raise ValueError(f"num_recall_slots={slots} needs a trained retention classifier and this adapter has none "
+                             "(recall_head=False): train one with `ahn train-recall`.")
         if mode is not None:
             _check_attention_mode(mode)
         specs = [get_layer_spec(layer.self_attn) for layer in self.model.layers]
-        previous = config.sliding_window, config.num_sinks, [spec.mode for spec in specs]
+        previous = config.sliding_window, config.num_sinks, config.num_recall_slots, [spec.mode for spec in specs]
         try:
-            config.sliding_window, config.num_sinks = window, sinks
+            config.sliding_window, config.num_sinks, config.num_recall_slots = window, sinks, slots
             for spec in specs:
                 spec.mode = spec.mode if mode is None else mode
             yield self
         finally:
-            config.sliding_window, config.num_sinks = previous[0], previous[1]
-            for spec, m in zip(specs, previous[2]):
+            config.sliding_window, config.num_sinks, config.num_recall_slots = previous[:3]
+            for spec, m in zip(specs, previous[3]):
                 spec.mode = m
 
     def attention_mode(self, mode: str):
@@ -848,7 +877,10 @@ def write_ahn_repo(save_directory, config, ahn_state_dict, generation_config=Non
     # Hub repo as "base + PEFT adapter", bypassing this repo's own (remote-code) model class.
     peft_dir = out / PEFT_SUBFOLDER
     peft_dir.mkdir(exist_ok=True)
-    save_file({_peft_key(k): v for k, v in tensors.items()}, peft_dir / PEFT_WEIGHTS_NAME, metadata={"format": "pt"})
+    # (the memory only: the recall slots' retention classifier, beyond the official format, runs with this repo's
+    # remote code, not as a PEFT layer)
+    save_file({_peft_key(k): v for k, v in tensors.items() if ".ahn.fn." in k}, peft_dir / PEFT_WEIGHTS_NAME,
+              metadata={"format": "pt"})
     adapter_config = {
         "peft_type": "AHN",
         "task_type": "CAUSAL_LM",

@@ -66,12 +66,27 @@ def naive_memory(fn, ahn_type, q, k, v, x, valid_write):
     return out
 
 
-def naive_ahn_layer(fn, ahn_type, q, k, v, x, window, sinks, scaling):
+def naive_slot_sets(raw, window, sinks, slots, before, after):
+    """The recall slots of every query ``t`` of one unpadded sequence, by their definition: among the tokens that have
+    left the window (``sinks <= j <= t - window``), the ``slots`` best by span score ``max(raw[j - after .. j +
+    before])`` (sinks scoring ``-inf``), ties to the earlier token. ``raw``: ``[T]`` float. Returns a list of sets."""
+    T = len(raw)
+    r = [float("-inf") if j < sinks else float(raw[j]) for j in range(T)]
+    span = [max(r[max(0, j - after): j + before + 1]) for j in range(T)]
+    sets = []
+    for t in range(T):
+        evicted = [j for j in range(sinks, t - window + 1)]
+        ranked = sorted(evicted, key=lambda j: (-span[j], j))
+        sets.append(set(ranked[:slots]))
+    return sets
+
+
+def naive_ahn_layer(fn, ahn_type, q, k, v, x, window, sinks, scaling, slot_sets=None):
     """One AHN layer for one unpadded sequence, token by token (spec section 2).
 
     q: ``[H, T, D]``; k, v: ``[Hkv, T, D]``; x: ``[T, hidden]``. Returns the pre-``o_proj`` output
-    ``[T, H, D]`` float64 as ``(attention, memory)``: softmax attention over sinks + window, and the
-    memory read-out for the memory holding tokens ``S .. t-W``.
+    ``[T, H, D]`` float64 as ``(attention, memory)``: softmax attention over sinks + window (+ the recall slots of
+    ``slot_sets[t]``, see ``naive_slot_sets``), and the memory read-out for the memory holding tokens ``S .. t-W``.
     """
     H, T, D = q.shape
     rep = H // k.shape[0]
@@ -80,7 +95,7 @@ def naive_ahn_layer(fn, ahn_type, q, k, v, x, window, sinks, scaling):
     qd = q.double()
     attn = torch.zeros(T, H, D, dtype=torch.float64)
     for t in range(T):
-        keys = [j for j in range(t + 1) if t - j < window or j < sinks]
+        keys = [j for j in range(t + 1) if t - j < window or j < sinks or (slot_sets and j in slot_sets[t])]
         for h in range(H):
             s = torch.stack([qd[h, t] @ k[h, j] for j in keys]) * scaling
             w = torch.softmax(s, 0)

@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2", "full_static", "ahn_gdn_static")
+METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2", "full_static", "ahn_gdn_static",
+           "ahn_gdn_slots64")
+# "ahn_gdn_slots64": AHN-GDN with 64 recall slots (a random retention classifier: the cost, not the choice)
 # "*_static": a fixed-size cache (transformers' StaticCache / StaticAhnCache) and a torch.compile'd decoding step
 # (CUDA graphs on GPU: mode="reduce-overhead"); the prefill runs eagerly. Compilation is timed apart (compile_s).
 COMPILE_WARMUP = 3
@@ -114,6 +116,12 @@ def _load(method: str, base: str, window: int, sinks: int, dtype, device):
     with torch.no_grad():  # a non-zero memory, so the read-out is real work
         for mod in m.ahn_modules().values():
             mod.fn.o_proj.weight.normal_(0, 0.02)
+    if method.endswith("_slots64"):
+        m.add_recall_head()
+        with torch.no_grad():
+            for mod in m.ahn_modules().values():
+                mod.recall.weight.normal_(0, 0.05)
+        m.config.num_recall_slots = 64
     return m.to(device).eval(), mode
 
 

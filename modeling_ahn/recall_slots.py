@@ -1,0 +1,196 @@
+# Copyright 2026 The modeling_ahn authors. Apache-2.0.
+"""Recall slots: up to ``G`` evicted tokens per AHN layer kept exactly, beside sinks and window.
+
+Beyond the official format (``num_recall_slots = 0``, the default, computes the official AHN bit for bit). Every
+evicted token is still written into the memory; the slots only add exact keys and values to the attention, so one
+softmax runs over sinks + slots + window.
+
+**Which tokens.** Each token gets a *raw score* when it enters a layer: a small learned retention classifier of the
+layer's pre-normed input (``model.layers.{i}.ahn.recall``, a linear probe trained on text where later content asks
+about earlier facts). A fact needs its neighbours to be answered from, so a token is kept for the best raw score
+among the ``before`` tokens after it and the ``after`` tokens before it (its *span score*
+``max(raw[j - after .. j + before])``): a selected token comes with the ``before`` tokens that precede it and the
+``after`` that follow. The span score of a token is known when it leaves the window (``before < W``).
+
+**The rule.** At every query the slots hold the ``G`` best-scored tokens among those that have left the window
+(real tokens that are no sink), best = higher span score, then the earlier token. Equivalently: a leaving token
+takes the weakest slot if it beats it. The set at a query depends only on the tokens before it, so a whole
+sequence, chunked prefill and token-by-token decoding keep the same slots (tests compare them with a token-by-token
+reference). Each token's tenure is one interval: it enters when it leaves the window (if it ranks among the ``G``
+best then) and leaves when the ``G``-th token that beats it is evicted, never to return.
+
+**Where they sit.** Slot keys keep their real positions; beyond the base's trained context they are moved like the
+sinks (``clamp_sink_positions``), so no query-slot distance exceeds what the base was trained on.
+
+Hub remote-code payload: flat, sibling imports only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .window_attention import window_attention, window_mask
+
+# Raw scores are rounded to multiples of 2^-SCORE_BITS: equal tokens (the same token id in layer 0, repeated text) get
+# scores that differ in the last bits between a whole sequence and chunks (a matrix product's rounding depends on the
+# row's place in the batch); rounded, they tie exactly, and the tie goes to the earlier token on every path.
+SCORE_BITS = 10
+
+# Rows of the eviction sequence compared at once when the slot tenures are computed (bounds memory to
+# ``block x (G + evicted)`` per row).
+PLAN_BLOCK = 512
+
+
+def beats(s_a, r_a, s_b, r_b):
+    """Whether token ``a`` ranks above token ``b``: a higher score, or the same score and an earlier position."""
+    return (s_a > s_b) | ((s_a == s_b) & (r_a < r_b))
+
+
+def raw_scores(recall, hidden: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:
+    """``[B, q]`` float32 raw retention scores of new tokens from the layer's pre-normed input ``hidden``
+    ``[B, q, hidden]``; ``-inf`` for pads and sinks (``rpos`` ``[B, q]``), which never take a slot."""
+    s = recall(hidden).squeeze(-1).float()
+    s = torch.round(s * 2.0**SCORE_BITS) / 2.0**SCORE_BITS
+    return s.masked_fill(rpos.to(s.device) < num_sinks, float("-inf"))
+
+
+def span_scores(raw_ext: torch.Tensor, before: int, after: int, count: int) -> torch.Tensor:
+    """Span scores ``[B, count]`` of the first ``count`` tokens of ``raw_ext[:, after:]`` (``raw_ext`` ``[B, after +
+    n]`` starts with the raw scores of the ``after`` tokens before them): ``max(raw[j - after .. j + before])``."""
+    k = before + after + 1
+    need = count + k - 1
+    if raw_ext.shape[1] < need:  # (callers guarantee before < W; kept total for short inputs)
+        raw_ext = F.pad(raw_ext, (0, need - raw_ext.shape[1]), value=float("-inf"))
+    return raw_ext[:, :need].unfold(1, k, 1).amax(-1)
+
+
+@dataclass
+class SlotPlan:
+    """Which of the candidate tokens (the slots before a step, then the tokens it evicts, in eviction order) is a
+    slot at which query of the step. ``enter``/``leave`` ``[B, C]``: a candidate is a slot while ``enter <= e <
+    leave``, ``e`` = the number of the step's evictions so far; ``keep`` ``[B, C]``: candidates that are a slot at
+    some ``e`` of the step (the others are never attended)."""
+
+    scores: torch.Tensor  # [B, C] span scores (-inf: empty slot or a token that may not take one)
+    rpos: torch.Tensor  # [B, C] real positions (-1: empty)
+    enter: torch.Tensor  # [B, C]
+    leave: torch.Tensor  # [B, C]
+    keep: torch.Tensor  # [B, C]
+    num_evicted: int
+
+
+def plan_slots(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G: int) -> SlotPlan:
+    """The tenures of the ``G`` old slots (``slot_scores``/``slot_rpos`` ``[B, G]``) and of ``n`` tokens evicted in
+    order (``ev_*`` ``[B, n]``; ``ev_valid``: real and no sink). Candidate ``c`` is a slot after ``e`` evictions iff it
+    has been evicted and fewer than ``G`` evicted tokens beat it; the count only grows, so each tenure is one
+    interval, found from a running count, ``PLAN_BLOCK`` evictions at a time."""
+    B, n = ev_scores.shape
+    old_valid = slot_rpos >= 0
+    ev_scores = ev_scores.masked_fill(~ev_valid, float("-inf"))
+    s = torch.cat([slot_scores, ev_scores], dim=1)  # [B, C]
+    r = torch.cat([slot_rpos, torch.where(ev_valid, ev_rpos, -1)], dim=1)
+    valid = torch.cat([old_valid, ev_valid], dim=1)
+    C = s.shape[1]
+    dev = s.device
+    enter = torch.cat([torch.zeros(B, slot_scores.shape[1], dtype=torch.long, device=dev),
+                       torch.arange(1, n + 1, device=dev).expand(B, n)], dim=1)
+    count = (beats(slot_scores[:, :, None], slot_rpos[:, :, None], s[:, None], r[:, None])
+             & old_valid[:, :, None]).sum(1)  # [B, C]: old slots beating each candidate
+    leave = torch.where(count >= G, 0, n + 1)
+    for k0 in range(0, n, PLAN_BLOCK):
+        k1 = min(n, k0 + PLAN_BLOCK)
+        b = beats(ev_scores[:, k0:k1, None], ev_rpos[:, k0:k1, None], s[:, None], r[:, None])
+        b &= ev_valid[:, k0:k1, None]
+        cum = count[:, None] + b.cumsum(1)  # [B, k1 - k0, C]: count after each eviction
+        crossed = cum >= G
+        first = torch.where(crossed.any(1), crossed.float().argmax(1) + k0 + 1, n + 1)
+        leave = torch.minimum(leave, first)
+        count = cum[:, -1]
+    keep = valid & (enter < leave)
+    return SlotPlan(s, r, enter, leave, keep, n)
+
+
+def gather_candidates(plan: SlotPlan, keys, values, slot_keys, slot_values):
+    """The candidates a step attends to (``keep``), packed: ``(idx [B, M], keys, values [B, Hkv, M, D], ok [B, M])``;
+    ``keys``/``values`` ``[B, Hkv, >= n, D]`` start with the evicted tokens."""
+    n = plan.num_evicted
+    cand_k = torch.cat([slot_keys, keys[:, :, :n]], dim=2)
+    cand_v = torch.cat([slot_values, values[:, :, :n]], dim=2)
+    M = int(plan.keep.sum(1).max())
+    idx = torch.sort(plan.keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :M]  # [B, M]
+    ok = plan.keep.gather(1, idx)
+
+    def take(x):
+        return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
+
+    return idx, take(cand_k), take(cand_v), ok
+
+
+def slot_visibility(plan: SlotPlan, idx, ok, e_query: torch.Tensor) -> torch.Tensor:
+    """``[B, q, M]``: packed candidate ``m`` is a slot for the query that has seen ``e_query[i]`` evictions."""
+    enter, leave = plan.enter.gather(1, idx), plan.leave.gather(1, idx)
+    e = e_query[None, :, None]
+    return ok[:, None] & (enter[:, None] <= e) & (e < leave[:, None])
+
+
+def slots_after(plan: SlotPlan, keys, values, slot_keys, slot_values, G: int):
+    """The slots after the step: ``(keys, values [B, Hkv, G, D], scores, rpos [B, G])`` (empty: -inf / -1)."""
+    n = plan.num_evicted
+    alive = plan.keep & (plan.leave > n)  # at most G per row
+    idx = torch.sort(alive.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :G]
+    ok = alive.gather(1, idx)
+    cand_k = torch.cat([slot_keys, keys[:, :, :n]], dim=2)
+    cand_v = torch.cat([slot_values, values[:, :, :n]], dim=2)
+
+    def take(x):
+        return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
+
+    scores = torch.where(ok, plan.scores.gather(1, idx), float("-inf"))
+    rpos = torch.where(ok, plan.rpos.gather(1, idx), -1)
+    return take(cand_k), take(cand_v), scores, rpos
+
+
+def slotted_attention(spec, module, query, keys, values, rpos_keys, qpos, n_old, W, S, cand_k, cand_v, cand_vis,
+                      scaling, dropout, store=None, plans=None):
+    """Sinks + slots + window attention of a chunk's ``q`` queries: one softmax per query over the sink keys, the
+    slot candidates it sees (``cand_vis`` ``[B, q, M]``) and its window, query block by query block.
+
+    ``keys``/``values``: ``[store (P), old (n_old), new (q)]`` with ``store = (store_vis [B, P])``, or ``[old, new]``
+    (a whole sequence: no store); ``rpos_keys`` ``[B, n_old + q]``. ``plans``: the blocks of ``block_plans`` (the
+    BLOCKED path's), or ``None`` for one block over every key. Slot keys are clamped like the sinks beyond the base's
+    context. Returns ``[B, q, H, D]``."""
+    B, _, L, _ = query.shape
+    dev = query.device
+    P = 0 if store is None else store.shape[1]
+    if plans is None:
+        qidx = torch.arange(n_old, n_old + L, device=dev)
+        kidx = torch.arange(n_old + L, device=dev)
+        vis = window_mask(qidx, kidx, rpos_keys, W, S)
+        kis = (rpos_keys >= 0) & (rpos_keys < S)
+        if P:
+            vis = torch.cat([store[:, None, :].to(dev).expand(B, L, P), vis], dim=-1)
+            kis = torch.cat([torch.ones_like(store, dtype=torch.bool), kis], dim=-1)
+        plans = [(0, L, torch.arange(P + n_old + L, device=dev), vis[:, None], kis)]
+    M = cand_k.shape[2]
+    outs = []
+    for q0, q1, aidx, mask, key_is_sink in plans:
+        k = torch.cat([cand_k.to(keys.dtype), keys[:, :, aidx]], dim=2)
+        v = torch.cat([cand_v.to(values.dtype), values[:, :, aidx]], dim=2)
+        m = torch.cat([cand_vis[:, None, q0:q1], mask], dim=-1)
+        kis = torch.cat([key_is_sink.new_ones(B, M), key_is_sink], dim=-1)
+        out, _ = window_attention(spec, module, query[:, :, q0:q1], k, v, m, scaling, dropout, qpos[:, q0:q1], kis)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
+
+
+def weakest_slot(slot_scores, slot_rpos):
+    """``[B]``: the index of the slot every other beats (lowest score, then the latest position)."""
+    low = slot_scores == slot_scores.amin(1, keepdim=True)
+    return torch.where(low, slot_rpos, -2).argmax(1)
+
+
+__all__ = ["PLAN_BLOCK", "SCORE_BITS", "SlotPlan", "beats", "gather_candidates", "plan_slots", "raw_scores", "slot_visibility",
+           "slots_after", "slotted_attention", "span_scores", "weakest_slot"]

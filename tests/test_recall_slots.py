@@ -1,0 +1,224 @@
+"""Recall slots: G evicted tokens per layer kept exactly, chosen by a learned retention score (recall_slots.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_ahn import AhnCache, StaticAhnCache, recall_slots
+from modeling_ahn.attention_ahn import get_layer_spec
+
+from .conftest import AHN_TYPES, ARCHS, make_ahn
+from .reference import LayerRecorder, naive_ahn_layer, naive_slot_sets
+
+W, S, G, SPAN = 6, 2, 3, (2, 1)
+
+
+def _ids(length, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 101, (batch, length), generator=g)
+
+
+def slotted_model(arch="qwen2", ahn_type="gdn", sinks=S, slots=G, seed=0, **kw):
+    """A random AHN with a random retention classifier and ``slots`` recall slots."""
+    model = make_ahn(arch, ahn_type, W, sinks, seed=seed, **kw)
+    hidden = model.config.base_config.hidden_size
+    g = torch.Generator().manual_seed(seed + 7)
+    model.add_recall_head({i: (torch.randn(hidden, generator=g), torch.randn((), generator=g))
+                           for i in model.ahn_modules()})
+    model.config.recall_span = list(SPAN)
+    model.config.num_recall_slots = slots
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_type, sinks, attention_path):
+    """Every layer = softmax over sinks + slots + window (slots by their definition, naive_slot_sets) + memory."""
+    model = slotted_model(arch, ahn_type, sinks)
+    ids = _ids(40)
+    with LayerRecorder() as rec, torch.no_grad():
+        model(ids, use_cache=False)
+    changed = turnover = 0
+    for call in rec.calls:
+        spec = get_layer_spec(call["module"])
+        raw = recall_slots.raw_scores(spec.recall, call["hidden"], torch.full((1, 40), S), 0)[0].double()
+        sets = naive_slot_sets(raw, W, sinks, G, *SPAN)
+        attn, mem = naive_ahn_layer(spec.memory, ahn_type, call["query"][0], call["key"][0], call["value"][0],
+                                    call["hidden"][0], W, sinks, call["scaling"], slot_sets=sets)
+        assert (call["out"][0].double() - (attn + mem)).abs().max() < 5e-5  # (40 tokens: float32 sums)
+        plain, _ = naive_ahn_layer(spec.memory, ahn_type, call["query"][0], call["key"][0], call["value"][0],
+                                   call["hidden"][0], W, sinks, call["scaling"])
+        changed += int((attn - plain).abs().max() > 1e-3)
+        turnover += len(set().union(*sets)) > G  # the slots change hands along the sequence
+    assert changed == len(rec.calls)  # guards: the slots change every layer's output,
+    assert turnover >= 1  # and are not just the first G evicted tokens forever
+
+
+def _reference_logits(model, ids):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_whole_forward_equals_chunked_prefill_and_decode_with_slots(arch, ahn_type, sinks, attention_path):
+    model = slotted_model(arch, ahn_type, sinks)
+    ids = _ids(41)
+    ref = _reference_logits(model, ids)
+    with torch.no_grad(), model.runtime(num_recall_slots=0):
+        without = model(ids, use_cache=False).logits
+    assert (ref - without)[:, W + sinks + 1:].abs().max() > 1e-2  # the slots matter
+    with torch.no_grad():
+        for chunk in (1, 3, 7, W, 2 * W + 1, 64):
+            model.config.prefill_chunk_size = chunk
+            cache = AhnCache(model.config)
+            out = model(ids, past_key_values=cache).logits
+            assert (out - ref).abs().max() < 1e-4, chunk
+        model.config.prefill_chunk_size = None
+        for prefill in (1, 5, 9, 17, 30):
+            cache = AhnCache(model.config)
+            logits = [model(ids[:, :prefill], past_key_values=cache).logits]
+            for t in range(prefill, ids.shape[1]):
+                logits.append(model(ids[:, t: t + 1], past_key_values=cache).logits)
+            assert (torch.cat(logits, 1) - ref).abs().max() < 1e-4, prefill
+
+
+def test_decoding_takes_the_steady_path_once_the_slots_are_full(paths):
+    from modeling_ahn.attention_ahn import AttentionPath
+
+    model = slotted_model()
+    ids = _ids(30)
+    with torch.no_grad():
+        cache = AhnCache(model.config)
+        model(ids[:, :4], past_key_values=cache)
+        for t in range(4, 30):
+            model(ids[:, t: t + 1], past_key_values=cache)
+    steady = [i for i, (p, _) in enumerate(paths) if p is AttentionPath.STEADY_STEP]
+    L = model.config.base_config.num_hidden_layers
+    # a one-token step is steady once S + W + G tokens were seen before it: steps 11 .. 29 (every layer)
+    assert len(steady) == (30 - (S + W + G)) * L
+    layer = cache.layers[0]
+    assert layer.slot_keys.shape[2] == G and bool((layer.slot_rpos >= S).all())
+
+
+def test_left_padded_batch_with_slots_equals_each_row_alone():
+    model = slotted_model()
+    a, b = _ids(33, seed=1)[0], _ids(25, seed=2)[0]
+    batch = torch.zeros(2, 33, dtype=torch.long)
+    batch[0], batch[1, 8:] = a, b
+    mask = torch.ones(2, 33, dtype=torch.long)
+    mask[1, :8] = 0
+    with torch.no_grad():
+        for chunk in (None, 4):
+            model.config.prefill_chunk_size = chunk
+            out = model(batch, attention_mask=mask).logits
+            ra = model(a[None]).logits
+            rb = model(b[None]).logits
+            assert (out[0] - ra[0]).abs().max() < 1e-4
+            assert (out[1, 8:] - rb[0]).abs().max() < 1e-4
+        out = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False)
+        ga = model.generate(a[None], max_new_tokens=12, do_sample=False)
+        gb = model.generate(b[None], max_new_tokens=12, do_sample=False)
+    assert torch.equal(out[0, 33:], ga[0, 33:]) and torch.equal(out[1, 33:], gb[0, 25:])
+
+
+def test_beam_search_and_greedy_with_slots():
+    model = slotted_model()
+    ids = _ids(28)
+    with torch.no_grad():
+        greedy = model.generate(ids, max_new_tokens=10, do_sample=False)
+        full = model(greedy, use_cache=False).logits
+        assert torch.equal(greedy[0, 28:], full[0, 27:-1].argmax(-1))
+        with_cache = model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False)
+        without = model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_zero_slots_is_the_official_ahn_bit_for_bit():
+    model = slotted_model(slots=0)
+    plain = make_ahn("qwen2", "gdn", W, S)
+    ids = _ids(40)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+        assert torch.equal(model(ids, use_cache=False).logits, plain(ids, use_cache=False).logits)
+
+
+def test_cache_holds_sinks_window_and_slots_only():
+    model = slotted_model()
+    with torch.no_grad():
+        sizes = []
+        for n in (60, 200):
+            cache = AhnCache(model.config)
+            model(_ids(n), past_key_values=cache)
+            sizes.append(cache.cache_bytes())
+            layer = cache.layers[0]
+            assert layer.slot_keys.shape[2] == G and layer.keys.shape[2] == W
+            assert layer.window_scores.shape[1] == W and layer.score_tail.shape[1] == SPAN[1]
+    assert sizes[0] == sizes[1]
+
+
+def test_plan_tenures_match_a_running_top_g():
+    """plan_slots against the replacement rule applied token by token, with ties and invalid tokens."""
+    g = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        n, Gs = 50, 4
+        scores = torch.randint(0, 6, (2, n), generator=g).float()  # many ties
+        rpos = torch.arange(10, 10 + n).expand(2, n).clone()
+        valid = torch.rand(2, n, generator=g) > 0.2
+        empty_s = torch.full((2, Gs), float("-inf"))
+        empty_r = torch.full((2, Gs), -1, dtype=torch.long)
+        old = recall_slots.plan_slots(empty_s, empty_r, scores[:, :20], rpos[:, :20], valid[:, :20], Gs)
+        keys = torch.arange(n, dtype=torch.float)[None, None, :, None].expand(2, 1, n, 1)
+        sk, _, ss, sr = recall_slots.slots_after(old, keys, keys, torch.zeros(2, 1, Gs, 1), torch.zeros(2, 1, Gs, 1),
+                                                Gs)
+        plan = recall_slots.plan_slots(ss, sr, scores[:, 20:], rpos[:, 20:], valid[:, 20:], Gs)
+        for b in range(2):
+            held = []  # (score, rpos) by the rule: a leaving token takes the weakest slot if it beats it
+            for j in range(n):
+                if j == 20:
+                    assert sorted(held) == sorted((float(s), int(r)) for s, r in zip(ss[b], sr[b]) if r >= 0)
+                if j >= 20:  # the slots at e = j - 20 evictions of the second step
+                    e = j - 20
+                    alive = {int(plan.rpos[b, c]) for c in range(plan.rpos.shape[1])
+                             if plan.keep[b, c] and plan.enter[b, c] <= e < plan.leave[b, c]}
+                    assert alive == {r for _, r in held}, (trial, b, j)
+                if not valid[b, j]:
+                    continue
+                s, r = float(scores[b, j]), int(rpos[b, j])
+                if len(held) < Gs:
+                    held.append((s, r))
+                else:
+                    weakest = min(held, key=lambda x: (x[0], -x[1]))
+                    if s > weakest[0]:
+                        held[held.index(weakest)] = (s, r)
+
+
+def test_bad_recall_settings_raise_clear_errors():
+    model = make_ahn("qwen2", "gdn", 16, S)
+    with pytest.raises(ValueError, match="num_recall_slots must be an integer >= 0"):
+        with model.runtime(num_recall_slots=-1):
+            pass
+    with pytest.raises(ValueError, match="needs a trained retention classifier"):
+        with model.runtime(num_recall_slots=4):
+            pass
+    with pytest.raises(ValueError, match="needs a trained retention classifier"):
+        type(model.config)(base_config=model.config.base_config, num_recall_slots=2)
+    slotted = slotted_model()
+    with pytest.raises(ValueError, match="recall_span keeps 12 tokens before"):
+        with slotted.runtime(sliding_window=6):
+            slotted.config.recall_span = [12, 3]
+            slotted.config.validate_ahn()
+    slotted.config.recall_span = list(SPAN)
+    with pytest.raises(ValueError, match="StaticAhnCache has no recall slots yet"):
+        StaticAhnCache(slotted.config)
+    with pytest.raises(ValueError, match="StaticAhnCache has no recall slots yet"):
+        slotted.generate(_ids(20), max_new_tokens=2, cache_implementation="static")
+    cache = AhnCache(slotted.config)
+    with torch.no_grad():
+        slotted(_ids(20), past_key_values=cache)
+        with pytest.raises(ValueError, match="num_recall_slots=3 but the model now uses 6, 2, 5"), \
+                slotted.runtime(num_recall_slots=5):
+            slotted(_ids(1), past_key_values=cache)
