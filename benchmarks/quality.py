@@ -29,14 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_ahn import AhnForCausalLM
-from modeling_ahn.evaluation.probes import (
-    needle_probe,
-    needle_score,
-    passkey_correct,
-    passkey_probe,
-    segments,
-    token_nll,
-)
+from modeling_ahn.evaluation.probes import chat_probe, needle_score, passkey_correct, segments, token_nll
 
 HERE = Path(__file__).resolve().parent
 
@@ -133,11 +126,7 @@ def main(argv=None):
         units = [(task, m, L, d) for task in ("passkey", "needle") for L in lengths for d in depths for m in methods
                  if f"c/{task}/{m}/{L}/{d:.3f}" not in done]
         for task, m, L, d in tqdm(units, desc="(c) passkey / needle", unit="probe"):
-            probe = passkey_probe(tok, L, d, seed=0) if task == "passkey" else needle_probe(tok, haystack, L, d)
-            text = tok.apply_chat_template([{"role": "user", "content": probe.prompt}], tokenize=False,
-                                           add_generation_prompt=True)
-            if task == "passkey":
-                text += "The pass key is"
+            probe, text = chat_probe(tok, task, L, d, haystack)
             ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
             if m == "full":
                 if plain is None:

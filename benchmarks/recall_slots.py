@@ -1,6 +1,6 @@
 """Exact recall beyond the window: passkey and needle with and without recall slots, on held-out text.
 
-    python benchmarks/recall_slots.py --adapter DIR [--lengths 2048,4096,8192,16384] [--depths 0.1,0.3,0.5,0.7,0.9]
+    python benchmarks/recall_slots.py [--adapter DIR] [--lengths 2048,4096,8192,16384] [--depths 0.1,0.3,0.5,0.7,0.9]
         [--slots 16,64] [--methods full,swa,ahn,ahn+slots] [--out benchmarks/results/recall_slots_smollm2]
 
 ``--adapter``: an AHN repo with a retention classifier (``ahn train-recall``; its base comes from its config). The
@@ -9,7 +9,9 @@ needle in Paul Graham's essays (the held-out corpus of ``ahn corpora``), in the 
 to 24 tokens. Methods: ``full`` (the base with full attention, up to its 8k context), ``swa`` (sinks + window),
 ``ahn`` (no slots) and ``ahn+G`` for each ``G`` of ``--slots``. Scores: passkey exact (the key in the answer), needle
 exact (all four key words) and its key-word share. For slotted runs, the share of AHN layers whose slots hold a
-token of the fact after the prefill. Every unit is stored as it finishes in <out>.partial.json (resumable); writes
+token of the fact after the prefill. ``--tasks ppl``: perplexity on positions >= 1024 of ``--ppl-segments`` disjoint
+Austen segments (held out) of each length, per method (full attention only within the base's context). Every
+unit is stored as it finishes in <out>.partial.json (resumable); writes
 <out>.json and <out>.png.
 """
 
@@ -26,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_ahn import AhnCache, AhnForCausalLM
-from modeling_ahn.evaluation.probes import NEEDLE, needle_probe, needle_score, passkey_probe
+from modeling_ahn.evaluation.probes import NEEDLE, chat_probe, needle_score, segments, token_nll
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,13 +61,17 @@ def greedy(model, ids, max_new: int, eos: set[int]):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--adapter", required=True, help="AHN repo with a retention classifier (ahn train-recall)")
+    ap.add_argument("--adapter", default=str(HERE.parent / "runs" / "smollm2-ahn-gdn-recall"),
+                    help="AHN adapter with a retention classifier (ahn train-recall; default: the committed one for "
+                    "the default model)")
+    ap.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
     ap.add_argument("--out", default=str(HERE / "results" / "recall_slots_smollm2"))
     ap.add_argument("--lengths", default="2048,4096,8192,16384")
     ap.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
     ap.add_argument("--slots", default="16,64")
     ap.add_argument("--tasks", default="passkey,needle")
     ap.add_argument("--methods", default="full,swa,ahn,ahn+slots")
+    ap.add_argument("--ppl-segments", type=int, default=3)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--sinks", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
@@ -75,13 +81,14 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from modeling_ahn.default.corpora import held_out_documents
+    from modeling_ahn.default.model import fetch_default
 
-    model = AhnForCausalLM.from_pretrained(args.adapter, dtype=torch.float32, sliding_window=args.window,
-                                           num_sinks=args.sinks).eval()
+    base_dir = args.base or str(fetch_default()["llama"])
+    model = AhnForCausalLM.from_pretrained(args.adapter, base_model=base_dir, dtype=torch.float32,
+                                           sliding_window=args.window, num_sinks=args.sinks).eval()
     if not model.config.recall_head:
         raise SystemExit(f"{args.adapter} has no retention classifier: train one with `ahn train-recall`")
-    base_dir = model.config.base_model_name_or_path
-    tok = AutoTokenizer.from_pretrained(args.adapter)
+    tok = AutoTokenizer.from_pretrained(base_dir)
     eos = {tok.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(
         model.generation_config.eos_token_id, int) else (model.generation_config.eos_token_id or []))}
     haystack = "\n\n".join(held_out_documents("pg_essays").values())
@@ -97,12 +104,20 @@ def main(argv=None):
     context = model.config.base_config.max_position_embeddings
     units = [(t, m, L, d) for t in args.tasks.split(",") for L in lengths for d in depths for m in methods
              if f"{t}/{m}/{L}/{d:.2f}" not in done and not (m == "full" and L > context)]
+    if "ppl" in args.tasks.split(","):
+        austen = [tok(t, add_special_tokens=False)["input_ids"] for t in held_out_documents("austen").values()]
+        ppl_units = [(m, L, i) for L in lengths for i in range(args.ppl_segments) for m in methods
+                     if f"ppl/{m}/{L}/{i}" not in done and not (m == "full" and L > context) and m != "swa"]
+        for m, L, i in tqdm(ppl_units, desc="perplexity", unit="segment"):
+            seg = torch.tensor([segments(austen, L, args.ppl_segments, skip=512)[i]])
+            g = int(m.split("+")[1]) if "+" in m else 0
+            with model.runtime(mode="full" if m == "full" else "ahn", num_recall_slots=g):
+                nll = token_nll(model, seg)[1023:]
+            done[f"ppl/{m}/{L}/{i}"] = {"nll_sum": float(nll.sum()), "tokens": int(nll.numel())}
+            _store(partial, done)
+        units = [u for u in units if u[0] != "ppl"]
     for task, m, L, d in tqdm(units, desc="recall probes", unit="probe"):
-        probe = passkey_probe(tok, L, d, seed=0) if task == "passkey" else needle_probe(tok, haystack, L, d)
-        text = tok.apply_chat_template([{"role": "user", "content": probe.prompt}], tokenize=False,
-                                       add_generation_prompt=True)
-        if task == "passkey":
-            text += "The pass key is"
+        probe, text = chat_probe(tok, task, L, d, haystack)
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = torch.tensor([enc["input_ids"]])
         facts = fact_tokens(text, probe.answer if task == "passkey" else NEEDLE, enc["offset_mapping"])
@@ -127,22 +142,34 @@ def main(argv=None):
         done[f"{task}/{m}/{L}/{d:.2f}"] = {"score": score, "exact": float(score == 1.0), "output": out,
                                           "tokens": int(ids.shape[1]), "fact_tokens": facts[:8],
                                           "layers_holding_fact": held, "seconds": round(time.time() - t0, 1)}
-        tmp = partial.with_suffix(f".{os.getpid()}.tmp")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(done, indent=1, sort_keys=True))
-        os.replace(tmp, partial)
+        _store(partial, done)
     report = summarize(done, args, methods, lengths)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2))
     plot(report, Path(args.out + ".png"))
-    print(json.dumps(report["table"], indent=1))
+    print(json.dumps({"table": report["table"], "perplexity": report["perplexity"]}, indent=1))
+
+
+def _store(partial: Path, done: dict) -> None:
+    tmp = partial.with_suffix(f".{os.getpid()}.tmp")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(done, indent=1, sort_keys=True))
+    os.replace(tmp, partial)
 
 
 def summarize(done, args, methods, lengths):
+    import math
+
     from modeling_ahn.benchmarking.bench import machine_info
 
-    table = {}
+    table, ppl = {}, {}
     for key, unit in done.items():
         task, m, L, _ = key.split("/")
+        if task == "ppl":
+            acc = ppl.setdefault(m, {}).setdefault(L, [0.0, 0, 0])
+            acc[0] += unit["nll_sum"]
+            acc[1] += unit["tokens"]
+            acc[2] += 1
+            continue
         cell = table.setdefault(task, {}).setdefault(m, {}).setdefault(L, {"exact": [], "score": [], "held": []})
         cell["exact"].append(unit["exact"])
         cell["score"].append(unit["score"])
@@ -154,8 +181,10 @@ def summarize(done, args, methods, lengths):
                 per_len[L] = {"exact": sum(c["exact"]) / len(c["exact"]), "score": sum(c["score"]) / len(c["score"]),
                               "n": len(c["exact"]),
                               "layers_holding_fact": (sum(c["held"]) / len(c["held"])) if c["held"] else None}
+    perplexity = {m: {L: {"ppl": math.exp(a[0] / a[1]), "segments": a[2]} for L, a in per.items()}
+                  for m, per in ppl.items()}
     return {"machine": machine_info("cpu"), "platform": platform.platform(), "adapter": args.adapter,
-            "window": args.window, "sinks": args.sinks, "table": table, "units": done}
+            "window": args.window, "sinks": args.sinks, "table": table, "perplexity": perplexity, "units": done}
 
 
 def plot(report, path):
@@ -165,6 +194,8 @@ def plot(report, path):
     import matplotlib.pyplot as plt
 
     tasks = sorted(report["table"])
+    if not tasks:
+        return
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for m, per_len in sorted(report["table"][task].items()):

@@ -34,6 +34,7 @@ from .recall_slots import (
     gather_candidates,
     plan_slots,
     raw_scores,
+    slot_keys_at,
     slot_visibility,
     slots_after,
     slotted_attention,
@@ -103,6 +104,19 @@ class AhnLayerSpec:
     def num_recall_slots(self) -> int:
         """``G`` in force for this layer's attention: the config's, in modes ``"ahn"`` and ``"swa"``."""
         return int(getattr(self.config, "num_recall_slots", 0)) if self.mode in ("ahn", "swa") else 0
+
+    def recall_geometry(self, head_dim: int):
+        """``(distance, inv_freq)``: every recall slot is seen ``distance`` tokens before its query
+        (``recall_distance``, default the window's size; 0: at its real position), which moves its key with the base's
+        rotary frequencies."""
+        distance = getattr(self.config, "recall_distance", None)
+        distance = self.config.sliding_window if distance is None else int(distance)
+        inv_freq = self.inv_freq()
+        if distance and (inv_freq is None or 2 * inv_freq.numel() != head_dim):
+            raise ValueError("recall slots move their keys with the base's rotary embedding, and this layer has no "
+                             "full-dimension RoPE (rotary_emb.inv_freq): set recall_distance=0 (real positions) or "
+                             "num_recall_slots=0 for this base.")
+        return distance, inv_freq
 
     def recall_scorer(self):
         """The retention classifier, or a clear error where recall slots are asked of an adapter without one."""
@@ -307,8 +321,10 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
     if rot is not None:  # beyond the base's context: the sinks as seen from its last position (see sink_clamped)
         # `key` is this step's own concatenation (the store is unchanged); recall slots move with the sinks
         key[:, :, :S] = rotated_forward(layer.sink_keys, *rot).to(key.dtype)
-        if G:
-            key[:, :, S: S + G] = rotated_forward(layer.step.slots[0], *rot).to(key.dtype)
+    if G:  # the slots, seen `recall_distance` before this query
+        distance, inv_freq = spec.recall_geometry(query.shape[-1])
+        key[:, :, S: S + G] = slot_keys_at(layer.step.slots[0], layer.step.slots[3], layer.step.start, distance,
+                                           inv_freq)
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, None, scaling, dropout)
     memory, hidden = spec.memory, inputs.hidden
     # (a steady row has no pad and no sink among its new tokens)
@@ -396,10 +412,12 @@ def _slotted(spec, module, facts, plan, query, key, value, scaling, dropout):
     k, v = (step.keys, step.values) if facts.whole_sequence else (key, value)
     store = None if facts.whole_sequence else layer.sink_filled
     long = facts.whole_sequence or facts.q_len > facts.window
-    plans = facts.blocks if long and spec.inner == "sdpa" else None
-    return slotted_attention(spec, module, query, k, v, facts.rpos_all.to(query.device), facts.rpos_new.to(query.device),
-                             step.num_old, facts.window, facts.sinks, cand_k, cand_v, vis, scaling, dropout,
-                             store=store, plans=plans), None
+    plans = facts.blocks if long else None
+    distance, inv_freq = spec.recall_geometry(query.shape[-1])
+    cand_rpos = plan.rpos.gather(1, idx).to(query.device)
+    dev = query.device
+    return slotted_attention(spec, module, query, k, v, facts.rpos_all.to(dev), facts.rpos_new.to(dev), step.num_old, facts.window, facts.sinks, cand_k, cand_v, cand_rpos, vis, distance,
+                             inv_freq, scaling, store=store, plans=plans), None
 
 
 def _memory_readout(spec, facts, query, inputs, gates_new):

@@ -521,10 +521,10 @@ class AhnCache(Cache):
         num_recall_slots, recall_span = num_recall_slots or 0, tuple(recall_span or (0, 0))
         if num_recall_slots and layer_class is not SinkWindowLayer:
             raise ValueError(
-                f"{type(self).__name__} has no recall slots yet (num_recall_slots={num_recall_slots}): its fixed buffers "
-                "hold sinks + window only. Decode with the dynamic AhnCache, or set num_recall_slots=0.")
-        layers = [DynamicLayer() if i in full else layer_class(num_sinks, sliding_window, num_recall_slots=num_recall_slots,
-                                                      recall_span=recall_span)
+                f"{type(self).__name__} has no recall slots yet (num_recall_slots={num_recall_slots}): its fixed "
+                "buffers hold sinks + window only. Decode with the dynamic AhnCache, or set num_recall_slots=0.")
+        slots = dict(num_recall_slots=num_recall_slots, recall_span=recall_span) if num_recall_slots else {}
+        layers = [DynamicLayer() if i in full else layer_class(num_sinks, sliding_window, **slots)
                   for i in range(num_layers)]
         super().__init__(layers=layers)
 

@@ -18,9 +18,9 @@ DEFAULT_NUM_SINKS = 128
 DEFAULT_PREFILL_CHUNK_SIZE = 2048
 # Context length reported to tools that read `max_position_embeddings` (lm-eval); AHN itself has no limit.
 DEFAULT_EFFECTIVE_CONTEXT = 1_048_576
-# Recall slots keep a selected token with the 12 tokens before it and the 3 after it (a fact needs its neighbours to
+# Recall slots keep a selected token with the 12 tokens before it and the 12 after it (a fact needs its neighbours to
 # be answered from: measured on SmolLM2, docs/recall_slots.md).
-DEFAULT_RECALL_SPAN = (12, 3)
+DEFAULT_RECALL_SPAN = (12, 12)
 # The base's attributes an AhnConfig reads and writes through to its base_config (generation utilities, trainers,
 # lm-eval and transformers' tests read them from the top-level config). `max_position_embeddings` and
 # `sliding_window` are the AHN model's own.
@@ -115,6 +115,8 @@ class AhnConfig(PreTrainedConfig):
             ``model.runtime``.
         recall_span: ``(before, after)``: a selected token is kept with the ``before`` tokens preceding it and the
             ``after`` following it.
+        recall_distance: how far before its query every recall slot is seen (its key moved there with RoPE);
+            ``None`` (default): the window's size, just beyond the window's edge; 0: each at its real position.
         recall_head: whether the adapter carries a trained retention classifier (``model.layers.{i}.ahn.recall``,
             beyond the official format); recall slots need one.
     """
@@ -136,6 +138,7 @@ class AhnConfig(PreTrainedConfig):
     position_free: bool = False
     num_recall_slots: int = 0
     recall_span: list[int] | tuple[int, int] = DEFAULT_RECALL_SPAN
+    recall_distance: int | None = None
     recall_head: bool = False
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
@@ -157,6 +160,10 @@ class AhnConfig(PreTrainedConfig):
         validate_settings(self.sliding_window, self.num_sinks, self.prefill_chunk_size, self.num_recall_slots,
                           self.recall_span)
         self.recall_span = [int(x) for x in self.recall_span]
+        if self.recall_distance is not None and (not _is_int(self.recall_distance) or self.recall_distance < 0):
+            raise ValueError("recall_distance must be None (the window's size), 0 (real positions) or an integer >= 1 "
+                             "(tokens between a query and where its recall slots are seen), got "
+                             f"{self.recall_distance!r}.")
         if self.num_recall_slots and not self.recall_head:
             raise ValueError(
                 f"num_recall_slots={self.num_recall_slots} needs a trained retention classifier to choose the tokens "
@@ -204,4 +211,5 @@ class AhnConfig(PreTrainedConfig):
         return cls(base_config=base_config, **kwargs)
 
 
-__all__ = ["BASE_ATTRIBUTES", "DEFAULT_RECALL_SPAN", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids", "validate_settings"]
+__all__ = ["BASE_ATTRIBUTES", "DEFAULT_RECALL_SPAN", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids",
+           "validate_settings"]

@@ -56,7 +56,8 @@ def _cache_kwarg_name() -> str:
 
 CACHE_KWARG = _cache_kwarg_name()
 # Settings that may be overridden at load time: from_pretrained(repo, sliding_window=8064, num_sinks=128)
-RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size", "num_recall_slots", "recall_span")
+RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size", "num_recall_slots", "recall_span",
+                    "recall_distance")
 # Attention modes of AhnPreTrainedModel.runtime(mode=...)
 ATTENTION_MODES = ("ahn", "swa", "full")
 
@@ -290,7 +291,8 @@ class AhnPreTrainedModel(PreTrainedModel):
             mem = build_memory(config.ahn_type, base_config.hidden_size, base_config.num_attention_heads,
                                head_dim_of(base_config), **memory_options(config))
             recall = base_config.hidden_size if config.recall_head else None
-            memories[i] = AhnModule(mem, recall).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+            dtype = ref.dtype if ref.is_floating_point() else None
+            memories[i] = AhnModule(mem, recall).to(device=ref.device, dtype=dtype)
         attach_ahn(decoder, config, memories, inner=inner)
         base_model.set_attn_implementation(AHN_ATTENTION)  # the base dispatches to "ahn"; the AHN config reports
         config._attn_implementation_internal = inner  # what runs inside it (not through the setter: base stays)

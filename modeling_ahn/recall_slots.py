@@ -19,8 +19,12 @@ sequence, chunked prefill and token-by-token decoding keep the same slots (tests
 reference). Each token's tenure is one interval: it enters when it leaves the window (if it ranks among the ``G``
 best then) and leaves when the ``G``-th token that beats it is evicted, never to return.
 
-**Where they sit.** Slot keys keep their real positions; beyond the base's trained context they are moved like the
-sinks (``clamp_sink_positions``), so no query-slot distance exceeds what the base was trained on.
+**Where they sit.** Every slot is seen at the same distance ``recall_distance`` ``D`` from its query (default: the
+window's size ``W``, just beyond the window's edge), whatever its real position: the key, cached with RoPE at its real
+position ``j``, is scored as if it sat at ``p - D`` for the query at ``p``. A fact read 30k tokens ago is then no
+farther than what the base handles (measured on SmolLM2 at 4k: the needle's own tokens kept at their real distance,
+~3,700, are not recalled; the same tokens seen from 550-2,100 tokens are, docs/recall_slots.md).
+``recall_distance = 0`` keeps real positions (the control of that measurement).
 
 Hub remote-code payload: flat, sibling imports only.
 """
@@ -31,8 +35,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import repeat_kv
 
-from .window_attention import window_attention, window_mask
+from .window_attention import clamp_angles, rotated_back, rotated_forward, window_mask
 
 # Raw scores are rounded to multiples of 2^-SCORE_BITS: equal tokens (the same token id in layer 0, repeated text) get
 # scores that differ in the last bits between a whole sequence and chunks (a matrix product's rounding depends on the
@@ -93,7 +98,6 @@ def plan_slots(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G: int) -> 
     s = torch.cat([slot_scores, ev_scores], dim=1)  # [B, C]
     r = torch.cat([slot_rpos, torch.where(ev_valid, ev_rpos, -1)], dim=1)
     valid = torch.cat([old_valid, ev_valid], dim=1)
-    C = s.shape[1]
     dev = s.device
     enter = torch.cat([torch.zeros(B, slot_scores.shape[1], dtype=torch.long, device=dev),
                        torch.arange(1, n + 1, device=dev).expand(B, n)], dim=1)
@@ -153,16 +157,34 @@ def slots_after(plan: SlotPlan, keys, values, slot_keys, slot_values, G: int):
     return take(cand_k), take(cand_v), scores, rpos
 
 
-def slotted_attention(spec, module, query, keys, values, rpos_keys, qpos, n_old, W, S, cand_k, cand_v, cand_vis,
-                      scaling, dropout, store=None, plans=None):
+def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """``[..., D]`` RoPE angles (rotate-half layout) of ``positions`` (any shape, float32)."""
+    ang = positions.to(torch.float32)[..., None] * inv_freq.to(device=positions.device, dtype=torch.float32)
+    return torch.cat([ang, ang], dim=-1)
+
+
+def slot_keys_at(keys: torch.Tensor, rpos: torch.Tensor, query_pos, distance: int, inv_freq) -> torch.Tensor:
+    """Slot keys ``[B, Hkv, M, D]`` (cached with RoPE at their real positions ``rpos`` ``[B, M]``) moved to
+    ``query_pos - distance`` (``query_pos``: an int or ``[B, 1]``): rotated by ``query_pos - distance - rpos``
+    (``distance`` 0: left at their real positions)."""
+    if not distance:
+        return keys
+    ang = rope_angles(query_pos - distance - rpos, inv_freq)[:, None]  # [B, 1, M, D]
+    return rotated_forward(keys, ang.cos(), ang.sin()).to(keys.dtype)
+
+
+def slotted_attention(spec, module, query, keys, values, rpos_keys, qpos, n_old, W, S, cand_k, cand_v, cand_rpos,
+                      cand_vis, distance, inv_freq, scaling, store=None, plans=None):
     """Sinks + slots + window attention of a chunk's ``q`` queries: one softmax per query over the sink keys, the
-    slot candidates it sees (``cand_vis`` ``[B, q, M]``) and its window, query block by query block.
+    slot candidates it sees (``cand_vis`` ``[B, q, M]``, seen at ``distance``) and its window, query block by block,
+    in float32.
 
     ``keys``/``values``: ``[store (P), old (n_old), new (q)]`` with ``store = (store_vis [B, P])``, or ``[old, new]``
     (a whole sequence: no store); ``rpos_keys`` ``[B, n_old + q]``. ``plans``: the blocks of ``block_plans`` (the
-    BLOCKED path's), or ``None`` for one block over every key. Slot keys are clamped like the sinks beyond the base's
-    context. Returns ``[B, q, H, D]``."""
-    B, _, L, _ = query.shape
+    BLOCKED path's), or ``None`` for one block over every key. A slot at ``j`` is scored with the query rotated back
+    to ``distance`` (``R(-(p - distance)) q . R(-j) k``); sinks are clamped beyond the base's context as everywhere.
+    Returns ``[B, q, H, D]``."""
+    B, H, L, D = query.shape
     dev = query.device
     P = 0 if store is None else store.shape[1]
     if plans is None:
@@ -174,16 +196,33 @@ def slotted_attention(spec, module, query, keys, values, rpos_keys, qpos, n_old,
             vis = torch.cat([store[:, None, :].to(dev).expand(B, L, P), vis], dim=-1)
             kis = torch.cat([torch.ones_like(store, dtype=torch.bool), kis], dim=-1)
         plans = [(0, L, torch.arange(P + n_old + L, device=dev), vis[:, None], kis)]
-    M = cand_k.shape[2]
-    outs = []
+    rep = H // keys.shape[1]
+    scale = scaling if scaling is not None else D**-0.5
+    if distance:
+        free = rotated_forward(cand_k, *_cos_sin(rope_angles(-cand_rpos.clamp_min(0), inv_freq)[:, None]))  # R(-j) k
+    else:  # distance 0: the slots at their real positions
+        free = cand_k.float()
+    free, cand_vf = repeat_kv(free, rep), repeat_kv(cand_v, rep).float()
+    out = query.new_empty(B, L, H, D)
     for q0, q1, aidx, mask, key_is_sink in plans:
-        k = torch.cat([cand_k.to(keys.dtype), keys[:, :, aidx]], dim=2)
-        v = torch.cat([cand_v.to(values.dtype), values[:, :, aidx]], dim=2)
-        m = torch.cat([cand_vis[:, None, q0:q1], mask], dim=-1)
-        kis = torch.cat([key_is_sink.new_ones(B, M), key_is_sink], dim=-1)
-        out, _ = window_attention(spec, module, query[:, :, q0:q1], k, v, m, scaling, dropout, qpos[:, q0:q1], kis)
-        outs.append(out)
-    return torch.cat(outs, dim=1)
+        q = query[:, :, q0:q1].float()
+        k = repeat_kv(keys[:, :, aidx], rep).float()
+        scores = (q @ k.transpose(-1, -2)) * scale
+        ang = clamp_angles(spec, q, qpos[:, q0:q1], key_is_sink)
+        if ang is not None:  # queries beyond the base's context see the sinks from its last position
+            clamped = (rotated_back(q, ang) @ k.transpose(-1, -2)) * scale
+            scores = torch.where(key_is_sink[:, None, None, :].to(dev), clamped, scores)
+        q_slot = rotated_back(q, rope_angles(qpos[:, q0:q1] - distance, inv_freq)[:, None]) if distance else q
+        slot_scores = (q_slot @ free.transpose(-1, -2)) * scale
+        allowed = torch.cat([cand_vis[:, None, q0:q1].to(dev), mask.to(dev)], dim=-1)
+        weights = torch.softmax(torch.cat([slot_scores, scores], dim=-1).masked_fill(~allowed, float("-inf")), -1)
+        v = torch.cat([cand_vf, repeat_kv(values[:, :, aidx], rep).float()], dim=2)
+        out[:, q0:q1] = (weights @ v).transpose(1, 2).to(out.dtype)
+    return out
+
+
+def _cos_sin(ang):
+    return ang.cos(), ang.sin()
 
 
 def weakest_slot(slot_scores, slot_rpos):
@@ -192,5 +231,6 @@ def weakest_slot(slot_scores, slot_rpos):
     return torch.where(low, slot_rpos, -2).argmax(1)
 
 
-__all__ = ["PLAN_BLOCK", "SCORE_BITS", "SlotPlan", "beats", "gather_candidates", "plan_slots", "raw_scores", "slot_visibility",
-           "slots_after", "slotted_attention", "span_scores", "weakest_slot"]
+__all__ = ["PLAN_BLOCK", "SCORE_BITS", "SlotPlan", "beats", "gather_candidates", "plan_slots", "raw_scores",
+           "slot_visibility",
+           "rope_angles", "slot_keys_at", "slots_after", "slotted_attention", "span_scores", "weakest_slot"]

@@ -81,12 +81,23 @@ def naive_slot_sets(raw, window, sinks, slots, before, after):
     return sets
 
 
-def naive_ahn_layer(fn, ahn_type, q, k, v, x, window, sinks, scaling, slot_sets=None):
+def _rope(vec, angle, inv_freq):
+    """``R(angle) vec`` for one head vector (rotate-half layout), float64."""
+    a = angle * inv_freq.double()
+    cos, sin = torch.cat([a.cos(), a.cos()]), torch.cat([a.sin(), a.sin()])
+    half = vec.shape[-1] // 2
+    return vec * cos + torch.cat([-vec[half:], vec[:half]]) * sin
+
+
+def naive_ahn_layer(fn, ahn_type, q, k, v, x, window, sinks, scaling, slot_sets=None, slot_distance=None,
+                    inv_freq=None):
     """One AHN layer for one unpadded sequence, token by token (spec section 2).
 
     q: ``[H, T, D]``; k, v: ``[Hkv, T, D]``; x: ``[T, hidden]``. Returns the pre-``o_proj`` output
     ``[T, H, D]`` float64 as ``(attention, memory)``: softmax attention over sinks + window (+ the recall slots of
-    ``slot_sets[t]``, see ``naive_slot_sets``), and the memory read-out for the memory holding tokens ``S .. t-W``.
+    ``slot_sets[t]``, see ``naive_slot_sets``, each seen ``slot_distance`` tokens before the query: its key rotated by
+    ``t - slot_distance - j`` with the rotary ``inv_freq``), and the memory read-out for the memory holding tokens
+    ``S .. t-W``.
     """
     H, T, D = q.shape
     rep = H // k.shape[0]
@@ -96,8 +107,10 @@ def naive_ahn_layer(fn, ahn_type, q, k, v, x, window, sinks, scaling, slot_sets=
     attn = torch.zeros(T, H, D, dtype=torch.float64)
     for t in range(T):
         keys = [j for j in range(t + 1) if t - j < window or j < sinks or (slot_sets and j in slot_sets[t])]
+        moved = {j for j in (slot_sets[t] if slot_sets else ()) if slot_distance and not (t - j < window or j < sinks)}
         for h in range(H):
-            s = torch.stack([qd[h, t] @ k[h, j] for j in keys]) * scaling
+            s = torch.stack([qd[h, t] @ (_rope(k[h, j], t - slot_distance - j, inv_freq) if j in moved else k[h, j])
+                             for j in keys]) * scaling
             w = torch.softmax(s, 0)
             attn[t, h] = sum(w[i] * v[h, j] for i, j in enumerate(keys))
     # memory: query t writes token e = t - W (if e >= S), then reads

@@ -11,7 +11,7 @@ from modeling_ahn.attention_ahn import get_layer_spec
 from .conftest import AHN_TYPES, ARCHS, make_ahn
 from .reference import LayerRecorder, naive_ahn_layer, naive_slot_sets
 
-W, S, G, SPAN = 6, 2, 3, (2, 1)
+W, S, G, SPAN, DIST = 6, 2, 3, (2, 1), 9
 
 
 def _ids(length, batch=1, seed=0):
@@ -27,6 +27,7 @@ def slotted_model(arch="qwen2", ahn_type="gdn", sinks=S, slots=G, seed=0, **kw):
     model.add_recall_head({i: (torch.randn(hidden, generator=g), torch.randn((), generator=g))
                            for i in model.ahn_modules()})
     model.config.recall_span = list(SPAN)
+    model.config.recall_distance = DIST
     model.config.num_recall_slots = slots
     return model
 
@@ -34,9 +35,12 @@ def slotted_model(arch="qwen2", ahn_type="gdn", sinks=S, slots=G, seed=0, **kw):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 @pytest.mark.parametrize("sinks", [0, 2])
-def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_type, sinks, attention_path):
-    """Every layer = softmax over sinks + slots + window (slots by their definition, naive_slot_sets) + memory."""
+@pytest.mark.parametrize("distance", [DIST, 0])
+def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_type, sinks, distance, attention_path):
+    """Every layer = softmax over sinks + slots + window (slots by their definition, naive_slot_sets, seen at the slot
+    distance, or at their real positions for distance 0) + memory."""
     model = slotted_model(arch, ahn_type, sinks)
+    model.config.recall_distance = distance
     ids = _ids(40)
     with LayerRecorder() as rec, torch.no_grad():
         model(ids, use_cache=False)
@@ -46,7 +50,8 @@ def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_typ
         raw = recall_slots.raw_scores(spec.recall, call["hidden"], torch.full((1, 40), S), 0)[0].double()
         sets = naive_slot_sets(raw, W, sinks, G, *SPAN)
         attn, mem = naive_ahn_layer(spec.memory, ahn_type, call["query"][0], call["key"][0], call["value"][0],
-                                    call["hidden"][0], W, sinks, call["scaling"], slot_sets=sets)
+                                    call["hidden"][0], W, sinks, call["scaling"], slot_sets=sets,
+                                    slot_distance=distance, inv_freq=spec.inv_freq())
         assert (call["out"][0].double() - (attn + mem)).abs().max() < 5e-5  # (40 tokens: float32 sums)
         plain, _ = naive_ahn_layer(spec.memory, ahn_type, call["query"][0], call["key"][0], call["value"][0],
                                    call["hidden"][0], W, sinks, call["scaling"])
@@ -64,8 +69,10 @@ def _reference_logits(model, ids):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 @pytest.mark.parametrize("sinks", [0, 2])
-def test_whole_forward_equals_chunked_prefill_and_decode_with_slots(arch, ahn_type, sinks, attention_path):
+@pytest.mark.parametrize("distance", [DIST, 0])
+def test_whole_forward_equals_chunked_prefill_and_decode_with_slots(arch, ahn_type, sinks, distance, attention_path):
     model = slotted_model(arch, ahn_type, sinks)
+    model.config.recall_distance = distance
     ids = _ids(41)
     ref = _reference_logits(model, ids)
     with torch.no_grad(), model.runtime(num_recall_slots=0):

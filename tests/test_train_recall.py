@@ -79,3 +79,59 @@ def test_slots_on_an_adapter_without_a_classifier_name_the_fix(tmp_path):
     model.save_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="ahn train-recall"):
         AhnForCausalLM.from_pretrained(tmp_path / "plain", num_recall_slots=8)
+
+
+SLOTTED_REMOTE = r"""
+import sys
+class _Block:  # only the repo's remote code may run
+    def find_spec(self, name, path=None, target=None):
+        if name == "modeling_ahn" or name.startswith("modeling_ahn."):
+            raise ImportError("blocked")
+sys.meta_path.insert(0, _Block())
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+repo, io = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True, num_recall_slots=4, recall_span=[3, 1])
+assert type(model).__module__.startswith("transformers_modules.")
+with torch.no_grad():
+    save_file({"logits": model(load_file(io)["ids"]).logits}, io)
+"""
+
+
+def test_an_adapter_with_slots_runs_by_remote_code_alone(tmp_path):
+    """The exported repo carries recall_slots.py and the classifier: trust_remote_code with num_recall_slots at load
+    time gives the package's logits, with the package blocked."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from modeling_ahn.hub import export_model
+
+    from .conftest import save_base
+
+    base_dir = save_base(tmp_path / "base")
+    model = AhnForCausalLM.from_base(base_dir, sliding_window=16, num_sinks=2)
+    g = torch.Generator().manual_seed(0)
+    model.add_recall_head({i: (torch.randn(model.config.hidden_size, generator=g), torch.zeros(()))
+                           for i in model.ahn_modules()})
+    export_model(model, tmp_path / "repo")
+    assert "`recall_head`" in (tmp_path / "repo" / "README.md").read_text()  # the card names it beyond the format
+    peft = load_file(tmp_path / "repo" / "peft" / "adapter_model.safetensors")
+    assert peft and not any(".recall." in k for k in peft)  # the PEFT files carry the memory only
+    ids = torch.randint(3, 100, (1, 70))
+    with torch.no_grad():
+        model.config.recall_span = [3, 1]
+        with model.runtime(num_recall_slots=4):
+            ref = model(ids).logits
+        plain = model(ids).logits
+    assert (ref - plain).abs().max() > 0
+    io = tmp_path / "io.safetensors"
+    save_file({"ids": ids}, io)
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH="")
+    proc = subprocess.run([sys.executable, "-c", SLOTTED_REMOTE, str(tmp_path / "repo"), str(io)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.equal(load_file(io)["logits"], ref)

@@ -93,6 +93,17 @@ def _insert(tokenizer, filler, fact, length, depth, question, answer) -> Probe:
     return Probe(prompt, answer, length, depth, at)
 
 
+def chat_probe(tokenizer, task: str, length: int, depth: float, haystack: str | None = None):
+    """``(probe, text)``: the passkey (``seed`` 0) or needle probe of ``length`` tokens with its fact at ``depth``, as a
+    user message in the tokenizer's chat template, the assistant's turn opened (the passkey's with "The pass key
+    is")."""
+    probe = passkey_probe(tokenizer, length, depth, seed=0) if task == "passkey" else needle_probe(
+        tokenizer, haystack, length, depth)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": probe.prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    return probe, text + ("The pass key is" if task == "passkey" else "")
+
+
 def passkey_correct(probe: Probe, output: str) -> float:
     return float(probe.answer in output)
 

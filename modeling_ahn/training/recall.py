@@ -30,7 +30,8 @@ NAMES = ("Alice Moreau", "Marcus Webb", "Priya Natarajan", "Tomasz Kowalski", "K
          "Beatriz Costa", "Hamid Rahimi", "Sofia Lindqvist", "Kwame Mensah")
 PLACES = ("Lisbon", "the old lighthouse", "Quito", "a cafe near the harbour", "Oslo", "the public library in Leeds",
           "Marrakesh", "the cellar of the town hall", "Tasmania", "a cabin on Lake Bled", "Valparaiso",
-          "the third floor of the museum", "Nairobi", "an island off the coast of Maine", "Kyoto", "the botanical garden")
+          "the third floor of the museum", "Nairobi", "an island off the coast of Maine", "Kyoto",
+          "the botanical garden")
 THINGS = ("a blue umbrella", "the copper kettle", "seven lemons", "a violin case", "the red notebook",
           "a jar of honey", "an old brass compass", "the green bicycle", "a box of chalk", "a silver locket",
           "the wooden chess set", "a bag of marbles")
@@ -65,7 +66,7 @@ def fact_text(rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
     fill = dict(name=rng.choice(NAMES), name2=rng.choice(NAMES), place=rng.choice(PLACES), thing=rng.choice(THINGS),
                 food=rng.choice(FOODS), activity=rng.choice(ACTIVITIES), num=str(rng.randint(100, 99999)),
                 word=rng.choice(WORDS))
-    text, spans, pos = "", [], 0
+    text, spans = "", []
     for literal, name, _, _ in string.Formatter().parse(template):
         text += literal
         if name is None:
@@ -179,7 +180,8 @@ class RecallTrainConfig:
     model: str = field(default="default", metadata={"help": "AHN repo dir, or 'default': the shipped SmolLM2 "
                                                              "AHN-GDN adapter over the fetched base"})
     out: str = field(default="recall-adapter", metadata={"help": "where to save the adapter with its classifier"})
-    corpus: str = field(default="shakespeare", metadata={"help": "training-split corpus source (ahn corpora)"})
+    corpus: str = field(default="shakespeare,pythondoc,linuxdoc,kjv", metadata={
+        "help": "training-split corpus sources of `ahn corpora`, comma-separated (sampled evenly)"})
     sequences: int = field(default=32, metadata={"help": "training sequences (a quarter more are held out)"})
     length: int = field(default=2048, metadata={"help": "tokens per sequence"})
     facts: int = field(default=3, metadata={"help": "facts planted per sequence"})
@@ -218,17 +220,22 @@ def train_recall(cfg: RecallTrainConfig, model=None, tokenizer=None, docs: dict[
     if docs is None:
         from ..default.corpora import split_dir
 
-        d = split_dir("train") / cfg.corpus
-        docs = {p.stem: p.read_text() for p in sorted(d.glob("*.txt"))}
-        if not docs:
-            raise ValueError(f"no documents in {d}: run `ahn corpora` first, or name another --corpus")
+        docs = {}
+        for source in [c.strip() for c in cfg.corpus.split(",") if c.strip()]:
+            d = split_dir("train") / source
+            found = {f"{source}/{p.stem}": p.read_text() for p in sorted(d.glob("*.txt"))}
+            if not found:
+                raise ValueError(f"no documents in {d}: run `ahn corpora` first, or name another --corpus")
+            docs.update(found)
     rng = random.Random(cfg.seed)
-    texts = [t for _, t in sorted(docs.items())]
+    sources = sorted({name.split("/")[0] for name in docs})
+    by_source = {src: [t for name, t in sorted(docs.items()) if name.split("/")[0] == src] for src in sources}
     n_total = cfg.sequences + max(1, cfg.sequences // 4)
     seqs, tries = [], 0
     while len(seqs) < n_total and tries < 20 * n_total:
         tries += 1
-        t = texts[rng.randrange(len(texts))]
+        pool = by_source[sources[rng.randrange(len(sources))]]  # sources evenly, then a document of it
+        t = pool[rng.randrange(len(pool))]
         start = rng.randrange(max(1, len(t) - cfg.length * 6))
         got = planted_sequence(tokenizer, t[start:], cfg.length, cfg.facts, rng)
         if got is not None:
