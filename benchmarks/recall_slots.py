@@ -72,6 +72,7 @@ def main(argv=None):
     ap.add_argument("--tasks", default="passkey,needle")
     ap.add_argument("--methods", default="full,swa,ahn,ahn+slots")
     ap.add_argument("--ppl-segments", type=int, default=3)
+    ap.add_argument("--distance", type=int, default=None, help="recall_distance (default: the adapter's, W)")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--sinks", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
@@ -86,6 +87,7 @@ def main(argv=None):
     base_dir = args.base or str(fetch_default()["llama"])
     model = AhnForCausalLM.from_pretrained(args.adapter, base_model=base_dir, dtype=torch.float32,
                                            sliding_window=args.window, num_sinks=args.sinks).eval()
+    model.config.recall_distance = args.distance
     if not model.config.recall_head:
         raise SystemExit(f"{args.adapter} has no retention classifier: train one with `ahn train-recall`")
     tok = AutoTokenizer.from_pretrained(base_dir)
@@ -184,7 +186,7 @@ def summarize(done, args, methods, lengths):
     perplexity = {m: {L: {"ppl": math.exp(a[0] / a[1]), "segments": a[2]} for L, a in per.items()}
                   for m, per in ppl.items()}
     return {"machine": machine_info("cpu"), "platform": platform.platform(), "adapter": args.adapter,
-            "window": args.window, "sinks": args.sinks, "table": table, "perplexity": perplexity, "units": done}
+            "window": args.window, "sinks": args.sinks, "recall_distance": args.distance, "table": table, "perplexity": perplexity, "units": done}
 
 
 def plot(report, path):

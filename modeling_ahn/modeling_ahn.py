@@ -28,7 +28,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .attention_ahn import AHN_ATTENTION, INNER_IMPLEMENTATIONS, attach_ahn, get_layer_spec
-from .cache_ahn import AhnCache, StaticAhnCache
+from .cache_ahn import AhnCache, SinkWindowLayer, StaticAhnCache
 from .configuration_ahn import SUPPORTED_BASE_MODEL_TYPES, AhnConfig, head_dim_of, parse_layer_ids, validate_settings
 from .memory_ahn import AhnMemory, AhnModule, build_memory, memory_options
 
@@ -227,6 +227,29 @@ def _warn_on_code_mismatch(config) -> None:
                     "The remote code of this repo (hash %s) differs from the installed modeling_ahn package "
                     "(hash %s). `import modeling_ahn` before loading to use the installed code.", running, installed,
                 )
+
+
+def _check_tokens(input_ids, inputs_embeds) -> None:
+    """A clear error for inputs the base would fail on with a shape or dtype message of its own."""
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, tokens], got shape {list(input_ids.shape)}.")
+        if input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype} (cast with .long(); "
+                             "for embeddings pass inputs_embeds=).")
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    if tokens.shape[1] == 0:
+        raise ValueError(f"the input has no tokens (shape {list(tokens.shape)}): pass at least one token per row.")
+
+
+def _check_cache_batch(cache, batch: int) -> None:
+    """A cache holds its rows' windows and states: reusing it for another batch size is refused with the reason."""
+    if not isinstance(cache, Cache):
+        return
+    for layer in cache.layers:
+        if isinstance(layer, SinkWindowLayer) and layer.is_initialized and layer.batch_size != batch:
+            raise ValueError(f"this cache holds {layer.batch_size} rows (their windows and memory states) but the "
+                             f"input has {batch}: start a new cache (model.new_cache()) for another batch size.")
 
 
 def _check_attention_mode(mode) -> None:
@@ -444,7 +467,13 @@ class AhnPreTrainedModel(PreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if use_cache:
             past_key_values = self._resolve_cache(past_key_values)
-        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        _check_tokens(input_ids, inputs_embeds)
+        seq = tokens.shape[1]
+        _check_cache_batch(past_key_values, tokens.shape[0])
+        if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] != seq:
+            raise ValueError(f"position_ids has {position_ids.shape[-1]} positions per row; expected {seq}, one per "
+                             "new token.")
         past = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
         if attention_mask is not None and attention_mask.dim() == 2:
             if attention_mask.shape[1] != seq + past and not (past == 0 and attention_mask.shape[1] == seq):

@@ -117,20 +117,23 @@ def plan_slots(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G: int) -> 
     return SlotPlan(s, r, enter, leave, keep, n)
 
 
-def gather_candidates(plan: SlotPlan, keys, values, slot_keys, slot_values):
-    """The candidates a step attends to (``keep``), packed: ``(idx [B, M], keys, values [B, Hkv, M, D], ok [B, M])``;
-    ``keys``/``values`` ``[B, Hkv, >= n, D]`` start with the evicted tokens."""
+def _packed(plan: SlotPlan, chosen: torch.Tensor, count: int, keys, values, slot_keys, slot_values):
+    """The ``chosen`` ``[B, C]`` candidates (old slots, then the step's evicted tokens: ``keys``/``values``
+    ``[B, Hkv, >= n, D]`` start with them) packed first: ``(idx [B, count], keys, values [B, Hkv, count, D],
+    ok [B, count])``."""
     n = plan.num_evicted
-    cand_k = torch.cat([slot_keys, keys[:, :, :n]], dim=2)
-    cand_v = torch.cat([slot_values, values[:, :, :n]], dim=2)
-    M = int(plan.keep.sum(1).max())
-    idx = torch.sort(plan.keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :M]  # [B, M]
-    ok = plan.keep.gather(1, idx)
+    idx = torch.sort(chosen.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :count]
 
-    def take(x):
+    def take(own, step):
+        x = torch.cat([own, step[:, :, :n]], dim=2)
         return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
 
-    return idx, take(cand_k), take(cand_v), ok
+    return idx, take(slot_keys, keys), take(slot_values, values), chosen.gather(1, idx)
+
+
+def gather_candidates(plan: SlotPlan, keys, values, slot_keys, slot_values):
+    """The candidates a step attends to (``keep``), packed: ``(idx [B, M], keys, values [B, Hkv, M, D], ok [B, M])``."""
+    return _packed(plan, plan.keep, int(plan.keep.sum(1).max()), keys, values, slot_keys, slot_values)
 
 
 def slot_visibility(plan: SlotPlan, idx, ok, e_query: torch.Tensor) -> torch.Tensor:
@@ -142,19 +145,11 @@ def slot_visibility(plan: SlotPlan, idx, ok, e_query: torch.Tensor) -> torch.Ten
 
 def slots_after(plan: SlotPlan, keys, values, slot_keys, slot_values, G: int):
     """The slots after the step: ``(keys, values [B, Hkv, G, D], scores, rpos [B, G])`` (empty: -inf / -1)."""
-    n = plan.num_evicted
-    alive = plan.keep & (plan.leave > n)  # at most G per row
-    idx = torch.sort(alive.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :G]
-    ok = alive.gather(1, idx)
-    cand_k = torch.cat([slot_keys, keys[:, :, :n]], dim=2)
-    cand_v = torch.cat([slot_values, values[:, :, :n]], dim=2)
-
-    def take(x):
-        return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
-
+    alive = plan.keep & (plan.leave > plan.num_evicted)  # at most G per row
+    idx, k, v, ok = _packed(plan, alive, G, keys, values, slot_keys, slot_values)
     scores = torch.where(ok, plan.scores.gather(1, idx), float("-inf"))
     rpos = torch.where(ok, plan.rpos.gather(1, idx), -1)
-    return take(cand_k), take(cand_v), scores, rpos
+    return k, v, scores, rpos
 
 
 def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -109,3 +109,24 @@ def test_live_config_changes_are_validated():
     model.config.sliding_window = 0
     with pytest.raises(ValueError, match="sliding_window must be an integer >= 1"):
         model(torch.randint(3, 100, (1, 6)))
+
+
+def test_inputs_the_base_would_fail_on_cryptically_are_refused_with_the_reason():
+    model = make_ahn()
+    ids = torch.randint(3, 100, (1, 12))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="the input has no tokens"):
+            model(ids[:, :0])
+        with pytest.raises(ValueError, match="the input has no tokens"):
+            model.generate(ids[:, :0], max_new_tokens=2)
+        with pytest.raises(ValueError, match="must hold integer token ids"):
+            model(ids.float())
+        with pytest.raises(ValueError, match=r"must be \[batch, tokens\]"):
+            model(ids[0])
+        with pytest.raises(ValueError, match="position_ids has 5 positions per row; expected 12"):
+            model(ids, position_ids=torch.arange(5)[None])
+        cache = model.new_cache()
+        model(ids, past_key_values=cache)
+        with pytest.raises(ValueError, match="this cache holds 1 rows .* but the input has 2"):
+            model(torch.randint(3, 100, (2, 1)), past_key_values=cache)
+        model(ids[:, :1], past_key_values=cache)  # the cache is unharmed by the refusals

@@ -229,3 +229,42 @@ def test_bad_recall_settings_raise_clear_errors():
         with pytest.raises(ValueError, match="num_recall_slots=3 but the model now uses 6, 2, 5"), \
                 slotted.runtime(num_recall_slots=5):
             slotted(_ids(1), past_key_values=cache)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_random_settings_agree_on_every_path(case):
+    """Seeded random windows, sinks, slot counts, spans, distances, chunk sizes and prompt lengths around the
+    boundaries (W, W + S, W + S + G, chunk multiples): whole forward = chunked prefill = prefill + decoding, and a
+    left-padded batch = each row alone."""
+    rng = torch.Generator().manual_seed(100 + case)
+
+    def pick(*options):
+        return options[int(torch.randint(len(options), (1,), generator=rng))]
+
+    W, S, G = pick(3, 4, 7), pick(0, 1, 3), pick(1, 2, 5)
+    span = [pick(0, 1, min(2, W - 1)), pick(0, 1, 3)]
+    model = make_ahn(pick("qwen2", "llama"), pick("gdn", "dn", "mamba2"), W, S, seed=case)
+    hidden = model.config.base_config.hidden_size
+    model.add_recall_head({i: (torch.randn(hidden, generator=rng), torch.zeros(())) for i in model.ahn_modules()})
+    model.config.recall_span, model.config.num_recall_slots = span, G
+    model.config.recall_distance = pick(None, 0, W + 2)
+    L = pick(W, W + S, W + S + G, W + S + G + 1, 2 * (W + S + G) + 3, 37)
+    chunk = pick(1, 2, W, W + 1, L - 1 if L > 1 else 1)
+    ids = torch.randint(3, 100, (1, L), generator=rng)
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        model.config.prefill_chunk_size = chunk
+        assert (model(ids).logits - ref).abs().max() < 1e-4, (W, S, G, span, L, chunk)
+        model.config.prefill_chunk_size = None
+        prefill = pick(1, W, L // 2 or 1)
+        cache = AhnCache(model.config)
+        logits = [model(ids[:, :prefill], past_key_values=cache).logits]
+        logits += [model(ids[:, t: t + 1], past_key_values=cache).logits for t in range(prefill, L)]
+        assert (torch.cat(logits, 1) - ref).abs().max() < 1e-4, (W, S, G, span, L, prefill)
+        other = torch.randint(3, 100, (1, max(1, L - 3)), generator=rng)
+        batch = torch.zeros(2, L, dtype=torch.long)
+        batch[0], batch[1, L - other.shape[1]:] = ids[0], other[0]
+        mask = (torch.arange(L) >= torch.tensor([[0], [L - other.shape[1]]])).long()
+        both = model(batch, attention_mask=mask).logits
+        assert (both[0] - ref[0]).abs().max() < 1e-4
+        assert (both[1, L - other.shape[1]:] - model(other).logits[0]).abs().max() < 1e-4
