@@ -23,7 +23,7 @@ best then) and leaves when the ``G``-th token that beats it is evicted, never to
 window's size ``W``, just beyond the window's edge), whatever its real position: the key, cached with RoPE at its real
 position ``j``, is scored as if it sat at ``p - D`` for the query at ``p``. A fact read 30k tokens ago is then no
 farther than what the base handles (measured on SmolLM2 at 4k: the needle's own tokens kept at their real distance,
-~3,700, are not recalled; the same tokens seen from 550-2,100 tokens are, docs/recall_slots.md).
+~3,700, are not recalled; the same tokens seen from 512-2,048 tokens are, docs/recall_slots.md).
 ``recall_distance = 0`` keeps real positions (the control of that measurement).
 
 Hub remote-code payload: flat, sibling imports only.
