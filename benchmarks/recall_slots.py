@@ -151,6 +151,12 @@ def main(argv=None):
     print(json.dumps({"table": report["table"], "perplexity": report["perplexity"]}, indent=1))
 
 
+def _shown(path: str) -> str:
+    """A path as recorded in results: relative to the repository when inside it (no machine paths committed)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(HERE.parent)) if p.is_relative_to(HERE.parent) else p.name
+
+
 def _store(partial: Path, done: dict) -> None:
     tmp = partial.with_suffix(f".{os.getpid()}.tmp")
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,7 @@ def summarize(done, args, methods, lengths):
                               "layers_holding_fact": (sum(c["held"]) / len(c["held"])) if c["held"] else None}
     perplexity = {m: {L: {"ppl": math.exp(a[0] / a[1]), "segments": a[2]} for L, a in per.items()}
                   for m, per in ppl.items()}
-    return {"machine": machine_info("cpu"), "platform": platform.platform(), "adapter": args.adapter,
+    return {"machine": machine_info("cpu"), "platform": platform.platform(), "adapter": _shown(args.adapter),
             "window": args.window, "sinks": args.sinks, "recall_distance": args.distance, "table": table, "perplexity": perplexity, "units": done}
 
 
