@@ -192,7 +192,8 @@ def summarize(done, args, methods, lengths):
     perplexity = {m: {L: {"ppl": math.exp(a[0] / a[1]), "segments": a[2]} for L, a in per.items()}
                   for m, per in ppl.items()}
     return {"machine": machine_info("cpu"), "platform": platform.platform(), "adapter": _shown(args.adapter),
-            "window": args.window, "sinks": args.sinks, "recall_distance": args.distance, "table": table, "perplexity": perplexity, "units": done}
+            "window": args.window, "sinks": args.sinks, "recall_distance": args.distance, "table": table,
+            "perplexity": perplexity, "units": done}
 
 
 def plot(report, path):
