@@ -319,7 +319,7 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
     rot = sink_rotation(spec, layer.step.start, query.shape[-1], query.device)
     S, G = layer.num_sinks, layer.num_recall_slots
     if rot is not None:  # beyond the base's context: the sinks as seen from its last position (see sink_clamped)
-        # `key` is this step's own concatenation (the store is unchanged); recall slots move with the sinks
+        # `key` is this step's own concatenation (the store is unchanged)
         key[:, :, :S] = rotated_forward(layer.sink_keys, *rot).to(key.dtype)
     if G:  # the slots, seen `recall_distance` before this query
         distance, inv_freq = spec.recall_geometry(query.shape[-1])
@@ -403,11 +403,13 @@ def _recall_slots(spec, facts, inputs):
 
 
 def _slotted(spec, module, facts, plan, query, key, value, scaling, dropout):
-    """SLOTTED: sinks + recall slots + window in one softmax per query (``recall_slots.slotted_attention``), over
-    the same query blocks as BLOCKED; the slots a query sees follow from the plan and the evictions before it."""
+    """The slotted attention: sinks + recall slots + window in one softmax per query
+    (``recall_slots.slotted_attention``), over the same query blocks as BLOCKED; the slots a query sees follow from
+    the plan and the evictions before it."""
     layer, step = facts.layer, facts.step
     idx, cand_k, cand_v, ok = gather_candidates(plan, step.keys, step.values, layer.slot_keys, layer.slot_values)
-    e_query = (step.num_old + torch.arange(facts.q_len, device=ok.device) - facts.window + 1).clamp(0, plan.num_evicted)
+    e_query = step.num_old + torch.arange(facts.q_len, device=ok.device) - facts.window + 1
+    e_query = e_query.clamp(0, plan.num_evicted)  # evictions each query has seen
     vis = slot_visibility(plan, idx, ok, e_query).to(query.device)
     k, v = (step.keys, step.values) if facts.whole_sequence else (key, value)
     store = None if facts.whole_sequence else layer.sink_filled
@@ -416,8 +418,9 @@ def _slotted(spec, module, facts, plan, query, key, value, scaling, dropout):
     distance, inv_freq = spec.recall_geometry(query.shape[-1])
     cand_rpos = plan.rpos.gather(1, idx).to(query.device)
     dev = query.device
-    return slotted_attention(spec, module, query, k, v, facts.rpos_all.to(dev), facts.rpos_new.to(dev), step.num_old, facts.window, facts.sinks, cand_k, cand_v, cand_rpos, vis, distance,
-                             inv_freq, scaling, store=store, plans=plans), None
+    return slotted_attention(spec, module, query, k, v, facts.rpos_all.to(dev), facts.rpos_new.to(dev), step.num_old,
+                             facts.window, facts.sinks, cand_k, cand_v, cand_rpos, vis, distance, inv_freq, scaling,
+                             store=store, plans=plans), None
 
 
 def _memory_readout(spec, facts, query, inputs, gates_new):
@@ -469,7 +472,7 @@ def _cache_layer(spec, module, cache, key, value):
     layer = cache.layers[module.layer_idx]
     if not isinstance(layer, SinkWindowLayer) or layer.step is None:
         raise RuntimeError(f"layer {module.layer_idx}: the cache layer is {type(layer).__name__}, not an AHN layer.")
-    if layer.settings[:2] != (W, S) or (layer.num_recall_slots != G and spec.mode != MEMORY_ONLY):
+    if (layer.sliding_window, layer.num_sinks) != (W, S) or (layer.num_recall_slots != G and spec.mode != MEMORY_ONLY):
         raise ValueError(
             f"This cache was built for sliding_window={layer.sliding_window}, num_sinks={layer.num_sinks}, "
             f"num_recall_slots={layer.num_recall_slots} but the model now uses {W}, {S}, {G}: start a new cache "

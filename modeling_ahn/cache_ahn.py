@@ -103,11 +103,6 @@ class SinkWindowLayer(CacheLayerMixin):
         slots = f", num_recall_slots={self.num_recall_slots}" if self.num_recall_slots else ""
         return f"SinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window}{slots})"
 
-    @property
-    def settings(self) -> tuple[int, int, int]:
-        """``(sliding_window, num_sinks, num_recall_slots)`` this layer was built for."""
-        return self.sliding_window, self.num_sinks, self.num_recall_slots
-
     def lazy_initialization(self, key_states, value_states):
         B, Hkv, _, D = key_states.shape
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -193,10 +188,10 @@ class SinkWindowLayer(CacheLayerMixin):
         with recall slots, ``scores_new`` ``[B, q]`` the new tokens' raw scores and ``slots`` the slots after the
         step (``(keys, values, scores, rpos)``; ``None``: a steady step, which updates them here)."""
         step, self.step = self.step, None
-        if self.num_recall_slots:
-            self._end_scores(step, scores_new, slots)
         if step is None:
             raise RuntimeError("SinkWindowLayer.end_step without a step under way (update was not called)")
+        if self.num_recall_slots:
+            self._end_scores(step, scores_new, slots)
         if isinstance(step, SteadyStep):
             self._end_steady(step, gates_new)
         elif isinstance(step, StaticStep):

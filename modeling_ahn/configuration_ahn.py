@@ -57,7 +57,7 @@ def _is_int(x) -> bool:
 
 
 def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None, num_recall_slots=0,
-                      recall_span=DEFAULT_RECALL_SPAN) -> None:
+                      recall_span=DEFAULT_RECALL_SPAN, recall_head=False) -> None:
     """Raise a ``ValueError`` naming a bad window / sinks / chunk / recall-slot setting."""
     if not _is_int(sliding_window) or sliding_window < 1:
         raise ValueError(f"sliding_window must be an integer >= 1 (tokens attended exactly), got {sliding_window!r}.")
@@ -74,6 +74,11 @@ def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None, num_re
         raise ValueError(f"recall_span keeps {span[0]} tokens before a selected one, which needs a window of more than "
                          f"that (sliding_window={sliding_window}): a token's span score must be known when it leaves "
                          "the window. Use a smaller recall_span or a larger window.")
+    if num_recall_slots and not recall_head:
+        raise ValueError(
+            f"num_recall_slots={num_recall_slots} needs a trained retention classifier to choose the tokens it keeps, "
+            "and this adapter has none (recall_head=False). Train one with `ahn train-recall` (it adds "
+            "model.layers.{i}.ahn.recall to the adapter), or load an adapter that carries one.")
     if prefill_chunk_size is not None and (not _is_int(prefill_chunk_size) or prefill_chunk_size < 1):
         raise ValueError(f"prefill_chunk_size must be None or an integer >= 1, got {prefill_chunk_size!r}.")
 
@@ -158,17 +163,12 @@ class AhnConfig(PreTrainedConfig):
     def validate_ahn(self):
         """Raise a ``ValueError`` naming the bad setting and how to fix it."""
         validate_settings(self.sliding_window, self.num_sinks, self.prefill_chunk_size, self.num_recall_slots,
-                          self.recall_span)
+                          self.recall_span, self.recall_head)
         self.recall_span = [int(x) for x in self.recall_span]
         if self.recall_distance is not None and (not _is_int(self.recall_distance) or self.recall_distance < 0):
             raise ValueError("recall_distance must be None (the window's size), 0 (real positions) or an integer >= 1 "
                              "(tokens between a query and where its recall slots are seen), got "
                              f"{self.recall_distance!r}.")
-        if self.num_recall_slots and not self.recall_head:
-            raise ValueError(
-                f"num_recall_slots={self.num_recall_slots} needs a trained retention classifier to choose the tokens "
-                "it keeps, and this adapter has none (recall_head=False). Train one with `ahn train-recall` (it adds "
-                "model.layers.{i}.ahn.recall to the adapter), or load an adapter that carries one.")
         base = self.base_config
         if base is None:
             return

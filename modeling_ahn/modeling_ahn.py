@@ -419,10 +419,8 @@ class AhnPreTrainedModel(PreTrainedModel):
         window = config.sliding_window if sliding_window is None else sliding_window
         sinks = config.num_sinks if num_sinks is None else num_sinks
         slots = config.num_recall_slots if num_recall_slots is None else num_recall_slots
-        validate_settings(window, sinks, num_recall_slots=slots, recall_span=config.recall_span)
-        if slots and not config.recall_head:
-            raise ValueError(f"num_recall_slots={slots} needs a trained retention classifier and this adapter has none "
-                             "(recall_head=False): train one with `ahn train-recall`.")
+        validate_settings(window, sinks, num_recall_slots=slots, recall_span=config.recall_span,
+                          recall_head=config.recall_head)
         if mode is not None:
             _check_attention_mode(mode)
         specs = [get_layer_spec(layer.self_attn) for layer in self.model.layers]
