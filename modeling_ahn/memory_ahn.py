@@ -827,9 +827,15 @@ class AhnModule(nn.Module):
         super().__init__()
         self.fn = fn
         if recall_hidden_size:
-            self.recall = nn.Linear(recall_hidden_size, 1)
-            nn.init.zeros_(self.recall.weight)
-            nn.init.zeros_(self.recall.bias)
+            self.add_recall(recall_hidden_size)
+
+    def add_recall(self, hidden_size: int) -> nn.Linear:
+        """A zero retention classifier ``recall`` (to be trained or loaded), on the memory's device and dtype."""
+        ref = next(self.fn.parameters())
+        self.recall = nn.Linear(hidden_size, 1, device=ref.device, dtype=ref.dtype)
+        nn.init.zeros_(self.recall.weight)
+        nn.init.zeros_(self.recall.bias)
+        return self.recall
 
     @property
     def recall_head(self):

@@ -22,7 +22,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -383,11 +382,7 @@ class AhnPreTrainedModel(PreTrainedModel):
         hidden = self.config.base_config.hidden_size
         for i, module in self.ahn_modules().items():
             if module.recall_head is None:
-                ref = module.fn.o_proj.weight if hasattr(module.fn, "o_proj") else next(module.fn.parameters())
-                module.recall = nn.Linear(hidden, 1).to(device=ref.device, dtype=ref.dtype)
-                nn.init.zeros_(module.recall.weight)
-                nn.init.zeros_(module.recall.bias)
-                module.recall.requires_grad_(False)
+                module.add_recall(hidden).requires_grad_(False)
             if weights is not None:
                 w, b = weights[i]
                 with torch.no_grad():
