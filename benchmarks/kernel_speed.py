@@ -1,11 +1,12 @@
 """Speed of the pure-PyTorch memory kernels: the chunked (WY-form) delta rule against the per-token loop.
 
-    python benchmarks/kernel_speed.py [--tokens 8192] [--threads 1,2] [--chunk-sizes 16,32,64] [--segments 256,none]
+    python benchmarks/kernel_speed.py [--tokens 8192] [--threads 1,2] [--chunk-sizes 16,32,64]
+                                      [--segments 512,2048,none]
                                       [--out benchmarks/results/kernel_speed_cpu.json]
 
 Shapes are SmolLM2-135M's (9 heads of 64) unless told otherwise; GDN (gated delta rule), float32, batch 1.
 All kernels run the same inputs back to back, alternating, best of --repeats; their outputs are compared too.
-``chunk32/seg256``: chunks of 32 tokens, the chunk-parallel work 256 tokens at a time (the default);
+``chunk32/seg2048``: chunks of 32 tokens, the chunk-parallel work 2048 tokens at a time (the default);
 ``chunk32/segnone``: all chunks at once. Each thread count is a separate round (``t2/...``: two threads); the
 per-token loop is timed in every round, and each speed-up is against the loop at the same thread count.
 """
@@ -29,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=9)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--chunk-sizes", default="16,32,64")
-    ap.add_argument("--segments", default="256,512,none", help="tokens per segment; 'none': unsegmented")
+    ap.add_argument("--segments", default="512,2048,none", help="tokens per segment; 'none': unsegmented")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts, one round each")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "kernel_speed_cpu.json"))

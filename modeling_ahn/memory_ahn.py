@@ -80,6 +80,12 @@ def canonical_ahn_type(name: str) -> str:
     return _AHN_ALIASES[key]
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``: ``x`` itself when it already is (``x.to`` would still be an op of its own, and the
+    memory's calls are op-bound at decoding sizes)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     """``x / sqrt(sum(x^2) + eps)`` over the last dimension (the release's kernels' numerics), in float32 whatever
     ``x``'s dtype (the norm is accumulated in float32 without a float32 copy of ``x``)."""
@@ -136,16 +142,18 @@ def torch_step_rule(q, k, v, g, beta, state=None, scale=1.0, delta=True):
     ``[...]``, state ``[..., K, V]``; ``k``/``v`` may broadcast over query heads (GQA: ``[B, Hkv, 1, K]`` against
     ``q`` ``[B, Hkv, rep, K]``). Equal to ``torch_recurrent_rule`` on one token, with the state's two reads in one
     product: ``S' = e^g S + k u^T`` gives ``S'^T q = e^g S^T q + u (k . q)``. Returns ``(o [..., V], state)``."""
-    S = q.new_zeros(*q.shape, v.shape[-1]) if state is None else state.float()
+    S = q.new_zeros(*q.shape, v.shape[-1]) if state is None else _as(state, torch.float32)
     if g is not None:
-        S = S * g.exp()[..., None, None]
+        S = S * g.exp().view(*g.shape, 1, 1)
+    if scale != 1.0:
+        q = q * scale
     if delta:
         r = torch.stack([k.expand_as(q), q], dim=-2) @ S  # [..., 2, V]: S^T k and S^T q
         u, s_q = beta[..., None] * (v - r[..., 0, :]), r[..., 1, :]
     else:
         u, s_q = beta[..., None] * v, (q[..., None, :] @ S)[..., 0, :]
     S = torch.addcmul(S, k[..., :, None], u[..., None, :])
-    return (s_q + u * (k * q).sum(-1, keepdim=True)) * scale, S
+    return torch.addcmul(s_q, u, (k * q).sum(-1, keepdim=True)), S
 
 
 # Chunk length of the torch kernel. Measured on the 2-core CPU (one thread, SmolLM2's 9 heads of 64, 8k tokens):
@@ -153,7 +161,7 @@ def torch_step_rule(q, k, v, g, beta, state=None, scale=1.0, delta=True):
 TORCH_CHUNK_SIZE = 32
 # Tokens per segment: the chunk-parallel work runs one segment at a time (state carried across), so that its
 # [B, H, chunks, C, ...] intermediates stay cache-sized instead of growing with T (see benchmarks/kernel_speed.py).
-TORCH_SEGMENT = 512
+TORCH_SEGMENT = 2048
 
 
 def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=TORCH_CHUNK_SIZE,
@@ -178,7 +186,7 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
     if H % k.shape[2] or H % v.shape[2]:
         raise ValueError(f"{H} query heads cannot share {k.shape[2]} key / {v.shape[2]} value heads")
     S = q.new_zeros(BH, K, V, dtype=torch.float32) if initial_state is None else \
-        initial_state.float().reshape(BH, K, V)
+        _as(initial_state, torch.float32).reshape(BH, K, V)
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, g, S))
     md = torch.float32 if grad or matmul_dtype is None else matmul_dtype
     out = None if grad else torch.empty(BH, T, V, dtype=torch.float32, device=q.device)
@@ -190,11 +198,17 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
             continue
         n = (b_ - a) // c
 
-        def chunk_major(x, dtype=torch.float32):  # [B, T, h, ...] -> [n, B*H, c, ...], heads repeated to H, one copy
-            x = x[:, a:b_].unflatten(1, (n, c))  # [B, n, c, h, ...]
-            x = x.permute(1, 0, 3, 2, *range(4, x.dim()))  # [n, B, h, c, ...]
-            h, rest = x.shape[2], x.shape[4:]
-            x = x.unsqueeze(3).expand(n, B, h, H // h, c, *rest)
+        def chunk_major(x, dtype=torch.float32, a=a, b_=b_, n=n, c=c):  # [B, T, h, ...] -> [n, B*H, c, ...], heads
+            # repeated to H, one copy
+            h, rest = x.shape[2], x.shape[3:]
+            if grad:  # through differentiable views
+                x = x[:, a:b_].unflatten(1, (n, c))  # [B, n, c, h, ...]
+                x = x.permute(1, 0, 3, 2, *range(4, x.dim()))  # [n, B, h, c, ...]
+                x = x.unsqueeze(3).expand(n, B, h, H // h, c, *rest)
+            else:  # the same view in one op (a decoding-size call is op-bound)
+                sB, sT, sh, *srest = x.stride()
+                x = x.as_strided((n, B, h, H // h, c, *rest), (c * sT, sB, sh, 0, sT, *srest),
+                                 x.storage_offset() + a * sT)
             y = torch.empty(x.shape, dtype=dtype, device=x.device)
             return y.copy_(x).view(n, BH, c, *rest)  # (copy_ is differentiable)
 
@@ -204,16 +218,31 @@ def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True
         per = max(1, seg // c)  # chunks per segment
         for i0 in range(0, n, per):
             i1 = min(n, i0 + per)
-            o, S = _chunk_segment(cq[i0:i1], ck[i0:i1], cv[i0:i1], None if cg is None else cg[i0:i1], cb[i0:i1],
-                                  S, scale, delta, md)  # o: [i1 - i0, BH, c, V], chunk-major
+            part = (cq, ck, cv, cg, cb)
+            if i1 - i0 < n:  # (one segment: no slicing ops)
+                part = (x if x is None else x[i0:i1] for x in part)
+            o, S = _chunk_segment(*part, S, scale, delta, md)  # o: [i1 - i0, BH, c, V], chunk-major
             t0, t1 = a + i0 * c, a + i1 * c
             if out is None:
                 outs.append(o.transpose(0, 1).reshape(BH, t1 - t0, V))
             else:
-                out[:, t0:t1].view(BH, -1, c, V).copy_(o.transpose(0, 1))
+                (out if t1 - t0 == T else out[:, t0:t1]).view(BH, -1, c, V).copy_(o.transpose(0, 1))
     if out is None:
         out = torch.cat(outs, dim=1) if outs else q.new_zeros(BH, 0, V, dtype=torch.float32)
     return out.view(B, H, T, V).transpose(1, 2), S.view(B, H, K, V)
+
+
+_CHUNK_CONSTANTS: dict = {}
+
+
+def _chunk_constants(C: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk kernel's masks, made once per chunk length and device: causal ``[C, C]`` (bool, ``j <= i``) and
+    its complement."""
+    key = (C, str(device))
+    if key not in _CHUNK_CONSTANTS:
+        causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
+        _CHUNK_CONSTANTS[key] = (causal, ~causal)
+    return _CHUNK_CONSTANTS[key]
 
 
 def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
@@ -222,66 +251,84 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
     and ``beta`` are float32, ``q`` and, with the delta rule, ``v`` may be in ``md`` already).
 
     Inside a chunk of ``C`` steps with cumulative log-decay ``c_i = sum_{j<=i} g_j``:
-    ``U = T (beta*V - (beta*exp(c)*K) S0)`` with ``T = (I + A)^-1``,
+    ``U = T (beta*V - (beta*exp(c)*K) S0) = W_v - W_k S0`` with ``T = (I + A)^-1``,
     ``A_ij = beta_i exp(c_i - c_j) k_i.k_j`` for ``j < i`` (the WY form of the delta rule; ``U = beta*V``
     without the delta rule), then ``O = (Q*exp(c)) S0 + (QK^T * exp(c_i - c_j))_{j<=i} U`` and
-    ``S_C = exp(c_C) S0 + (K * exp(c_C - c))^T U``. Only the ``S`` recurrence runs chunk by chunk (two products
-    per chunk: ``U`` from ``S0``, then the next ``S``, both float32); everything else is computed for all chunks at
-    once, the outputs after the loop from the states it kept (the per-row factors ``beta``, ``exp(c)`` and the
-    read scale are applied to the ``C x C`` matrices or the products' rows, not to the ``C x D`` keys and values).
-    Returns ``(o [n, BH, C, V] fp32, state)``.
+    ``S_C = exp(c_C) S0 + E U`` with ``E = (K * exp(c_C - c))^T``. Only the ``S`` recurrence runs chunk by chunk
+    (three ops per chunk: ``U`` from ``S0``, the decay, then the next ``S``, all float32 and written in place into
+    two buffers); everything else is computed for all chunks of the segment at once, the outputs after the loop
+    from the states it kept. DeltaNet (``g is None``) skips every exponential. (The affine form ``S_C = M S0 + B``,
+    ``M = exp(c_C) I - E W_k``, needs one op per chunk but ~1.5x the products: measured 1.2x slower on an AVX2 CPU,
+    benchmarks/README.md, "Where the time goes".) Returns ``(o [n, BH, C, V] fp32, state)``.
     """
     n, BH, C, K = k.shape
+    V = v.shape[-1]
     low = md != torch.float32
-    qm, km, vm = (x.to(md) for x in (q, k, v)) if low else (q, k, v)
-    gc = g.cumsum(-1) if g is not None else torch.zeros_like(beta)  # [n, BH, C]
-    tril = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
-    decay = (gc[..., :, None] - gc[..., None, :]).masked_fill(~tril, float("-inf")).exp()  # exp(c_i - c_j), j <= i
-    egc = gc.exp()
+    qm, km, vm = (_as(x, md) for x in (q, k, v))
+    causal, future = _chunk_constants(C, k.device)
+    if g is not None:
+        gc = g.cumsum(-1)  # [n, BH, C]
+        col = gc[..., None]  # [n, BH, C, 1]
+        decay = (col - gc[..., None, :]).masked_fill_(future, float("-inf")).exp_()  # exp(c_i - c_j), j <= i
+        egc = col.exp()  # [n, BH, C, 1]
+        e_keys = k * (col[..., -1:, :] - col).exp_()  # E^T: the keys decayed to the chunk's end
+    else:  # DeltaNet: no decay
+        decay, egc, e_keys = causal.to(torch.float32), None, k
+    k_t = km.transpose(-1, -2)
     if delta:
-        A = ((km @ km.transpose(-1, -2)) * (decay * beta[..., :, None])).tril(-1)  # float32
-        eye = torch.eye(C, dtype=A.dtype, device=A.device)
-        # T = (I + A)^-1 once per chunk (a C x C right-hand side, cheaper than solving for [V | K] columns)
-        t_mat = torch.linalg.solve_triangular(A + eye, eye.expand_as(A), upper=False, unitriangular=True)
-        t_beta = t_mat * beta[..., None, :]  # T diag(beta)
-        w_value = (t_beta.to(md) @ vm).float()  # U = w_value - w_key @ S0
-        w_key = ((t_beta * egc[..., None, :]).to(md) @ km).float()
+        A = (km @ k_t) * (decay * beta[..., :, None] if g is not None else beta[..., :, None])
+        # T diag(beta) = (I + A)^-1 diag(beta), solved once per chunk (a C x C right-hand side, cheaper than solving
+        # for [V | K] columns); the solve reads only A's strict lower triangle (lower, unitriangular), so A needs no
+        # mask and no identity
+        t_beta = torch.linalg.solve_triangular(A, torch.diag_embed(beta), upper=False, unitriangular=True)
+        tb = _as(t_beta, md)
+        w_value = _as(tb @ vm, torch.float32)
+        w_key = _as((tb if egc is None else tb * _as(egc.transpose(-1, -2), md)) @ km, torch.float32)
     else:
         w_value = v * beta[..., None]
-    k_to_end = (k * (gc[..., -1:] - gc).exp()[..., None]).transpose(-1, -2)  # [n, BH, K, C]
-    chunk_decay = egc[..., -1][..., None, None]  # [n, BH, 1, 1]
-    # The loop carries only the state: U_i = w_value_i - w_key_i S_{i-1}, S_i = exp(c_C) S_{i-1} + k_to_end_i U_i. The
-    # chunk outputs need S_{i-1} and U_i, so they are computed after it, for all chunks in two batched products.
-    # One unbind per tensor, not x[i] per chunk: each indexing op's backward would materialise a zero tensor of the
-    # full shape, making the backward O(n^2) in the number of chunks.
-    wv_c, kend_c, decay_c = (x.unbind(0) for x in (w_value, k_to_end, chunk_decay))
+    kend = e_keys.transpose(-1, -2)
+    cdec = None if egc is None else egc[..., -1:, :]  # [n, BH, 1, 1]: the chunk's decay
+    # One unbind per tensor, not x[i] per chunk: fewer ops, and each indexing op's backward would materialise a zero
+    # tensor of the full shape (O(n^2) in the number of chunks).
+    wv_c, kend_c = w_value.unbind(0), kend.unbind(0)
     wk_c = w_key.unbind(0) if delta else None
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, beta, gc, S))
+    cd_c = None if cdec is None else cdec.unbind(0)
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, S, g))
     if grad:  # lists (out= has no backward)
         states, us = [S], []
         for i in range(n):
             u = wv_c[i] - torch.bmm(wk_c[i], states[-1]) if delta else wv_c[i]
             us.append(u)
-            states.append(torch.baddbmm(states[-1] * decay_c[i], kend_c[i], u))
+            s = states[-1] if cd_c is None else states[-1] * cd_c[i]
+            states.append(torch.baddbmm(s, kend_c[i], u))
         S_prev, U, S = torch.stack(states[:-1]), torch.stack(us), states[-1]
     else:  # states and updates written into two buffers, in place
-        S_all = S.new_empty(n + 1, *S.shape)
-        S_all[0] = S
+        # S_{i-1} of every chunk in one buffer (read by the outputs' batched product); the final state in a tensor of
+        # its own, so that the cache keeping it does not keep the buffer alive
+        S_prev = S.new_empty(n, *S.shape)
+        Sc = (*S_prev.unbind(0), S.new_empty(S.shape))
+        Sc[0].copy_(S)
         U = w_value if not delta else torch.empty_like(w_value)
+        Uc = U.unbind(0)
         for i in range(n):
             if delta:
-                torch.baddbmm(wv_c[i], wk_c[i], S_all[i], alpha=-1, out=U[i])
-            torch.mul(S_all[i], decay_c[i], out=S_all[i + 1]).baddbmm_(kend_c[i], U[i])
-        S_prev, S = S_all[:n], S_all[n]
-    # O_i = exp(c) scale * (Q_i S_{i-1}) + (Q_i K_i^T exp(c_i - c_j) scale)_{j<=i} U_i
-    qk = (qm @ km.transpose(-1, -2)) * (decay * scale)  # [n, BH, C, C] float32
-    o = (qm @ S_prev.to(md)) * (egc * scale)[..., None]  # [n, BH, C, V] float32
-    if grad:
-        return o + qk @ U, S
+                torch.baddbmm(wv_c[i], wk_c[i], Sc[i], alpha=-1, out=Uc[i])
+            if cd_c is None:
+                torch.baddbmm(Sc[i], kend_c[i], Uc[i], out=Sc[i + 1])
+            else:
+                torch.mul(Sc[i], cd_c[i], out=Sc[i + 1]).baddbmm_(kend_c[i], Uc[i])
+        S = Sc[n]
+    # O_i = (Q_i exp(c) scale) S_{i-1} + (Q_i K_i^T exp(c_i - c_j) scale)_{j<=i} U_i
+    if scale != 1.0:
+        qm = qm * scale
+    qk = (qm @ k_t).mul_(decay)  # [n, BH, C, C]
+    q_read = qm if egc is None else qm * _as(egc, md)
     if low:
-        return o.add_(qk.to(md) @ U.to(md)), S
-    o.flatten(0, 1).baddbmm_(qk.flatten(0, 1), U.flatten(0, 1))
-    return o, S
+        qk, U, S_prev = qk.to(md), U.to(md), S_prev.to(md)
+    if grad:
+        return q_read @ S_prev + qk @ U, S
+    o = torch.baddbmm((qk @ U).flatten(0, 1), q_read.flatten(0, 1), S_prev.flatten(0, 1))
+    return _as(o.view(n, BH, C, V), torch.float32), S
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,8 +569,8 @@ class PerHeadLinear(nn.Module):
         returned as a ``[..., H, E]`` view of the head-major result. ``row_scale`` ``[H, D]``: ``x * row_scale``
         times the weight, applied to the weight's rows (``D x D`` work instead of ``N x D``)."""
         H, D, E = self.weight.shape
-        w = self.weight if row_scale is None else self.weight * row_scale.to(self.weight.dtype)[..., None]
-        y = torch.bmm(x.to(w.dtype).reshape(-1, H, D).transpose(0, 1), w)
+        w = self.weight if row_scale is None else self.weight * _as(row_scale, self.weight.dtype)[..., None]
+        y = torch.bmm(_as(x, w.dtype).reshape(-1, H, D).transpose(0, 1), w)
         return y.transpose(0, 1).unflatten(0, x.shape[:-2])
 
 
@@ -620,7 +667,7 @@ class AhnMemory(nn.Module):
 
     @staticmethod
     def _proj(linear, x):
-        return linear(x.to(linear.weight.dtype)).float()
+        return _as(linear(_as(x, linear.weight.dtype)), torch.float32)
 
     def step(self, query, key, value, gates, x_read, state=None):
         """One decoding step: write one evicted token (``key``/``value`` ``[B, Hkv, D]``, ``gates`` ``[B, G, H]``;
@@ -634,16 +681,17 @@ class AhnMemory(nn.Module):
         if value.shape[1] < Hkv:  # keys projected per query head by ``write_keys``
             value = value.repeat_interleave(Hkv // value.shape[1], dim=1)
         # grouped by KV head (query head h reads KV head h // rep): keys/values broadcast, nothing is repeated
-        q = l2norm(query.float().view(B, Hkv, H // Hkv, D))
-        k, v = l2norm(key.float())[:, :, None], value.float()[:, :, None]
-        gates = gates.float()
+        f32 = torch.float32
+        q = l2norm(_as(query, f32).view(B, Hkv, H // Hkv, D))
+        k, v = l2norm(_as(key, f32))[:, :, None], _as(value, f32)[:, :, None]
+        gates = _as(gates, f32)
         decay = self.log_decay(gates)
         g = None if decay is None else decay.view(B, Hkv, H // Hkv)
         beta = gates[:, 0].view(B, Hkv, H // Hkv)  # beta (GDN, DN) or dt (Mamba2)
         S = None if state is None else state.view(B, Hkv, H // Hkv, D, state.shape[-1])
         with _fp32(q):
             o, S = self._step(q, k, v, g, beta, S)
-        return self._readout(o.reshape(B, 1, H, -1), x_read).to(query.dtype), S.reshape(B, H, D, -1)
+        return _as(self._readout(o.reshape(B, 1, H, -1), x_read), query.dtype), S.reshape(B, H, D, -1)
 
     def _prepare(self, query, keys, values):
         """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> the kernels' ``[B,T,·,D]`` views, the query and the
@@ -662,13 +710,11 @@ class _DeltaRuleMemory(AhnMemory):
 
     def forward(self, query, keys, values, gates, valid, x_read, state=None):
         q, k, v = self._prepare(query, keys, values)
-        valid = valid.to(torch.float32)[..., None]
-        beta = gates[..., 0, :] * valid
-        g = self.log_decay(gates)
-        g = None if g is None else g * valid
+        gates = gates * valid.to(torch.float32).view(*valid.shape, 1, 1)  # an invalid token: beta = g = 0
+        beta, g = gates[..., 0, :], self.log_decay(gates)
         o, state = delta_rule(q, k, v, g, beta, state, 1.0 / math.sqrt(self.head_dim), self.ahn_type,
                               product_dtype(query))
-        return self._readout(o, x_read).to(query.dtype), state
+        return _as(self._readout(o, x_read), query.dtype), state
 
     def _step(self, q, k, v, g, beta, state):
         return torch_step_rule(q, k, v, g, beta, state, 1.0 / math.sqrt(self.head_dim))
@@ -678,7 +724,7 @@ class _DeltaRuleMemory(AhnMemory):
         the norm's weight folded into ``o_proj``'s rows (one pass over ``o``)."""
         gate = F.silu(self._proj(self.g_proj, x_read))[..., None]  # one scalar per head
         rows = rms_factor(o, self.o_norm.eps) * gate
-        return self.o_proj(o * rows, self.o_norm.weight.float().expand(self.num_heads, -1))
+        return self.o_proj(o * rows, _as(self.o_norm.weight, torch.float32).expand(self.num_heads, -1))
 
 
 class GatedDeltaNet(_DeltaRuleMemory):
@@ -712,9 +758,10 @@ class GatedDeltaNet(_DeltaRuleMemory):
 
     def write_gates(self, x):
         H = self.num_heads
-        ba = F.linear(x.to(self.b_proj.weight.dtype), torch.cat([self.b_proj.weight, self.a_proj.weight])).float()
+        f32 = torch.float32
+        ba = _as(F.linear(_as(x, self.b_proj.weight.dtype), torch.cat([self.b_proj.weight, self.a_proj.weight])), f32)
         beta = torch.sigmoid(ba[..., :H])  # b_proj and a_proj in one product
-        g = -self.A_log.float().exp() * F.softplus(ba[..., H:] + self.dt_bias.float())
+        g = -_as(self.A_log, f32).exp() * F.softplus(ba[..., H:] + _as(self.dt_bias, f32))
         return torch.stack([beta, g], dim=-2)
 
     def log_decay(self, gates):
@@ -781,7 +828,7 @@ class Mamba2(AhnMemory):
         q, k, v = self._prepare(query, keys, values)
         dt = gates[..., 0, :] * valid.to(torch.float32)[..., None]
         o, state = ssd_rule(q, k, v, dt, -self.A_log.float().exp(), state, product_dtype(query))
-        return self._readout(o, x_read).to(query.dtype), state
+        return _as(self._readout(o, x_read), query.dtype), state
 
     def _step(self, q, k, v, g, beta, state):
         return torch_step_rule(q, k, v, g, beta, state, 1.0, delta=False)

@@ -251,6 +251,25 @@ def _check_cache_batch(cache, batch: int) -> None:
                              f"input has {batch}: start a new cache (model.new_cache()) for another batch size.")
 
 
+def _check_memory_finite(output: torch.Tensor, cache) -> None:
+    """Refuse to hand back an output computed from a memory state that holds NaN or Inf, naming the AHN layer(s).
+
+    Cheap, once per call: one check of the last position of ``output`` (a non-finite state reaches every later
+    output); only when that is not finite are the layers' states read. A non-finite output with finite states is
+    the base's own (e.g. a float16 overflow) and passes as it would without AHN. Skipped while compiling."""
+    if not isinstance(cache, Cache) or output.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if bool(torch.isfinite(output[:, -1]).all()):
+        return
+    bad = [i for i, layer in enumerate(cache.layers) if isinstance(layer, SinkWindowLayer)
+           and layer.recurrent_state is not None and not bool(torch.isfinite(layer.recurrent_state).all())]
+    if bad:
+        raise FloatingPointError(
+            f"the AHN memory state of layer(s) {bad} holds NaN or Inf (first: layer {bad[0]}), so this output is not "
+            "finite: an input or a memory parameter that is not finite, or an overflow in float16/bfloat16 (try "
+            "float32 for the memory: ahn_dtype=torch.float32). The cache cannot be used further; start a new one.")
+
+
 def _check_attention_mode(mode) -> None:
     if mode not in ATTENTION_MODES:
         raise ValueError(f"attention mode must be 'ahn', 'swa' or 'full', got {mode!r}")
@@ -788,9 +807,11 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
             input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, cache)
         kwargs = self._check_kwargs(kwargs, chunked)
         if not chunked:
-            return self.base_causal_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                       inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
-                                       logits_to_keep=logits_to_keep, **{CACHE_KWARG: past_key_values}, **kwargs)
+            out = self.base_causal_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                      inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                                      logits_to_keep=logits_to_keep, **{CACHE_KWARG: past_key_values}, **kwargs)
+            _check_memory_finite(out.logits, past_key_values)
+            return out
         # Chunked prefill: the cache never holds more than sinks + window; only the logits asked for
         # (the last `logits_to_keep`; all when 0, a tensor of indices, or with labels) are computed.
         keep_all = labels is not None or not isinstance(logits_to_keep, int) or logits_to_keep == 0
@@ -812,6 +833,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.base_causal_lm.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
+        _check_memory_finite(logits, past_key_values)
         output = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KWARG: past_key_values})
         return self._chunked_output(output, hidden, return_dict)
 
@@ -843,14 +865,17 @@ class AhnModel(AhnPreTrainedModel):
             input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, cache)
         kwargs = self._check_kwargs(kwargs, chunked)
         if not chunked:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: past_key_values},
-                              **kwargs)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_KWARG: past_key_values},
+                             **kwargs)
+            _check_memory_finite(out[0], past_key_values)
+            return out
         return_dict = kwargs.pop("return_dict", None)
         outs = [self.model(**part, **kwargs) for _, _, part in self._chunks(input_ids, inputs_embeds, attention_mask,
                                                                            position_ids, past_key_values, past)]
         output = BaseModelOutputWithPast(last_hidden_state=torch.cat([o.last_hidden_state for o in outs], 1),
                                          **{CACHE_KWARG: past_key_values})
+        _check_memory_finite(output.last_hidden_state, past_key_values)
         return self._chunked_output(output, [o.hidden_states for o in outs if o.hidden_states is not None],
                                     return_dict)
 

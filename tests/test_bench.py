@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import types
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from modeling_ahn.benchmarking.bench import parse_length, run, table
 from modeling_ahn.cli import main as cli_main
+from modeling_ahn.memory_ahn import TORCH_CHUNK_SIZE, TORCH_SEGMENT
 
 
 def _bench_script(name):
@@ -97,18 +99,20 @@ def test_roofline_fraction_from_bench_rows(tmp_path):
 def test_kernel_speed_times_every_variant_per_thread_count_and_feeds_the_targets(tmp_path):
     out = tmp_path / "k.json"
     _bench_script("kernel_speed").main(["--tokens", "100", "--heads", "2", "--head-dim", "8", "--threads", "1,2",
-                                        "--chunk-sizes", "8,32", "--segments", "32,512,none", "--repeats", "1",
-                                        "--out", str(out)])
+                                        "--chunk-sizes", f"8,{TORCH_CHUNK_SIZE}", "--segments",
+                                        f"32,{TORCH_SEGMENT},none", "--repeats", "1", "--out", str(out)])
     res = json.loads(out.read_text())
-    variants = {f"t{t}/chunk{c}/seg{s}" for t in (1, 2) for c in (8, 32) for s in (32, 512, "none")}
+    variants = {f"t{t}/chunk{c}/seg{s}" for t in (1, 2) for c in (8, TORCH_CHUNK_SIZE)
+                for s in (32, TORCH_SEGMENT, "none")}
     assert set(res["speedup_vs_recurrent"]) == variants
     assert set(res["seconds"]) == set(res["speedup_vs_recurrent"]) | {"t1/recurrent", "t2/recurrent"}
     assert max(res["max_abs_diff_vs_recurrent"].values()) < 1e-5
     # the targets report the default configuration (what the model runs) at each thread count, not the best variant
     rows = [r for r in _bench_script("perf_targets").targets({"rows": []}, res) if "kernel" in r["target"]]
-    assert [r["measured"] for r in rows] == pytest.approx([res["speedup_vs_recurrent"]["t1/chunk32/seg512"],
-                                                           res["speedup_vs_recurrent"]["t2/chunk32/seg512"]])
-    assert all("chunk32/seg512" in r["target"] for r in rows)
+    default = f"chunk{TORCH_CHUNK_SIZE}/seg{TORCH_SEGMENT}"
+    assert [r["measured"] for r in rows] == pytest.approx([res["speedup_vs_recurrent"][f"t1/{default}"],
+                                                           res["speedup_vs_recurrent"][f"t2/{default}"]])
+    assert all(default in r["target"] for r in rows)
 
 
 def test_memory_span_window_equivalent_interpolates_log_linearly():
@@ -250,3 +254,28 @@ def test_machine_info_records_the_cpu_features_that_decide_speed():
     cpuinfo = Path("/proc/cpuinfo")
     if platform.machine() == "x86_64" and cpuinfo.exists() and " avx2" in cpuinfo.read_text():
         assert "avx2" in info["cpu_features"]
+
+
+def test_stream_soak_checks_bounded_memory_finiteness_and_restarts(tmp_path, monkeypatch):
+    """benchmarks/stream_memory.py (the soak of issue 35, here on its tiny model): constant cache, finite states and
+    logits, and restart checks that compare a copied cache with the running one -- which fail when they differ."""
+    stream = _bench_script("stream_memory")
+    out = tmp_path / "soak.json"
+    args = ["--tokens", "3000", "--window", "64", "--sinks", "4", "--chunk", "256", "--checkpoints", "1000",
+            "--restart-every", "1200", "--json", str(out)]
+    assert stream.main(args) == 0
+    res = json.loads(out.read_text())
+    assert res["cache_bounded"] and res["finite"] and res["restarts_equal"] and len(res["restarts"]) == 2
+    assert [r["tokens"] for r in res["rows"]] == [1008, 2008, 3008] and res["machine"]["cpu_features"] is not None
+
+    real_copy = stream.copy.deepcopy
+
+    def perturbed(cache):  # a "restart" that lost something: the check must say so
+        fresh = real_copy(cache)
+        layer = next(x for x in fresh.layers if x.recurrent_state is not None)
+        layer.recurrent_state = layer.recurrent_state + 1e-3
+        return fresh
+
+    monkeypatch.setattr(stream, "copy", types.SimpleNamespace(deepcopy=perturbed))
+    assert stream.main(args) == 1
+    assert not json.loads(out.read_text())["restarts_equal"]

@@ -130,3 +130,30 @@ def test_inputs_the_base_would_fail_on_cryptically_are_refused_with_the_reason()
         with pytest.raises(ValueError, match="this cache holds 1 rows .* but the input has 2"):
             model(torch.randint(3, 100, (2, 1)), past_key_values=cache)
         model(ids[:, :1], past_key_values=cache)  # the cache is unharmed by the refusals
+
+
+@pytest.mark.parametrize("ahn_type", ["gdn", "dn", "mamba2"])
+def test_a_memory_state_that_is_not_finite_is_named_with_its_layer(ahn_type):
+    """NaN reaching one layer's memory (through a write gate, or in the state itself) is refused with the layer
+    named: the whole-sequence and the chunked prefill, a decoding step, and AhnModel; a finite model passes."""
+    from modeling_ahn import AhnModel
+
+    model = make_ahn(ahn_type=ahn_type)
+    ids = torch.randint(3, 100, (1, 12))
+    with torch.no_grad():
+        cache = model.new_cache()
+        model(ids, past_key_values=cache)
+        model(ids[:, :1], past_key_values=cache)  # finite: no error
+        cache.layers[1].recurrent_state[0, 0, 0, 0] = float("nan")
+        with pytest.raises(FloatingPointError, match=r"memory state of layer\(s\) \[1\] holds NaN or Inf"):
+            model(ids[:, :1], past_key_values=cache)  # a decoding step
+        memory = model.ahn_modules()[1].fn
+        (memory.dt_proj if ahn_type == "mamba2" else memory.b_proj).weight[0, 0] = float("nan")
+        for chunk in (None, 4):
+            model.config.prefill_chunk_size = chunk
+            with pytest.raises(FloatingPointError, match="first: layer 1"):
+                model(ids, past_key_values=model.new_cache())
+        decoder = AhnModel(model.config)
+        decoder.load_state_dict(model.state_dict(), strict=False)
+        with pytest.raises(FloatingPointError, match=r"layer\(s\) \[1\]"):
+            decoder(ids, past_key_values=decoder.new_cache())

@@ -65,8 +65,9 @@ def _sliding(cfg, window):
     return cfg
 
 
-def _random_base(shape: str, dtype, window=None):
-    """Same-shape random stand-ins (no download): 'smollm2' (135M) or 'qwen2.5-3b'."""
+def _random_base(shape: str, dtype, window=None, layers=None):
+    """Same-shape random stand-ins (no download): 'smollm2' (135M) or 'qwen2.5-3b'; ``layers``: only that many
+    decoder layers."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -83,13 +84,13 @@ def _random_base(shape: str, dtype, window=None):
     if shape not in shapes:
         raise ValueError(f"unknown random shape {shape!r}; known: {sorted(shapes)}")
     torch.manual_seed(0)
-    cfg = Qwen2Config(**shapes[shape])
+    cfg = Qwen2Config(**{**shapes[shape], **({"num_hidden_layers": layers} if layers else {})})
     if window is not None:
         cfg = _sliding(cfg, window)
     return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 
 
-def _load(method: str, base: str, window: int, sinks: int, dtype, device):
+def _load(method: str, base: str, window: int, sinks: int, dtype, device, layers=None):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -97,7 +98,7 @@ def _load(method: str, base: str, window: int, sinks: int, dtype, device):
 
     def base_model(sliding=False):
         if base.startswith("random:"):
-            return _random_base(base.split(":", 1)[1], dtype, window if sliding else None)
+            return _random_base(base.split(":", 1)[1], dtype, window if sliding else None, layers)
         if sliding:
             from transformers import AutoConfig
 

@@ -172,6 +172,8 @@ def cmd_bench(args) -> int:
 
         base = str(default_base_dir("qwen2")) if is_fetched("qwen2") else "random:smollm2"
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    if args.profile:
+        return _bench_profile(args, base, device)
     res = run(base, [parse_length(x) for x in args.lengths.split(",")], args.methods.split(","), args.window,
               args.sinks, args.chunk, args.decode, args.dtype, device, args.out,
               max_full=parse_length(args.max_full_length) if args.max_full_length else None,
@@ -179,6 +181,31 @@ def cmd_bench(args) -> int:
               reference_length=parse_length(args.overhead_reference))
     print(table(res))
     print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png")
+    return 0
+
+
+def _bench_profile(args, base: str, device: str) -> int:
+    import json
+    from pathlib import Path
+
+    from ..benchmarking.bench import parse_length
+    from ..benchmarking.breakdown import profile_model, table
+
+    methods = [m for m in args.methods.split(",") if m.startswith("ahn_")] or ["ahn_gdn"]
+    results = []
+    for length in (parse_length(x) for x in args.lengths.split(",")):
+        for method in methods:
+            res = profile_model(base, length, args.dtype, args.window, args.sinks, args.chunk, args.decode,
+                                args.layers, device, args.repeats, method=method)
+            results.append(res)
+            print(f"\n{method} at {length:,} tokens, {res['settings']['dtype']}, {res['machine']['cpu']} "
+                  f"({', '.join(res['machine']['cpu_features']) or 'no vector features read'}), per layer and "
+                  f"2,048 tokens (prefill) or step (decode):")
+            print(table(res))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
@@ -312,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "and decode latency / full attention's at this length (measured in the same run)")
     p.add_argument("--out", default="benchmarks/results/bench.json")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--profile", action="store_true", help="instead of the grid: where AHN's time goes (memory, "
+                   "attention, linear layers, other), time and op counts per layer and 2,048 tokens, against the "
+                   "same model with its memory off, for each length and ahn_* method (one process)")
+    p.add_argument("--layers", type=int, default=None, help="--profile on a random base: keep this many layers")
+    p.add_argument("--repeats", type=int, default=2, help="--profile: timed runs per mode (the best is kept)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="lm-eval tasks for AHN vs its base with full attention vs sinks+SWA, by length",
