@@ -90,7 +90,8 @@ def _random_base(shape: str, dtype, window=None, layers=None):
     return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 
 
-def _load(method: str, base: str, window: int, sinks: int, dtype, device, layers=None):
+def load_method(method: str, base: str, window: int, sinks: int, dtype, device, layers=None):
+    """The model of one `ahn bench` method and the attention mode it runs in (`None`: a plain base)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -148,7 +149,7 @@ def worker(method, base, length, window, sinks, chunk, decode, dtype_name, devic
     device = torch.device(device_name)
     dtype = resolve_dtype(dtype_name, device)
     torch.manual_seed(0)
-    model, mode = _load(method, base, window, sinks, dtype, device)
+    model, mode = load_method(method, base, window, sinks, dtype, device)
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(3, vocab, (1, length), device=device)
     ctx = model.attention_mode(mode) if mode else contextlib.nullcontext()

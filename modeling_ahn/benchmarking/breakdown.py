@@ -145,13 +145,13 @@ def profile_model(base: str = "random:smollm2", length: int = 16384, dtype: str 
     import torch
 
     from ..modeling_ahn import CACHE_KWARG
-    from .bench import _load, machine_info
+    from .bench import load_method, machine_info
     from .devices import dtype_name, resolve_dtype
 
     dev = torch.device(device)
     dt = resolve_dtype(dtype, dev)
     torch.manual_seed(0)
-    model, _ = _load(method, base, window, sinks, dt, dev, layers=layers)
+    model, _ = load_method(method, base, window, sinks, dt, dev, layers=layers)
     n_layers = len(model.ahn_modules())
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(3, vocab, (1, length + decode), device=dev)
