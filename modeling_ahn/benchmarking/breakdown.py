@@ -15,7 +15,8 @@ boundaries). Op counts are ATen operators as dispatched (``TorchDispatchMode``: 
 included, an operator's own internal calls not counted), a machine-independent measure of the Python-level
 overhead; ``profiler_events`` is torch.profiler's count of every ATen event (internal calls included, as
 issue 38's figures were taken). Everything is reported per layer and per 2,048 tokens (prefill) or per layer and
-per step (decode). Not part of the remote-code payload.
+per step (decode; the two modes alternate step by step on their own caches, the median step is reported and the
+regions' times are means). Not part of the remote-code payload.
 """
 
 from __future__ import annotations
@@ -164,47 +165,53 @@ def profile_model(base: str = "random:smollm2", length: int = 16384, dtype: str 
             model(input_ids=ids[:, s: s + chunk], **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
         return cache
 
-    def steps(cache):
-        for i in range(decode):
-            model(input_ids=ids[:, length + i: length + i + 1], **{CACHE_KWARG: cache}, use_cache=True)
+    def step(cache, i):
+        model(input_ids=ids[:, length + i: length + i + 1], **{CACHE_KWARG: cache}, use_cache=True)
 
     prefill_units = n_layers * length / PER_TOKENS
     step_units = n_layers * max(decode, 1)
+    modes = ("ahn", "swa")
     result = {}
     with torch.inference_mode():
-        timed = {m: [] for m in ("ahn", "swa")}
+        timed, caches = {m: [] for m in modes}, {}
         for _ in range(repeats):  # the two modes alternate, so that drift affects them alike
-            for mode in ("ahn", "swa"):
+            for mode in modes:
                 with model.attention_mode(mode):
                     tracker.start()
                     t0 = time.perf_counter()
-                    cache = prefill()
+                    caches[mode] = prefill()
                     tracker.stop()
-                    wall = time.perf_counter() - t0
-                    pre = dict(tracker.time)
+                    timed[mode].append((time.perf_counter() - t0, dict(tracker.time)))
+        # decoding: the modes alternate step by step, each on its own cache; a step's time is the median step's
+        step_s, step_regions = {m: [] for m in modes}, {m: collections.Counter() for m in modes}
+        for i in range(decode):
+            for mode in modes:
+                with model.attention_mode(mode):
                     tracker.start()
                     t1 = time.perf_counter()
-                    steps(cache)
+                    step(caches[mode], i)
                     tracker.stop()
-                    timed[mode].append((wall, pre, time.perf_counter() - t1, dict(tracker.time)))
-        for mode in ("ahn", "swa"):
-            best = min(timed[mode], key=lambda r: r[0])
-            best_dec = min(timed[mode], key=lambda r: r[2])
+                    step_s[mode].append(time.perf_counter() - t1)
+                    step_regions[mode].update(tracker.time)
+        for mode in modes:
+            wall, regions = min(timed[mode], key=lambda r: r[0])
             with model.attention_mode(mode):
                 with tracker.counting_ops():
                     tracker.start()
                     cache = prefill()
                     pre_ops = dict(tracker.ops)
                     tracker.start()
-                    steps(cache)
+                    for i in range(decode):
+                        step(cache, i)
                     dec_ops = dict(tracker.ops)
                 events = _profiler_events(prefill) if profiler else None
+            steps = sorted(step_s[mode])
             result[mode] = dict(
-                prefill_s=best[0],
-                prefill=dict(ms={r: 1000 * best[1].get(r, 0.0) / prefill_units for r in REGIONS},
+                prefill_s=wall,
+                prefill=dict(ms={r: 1000 * regions.get(r, 0.0) / prefill_units for r in REGIONS},
                              ops={r: pre_ops.get(r, 0) / prefill_units for r in REGIONS}),
-                decode_ms_per_step=1000 * best_dec[2] / max(decode, 1),
-                decode=dict(ms={r: 1000 * best_dec[3].get(r, 0.0) / step_units for r in REGIONS},
+                decode_ms_per_step=1000 * steps[len(steps) // 2] if steps else None,
+                decode=dict(ms={r: 1000 * step_regions[mode].get(r, 0.0) / step_units for r in REGIONS},
                             ops={r: dec_ops.get(r, 0) / step_units for r in REGIONS}),
                 profiler_events=events)
     tracker.remove()
