@@ -173,26 +173,34 @@ def main(argv=None):
                        peak_rss_mib=round(peak_rss_mib(), 1), finite=logits_finite and finite_states(cache),
                        elapsed_s=round(time.perf_counter() - t0, 1))
             rows.append(row)
+            if args.json:  # written at every checkpoint: a long soak that is stopped keeps what it measured
+                write_json(args, rows, restarts, cfg.sliding_window, complete=target == checkpoints[-1])
             print(f"{row['tokens']:>9} {row['cache_bytes'] / 1024:>10.1f} {row['window_stored']:>7} "
                   f"{row['sinks_stored']:>6} {row['rss_mib']:>8.1f} {row['peak_rss_mib']:>9.1f} "
                   f"{str(row['finite']):>7} {row['elapsed_s']:>10.1f}", flush=True)
 
-    ratio = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
-    bounded = len({r["cache_bytes"] for r in rows}) == 1 and all(r["window_stored"] == cfg.sliding_window
-                                                                  for r in rows)
-    finite = all(r["finite"] for r in rows)
-    restarts_equal = all(r["equal"] for r in restarts)
-    print(f"peak RSS {rows[-1]['tokens']:,} / {rows[0]['tokens']:,} tokens: {ratio:.3f}x (target <= "
-          f"{args.rss_target}x); cache constant at sinks + window: {bounded}; finite throughout: {finite}; "
-          f"restart checks equal: {restarts_equal} ({len(restarts)})")
-    if args.json:
-        from modeling_ahn.benchmarking.bench import machine_info
+    res = summary(args, rows, restarts, cfg.sliding_window)
+    print(f"peak RSS {rows[-1]['tokens']:,} / {rows[0]['tokens']:,} tokens: {res['rss_ratio']:.3f}x (target <= "
+          f"{args.rss_target}x); cache constant at sinks + window: {res['cache_bounded']}; finite throughout: "
+          f"{res['finite']}; restart checks equal: {res['restarts_equal']} ({len(restarts)})")
+    ok = res["rss_ratio"] <= args.rss_target and res["cache_bounded"] and res["finite"] and res["restarts_equal"]
+    return 0 if ok else 1
 
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), rows=rows, restarts=restarts, rss_ratio=ratio, cache_bounded=bounded,
-                           finite=finite, restarts_equal=restarts_equal, machine=machine_info("cpu"),
-                           python=sys.version.split()[0]), f, indent=2)
-    return 0 if ratio <= args.rss_target and bounded and finite and restarts_equal else 1
+
+def summary(args, rows, restarts, window) -> dict:
+    return dict(rss_ratio=rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"],
+                cache_bounded=len({r["cache_bytes"] for r in rows}) == 1 and all(r["window_stored"] == window
+                                                                                for r in rows),
+                finite=all(r["finite"] for r in rows), restarts_equal=all(r["equal"] for r in restarts))
+
+
+def write_json(args, rows, restarts, window: int, complete: bool) -> None:
+    from modeling_ahn.benchmarking.bench import machine_info
+
+    with open(args.json, "w") as f:
+        json.dump(dict(args=vars(args), complete=complete, rows=rows, restarts=restarts,
+                       **summary(args, rows, restarts, window), machine=machine_info("cpu"),
+                       python=sys.version.split()[0]), f, indent=2)
 
 
 if __name__ == "__main__":
