@@ -474,7 +474,9 @@ def fresh_window_attention(spec, module, query, keys, values, qpos, W, S, scalin
     mask); each later query sees the first ``S`` keys (the sinks) and the ``W`` keys ending at itself, exactly what
     ``strided_band_attention`` computes. Returns ``[B, L, H, D]``."""
     L = query.shape[2]
-    c0 = min(L, W + S - 1)
+    c0 = min(L, W + S - 1)  # 0 for W = 1 without sinks: every query sees itself only, all of them in the band
+    if c0 == 0:
+        return strided_band_attention(spec, query, keys, values, keys[:, :, :S], values[:, :, :S], qpos, 0, W, scaling)
     head, _ = sdpa_attention_forward(module, query[:, :, :c0], keys[:, :, :c0], values[:, :, :c0], None,
                                      dropout=dropout, scaling=scaling, is_causal=True)
     if c0 == L:
