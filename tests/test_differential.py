@@ -46,7 +46,7 @@ class Case:
     pad: int
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(arch: str, ahn_type: str):
     """One model per base and memory (``W`` and ``S`` are set per case through ``runtime``)."""
     return make_ahn(arch, ahn_type, sliding_window=4, num_sinks=1)
