@@ -251,6 +251,36 @@ def _check_cache_batch(cache, batch: int) -> None:
                              f"input has {batch}: start a new cache (model.new_cache()) for another batch size.")
 
 
+def _model_signature(config: AhnConfig) -> tuple:
+    """What a filled cache depends on besides its window and sinks: the base's architecture and shapes and the
+    memory type."""
+    base = config.base_config
+    return (base.model_type, config.ahn_type, base.num_hidden_layers, base.hidden_size, base.num_attention_heads,
+            getattr(base, "num_key_value_heads", None) or base.num_attention_heads, head_dim_of(base))
+
+
+def _describe_signature(sig: tuple) -> str:
+    model_type, ahn_type, layers, hidden, heads, kv_heads, head_dim = sig
+    return (f"{model_type} base, {layers} layers, hidden {hidden}, {heads} heads / {kv_heads} KV heads of {head_dim}, "
+            f"memory {ahn_type}")
+
+
+def _bind_cache(cache, config: AhnConfig) -> None:
+    """An AhnCache belongs to the model that first fills it: an empty cache is bound to this model (its
+    signature, ``_model_signature``), a filled one is refused by another. A model of the same architecture and
+    memory with other weights cannot be told apart here: reuse a cache only with the model that filled it."""
+    if not isinstance(cache, AhnCache):
+        return
+    sig = _model_signature(config)
+    held = getattr(cache, "model_signature", None)
+    if held is None or cache.get_seq_length() == 0:
+        cache.model_signature = sig
+    elif held != sig:
+        raise ValueError(f"this cache was filled by another model ({_describe_signature(held)}), not by this one "
+                         f"({_describe_signature(sig)}): a cache holds one model's windows and memory states. Start a "
+                         "new cache (model.new_cache()).")
+
+
 def _check_memory_finite(output: torch.Tensor, cache) -> None:
     """Refuse to hand back an output computed from a memory state that holds NaN or Inf, naming the AHN layer(s).
 
@@ -483,6 +513,7 @@ class AhnPreTrainedModel(PreTrainedModel):
         _check_tokens(input_ids, inputs_embeds)
         seq = tokens.shape[1]
         _check_cache_batch(past_key_values, tokens.shape[0])
+        _bind_cache(past_key_values, self.config)
         if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] != seq:
             raise ValueError(f"position_ids has {position_ids.shape[-1]} positions per row; expected {seq}, one per "
                              "new token.")

@@ -157,3 +157,20 @@ def test_a_memory_state_that_is_not_finite_is_named_with_its_layer(ahn_type):
         decoder.load_state_dict(model.state_dict(), strict=False)
         with pytest.raises(FloatingPointError, match=r"layer\(s\) \[1\]"):
             decoder(ids, past_key_values=decoder.new_cache())
+
+
+def test_a_cache_filled_by_another_model_is_refused():
+    """Another base, KV layout or memory type: named, where the shapes gave a concatenation error (or nothing at all,
+    for a Qwen3 with the Qwen2's shapes). The same model, or a cache emptied by reset(), goes on."""
+    model = make_ahn("qwen2", "gdn")
+    ids = torch.randint(3, 100, (1, 12))
+    with torch.no_grad():
+        for other, names in ((make_ahn("llama", "gdn"), "1 KV heads"), (make_ahn("qwen2", "mamba2"), "memory mamba2"),
+                             (make_ahn("qwen3", "gdn"), "qwen3 base")):
+            cache = model.new_cache()
+            model(ids, past_key_values=cache)
+            with pytest.raises(ValueError, match=f"filled by another model .*not by this one .*{names}"):
+                other(ids[:, :1], past_key_values=cache)
+            model(ids[:, :1], past_key_values=cache)  # its own model goes on
+            cache.reset()
+            other(ids[:, :1], past_key_values=cache)  # emptied: the other model may take it
