@@ -259,7 +259,7 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
     two buffers); everything else is computed for all chunks of the segment at once, the outputs after the loop
     from the states it kept. DeltaNet (``g is None``) skips every exponential. (The affine form ``S_C = M S0 + B``,
     ``M = exp(c_C) I - E W_k``, needs one op per chunk but ~1.5x the products: measured 1.2x slower on an AVX2 CPU,
-    benchmarks/README.md, "Where the time goes".) Returns ``(o [n, BH, C, V] fp32, state)``.
+    benchmarks/README.md, "Where the time goes".) Returns ``(o [n, BH, C, V], state)``, ``o`` in ``md``.
     """
     n, BH, C, K = k.shape
     V = v.shape[-1]
@@ -323,12 +323,12 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
         qm = qm * scale
     qk = (qm @ k_t).mul_(decay)  # [n, BH, C, C]
     q_read = qm if egc is None else qm * _as(egc, md)
-    if low:
-        qk, U, S_prev = qk.to(md), U.to(md), S_prev.to(md)
+    if low:  # (qk is in md already: the product's own dtype, scaled in place)
+        qk, U, S_prev = _as(qk, md), U.to(md), S_prev.to(md)
     if grad:
         return q_read @ S_prev + qk @ U, S
     o = torch.baddbmm((qk @ U).flatten(0, 1), q_read.flatten(0, 1), S_prev.flatten(0, 1))
-    return _as(o.view(n, BH, C, V), torch.float32), S
+    return o.view(n, BH, C, V), S  # (in md: the caller's copy into its float32 buffer converts)
 
 
 # ----------------------------------------------------------------------------------------------
