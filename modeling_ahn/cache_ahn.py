@@ -283,12 +283,14 @@ class SinkWindowLayer(CacheLayerMixin):
             self.sink_filled = self.sink_filled | filled
         # the window is copied out of the step's tensors once tokens left it: a slice would keep the whole chunk's
         # storage alive (~8x the window after a 4k-token chunk with a 512-token window)
-        own = (lambda x: x[..., n_ev:, :].clone()) if n_ev else (lambda x: x)
-        self.keys, self.values = own(all_k), own(all_v)
-        self.window_rpos = own(rpos_all[..., None])[..., 0]
+        def own(x, dim):  # the tokens after the n_ev evicted ones along the token dimension
+            return x.narrow(dim, n_ev, x.shape[dim] - n_ev).clone() if n_ev else x
+
+        self.keys, self.values = own(all_k, 2), own(all_v, 2)
+        self.window_rpos = own(rpos_all, 1)
         if gates_new is not None and not self.memory_off:
             gates_all = gates_new if self.window_gates is None else torch.cat([self.window_gates, gates_new], dim=1)
-            self._keep_gates(gates_all[:, n_ev:].clone() if n_ev else gates_all)
+            self._keep_gates(own(gates_all, 1))
         else:
             self._keep_gates(None)
         self.num_real = self.num_real + (rpos_new >= 0).sum(-1)
