@@ -125,7 +125,7 @@ def test_every_distill_setting_is_an_option_with_the_dataclass_default(capsys):
         "keep_checkpoints": (["--keep-checkpoints", "5"], 5), "seed": (["--seed", "3"], 3), "cpu": (["--cpu"], True),
         "base_dtype": (["--base-dtype", "bfloat16"], "bfloat16"), "init_adapter": (["--init-adapter", "a"], "a"),
         "memory_span": (["--memory-span", "16,4096"], [16, 4096]), "max_minutes": (["--max-minutes", "2.5"], 2.5),
-        "content_weight": (["--content-weight", "0.5"], 0.5),
+        "content_weight": (["--content-weight", "0.5"], 0.5), "sequence_chunk": (["--sequence-chunk", "512"], 512),
     }
     assert sorted(flags) == sorted(f.name for f in fields(DistillConfig))
     words = [w for argv, _ in flags.values() for w in argv]

@@ -48,7 +48,7 @@ def corpus(tmp_path_factory):
     return root
 
 
-def _cfg(corpus, out, **kw):
+def distill_cfg(corpus, out, **kw):
     args = dict(base=str(corpus / "base"), data=[str(corpus / "data")], output_dir=str(out), windows=[16], sinks=[4],
                 max_length=128, max_steps=40, lr=1e-2, eval_every=20, save_every=20, eval_sequences=4,
                 eval_window=16, eval_sinks=4)
@@ -56,20 +56,20 @@ def _cfg(corpus, out, **kw):
     return DistillConfig(**args)
 
 
-def _log(out):
+def train_log(out):
     return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_forty_steps_reduce_heldout_kl(corpus, tmp_path):
-    adapter = distill(_cfg(corpus, tmp_path / "run"), progress=False)
-    evals = [r["eval"] for r in _log(tmp_path / "run") if "eval" in r]
+    adapter = distill(distill_cfg(corpus, tmp_path / "run"), progress=False)
+    evals = [r["eval"] for r in train_log(tmp_path / "run") if "eval" in r]
     first, last = evals[0], evals[-1]
     assert first["kl_ahn"] == pytest.approx(first["kl_swa"], abs=1e-7)  # a fresh adapter is sinks + SWA
     assert first["kl_swa"] > 0.05  # the distant context matters to the teacher
     assert last["kl_ahn"] <= 0.7 * first["kl_ahn"], (first["kl_ahn"], last["kl_ahn"])  # >= 30 % less
     assert last["ppl_ahn"] < last["ppl_swa"]
     # outputs: JSON log with the progress fields, a loss-curve PNG, a Hub-ready adapter repo with the recipe
-    train = [r for r in _log(tmp_path / "run") if "loss" in r]
+    train = [r for r in train_log(tmp_path / "run") if "loss" in r]
     assert len(train) == 40 and all(r["tokens_per_s"] > 0 and "kl" in r and "lr" in r for r in train)
     assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     card = (adapter / "README.md").read_text()
@@ -80,7 +80,7 @@ def test_forty_steps_reduce_heldout_kl(corpus, tmp_path):
     assert model.config.sliding_window == 16 and model.config.num_sinks == 4
 
 
-def _same_adapter(a, b, tol=1e-6):
+def same_adapter(a, b, tol=1e-6):
     wa, wb = load_file(Path(a) / "model.safetensors"), load_file(Path(b) / "model.safetensors")
     assert wa.keys() == wb.keys()
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= tol
@@ -89,7 +89,7 @@ def _same_adapter(a, b, tol=1e-6):
 def test_killed_run_resumes_to_the_same_adapter(corpus, tmp_path):
     """Tolerance: 1e-6 on every AHN weight (the CPU run is deterministic, so in practice they are equal)."""
     kw = dict(windows=None, sinks=None, max_steps=60, save_every=4, eval_every=1000, lr=3e-3)
-    reference = distill(_cfg(corpus, tmp_path / "ref", **kw), progress=False)
+    reference = distill(distill_cfg(corpus, tmp_path / "ref", **kw), progress=False)
     cmd = [sys.executable, "-m", "modeling_ahn.cli", "distill", "--base", str(corpus / "base"), "--data",
            str(corpus / "data"), "--out", str(tmp_path / "run"), "--max-length", "128", "--max-steps", "60",
            "--save-every", "4", "--eval-every", "1000", "--lr", "3e-3", "--eval-sequences", "4", "--eval-window",
@@ -104,20 +104,20 @@ def test_killed_run_resumes_to_the_same_adapter(corpus, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (tmp_path / "run" / "adapter").exists()
     with pytest.raises(ValueError, match="already holds a run: pass --resume"):
-        distill(_cfg(corpus, tmp_path / "run", **kw), progress=False)
-    resumed = distill(_cfg(corpus, tmp_path / "run", **kw), resume=True, progress=False)
-    assert _same_adapter(reference, resumed)
-    steps = [r["step"] for r in _log(tmp_path / "run") if "loss" in r]
+        distill(distill_cfg(corpus, tmp_path / "run", **kw), progress=False)
+    resumed = distill(distill_cfg(corpus, tmp_path / "run", **kw), resume=True, progress=False)
+    assert same_adapter(reference, resumed)
+    steps = [r["step"] for r in train_log(tmp_path / "run") if "loss" in r]
     assert steps == list(range(1, 61))  # rows logged after the checkpoint by the killed run were dropped
-    assert [r["loss"] for r in _log(tmp_path / "run") if "loss" in r] == pytest.approx(
-        [r["loss"] for r in _log(tmp_path / "ref") if "loss" in r], rel=1e-5)
+    assert [r["loss"] for r in train_log(tmp_path / "run") if "loss" in r] == pytest.approx(
+        [r["loss"] for r in train_log(tmp_path / "ref") if "loss" in r], rel=1e-5)
 
 
 def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
     """2 DDP processes (gloo, CPU) x 1 sequence = 1 process x 2 accumulated sequences.
     Tolerance: 1e-5 relative on the per-step losses, 1e-5 absolute on the final AHN weights."""
     kw = dict(windows=None, sinks=None, max_steps=6, save_every=100, eval_every=1000, lr=3e-3)
-    single = distill(_cfg(corpus, tmp_path / "single", grad_accum=2, **kw), progress=False)
+    single = distill(distill_cfg(corpus, tmp_path / "single", grad_accum=2, **kw), progress=False)
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     ahn = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
     config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp_cpu.yaml"  # the shipped example
@@ -129,10 +129,10 @@ def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = lambda out: [r["loss"] for r in _log(out) if "loss" in r]  # noqa: E731
+    losses = lambda out: [r["loss"] for r in train_log(out) if "loss" in r]  # noqa: E731
     assert len(losses(tmp_path / "ddp")) == 6
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
-    assert _same_adapter(single, tmp_path / "ddp" / "adapter", tol=1e-5)
+    assert same_adapter(single, tmp_path / "ddp" / "adapter", tol=1e-5)
 
 
 def test_chunked_kl_equals_unchunked():
@@ -224,13 +224,13 @@ def test_too_short_data_says_how_many_were_dropped(corpus, tmp_path):
     for i in range(3):
         (tmp_path / "short" / f"{i}.txt").write_text("the window")
     with pytest.raises(ValueError, match="3 documents read, 3 dropped for being shorter than 17 tokens"):
-        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "short")]), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "short")]), progress=False)
 
 
 def test_empty_data(corpus, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="contains no .txt/.md/.jsonl files"):
-        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")]), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")]), progress=False)
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(corpus, tmp_path, monkeypatch):
@@ -239,7 +239,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(corpus, tmp_path, monkeypatch):
     from modeling_ahn.benchmarking import devices
 
     (tmp_path / "empty").mkdir()
-    cfg = _cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")], bf16=True, cpu=True)
+    cfg = distill_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "empty")], bf16=True, cpu=True)
     monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
     with pytest.warns(UserWarning, match="emulates bf16"), pytest.raises(ValueError, match="contains no"):
         distill(cfg, progress=False)
@@ -253,29 +253,29 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(corpus, tmp_path, monkeypatch):
 def test_messages_without_chat_template(corpus, tmp_path):
     (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
     with pytest.raises(ValueError, match="tokenizer has no chat template"):
-        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "chat.jsonl")]), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "chat.jsonl")]), progress=False)
 
 
 def test_bad_settings(corpus, tmp_path):
     with pytest.raises(ValueError, match="loss must be"):
-        distill(_cfg(corpus, tmp_path / "r", loss="mse"), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "r", loss="mse"), progress=False)
     with pytest.raises(ValueError, match="windows must be a non-empty list"):
-        distill(_cfg(corpus, tmp_path / "r", windows=[]), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "r", windows=[]), progress=False)
     with pytest.raises(ValueError, match="pack and split_documents are exclusive"):
-        distill(_cfg(corpus, tmp_path / "r", pack=True, split_documents=True), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "r", pack=True, split_documents=True), progress=False)
 
 
 def test_resume_with_other_settings_is_refused(corpus, tmp_path):
-    distill(_cfg(corpus, tmp_path / "run", max_steps=2, eval_every=100), progress=False)
+    distill(distill_cfg(corpus, tmp_path / "run", max_steps=2, eval_every=100), progress=False)
     with pytest.raises(ValueError, match=r"differ from the saved run: \['lr'\]"):
-        distill(_cfg(corpus, tmp_path / "run", max_steps=4, lr=5e-3), resume=True, progress=False)
+        distill(distill_cfg(corpus, tmp_path / "run", max_steps=4, lr=5e-3), resume=True, progress=False)
     with pytest.raises(ValueError, match=r"differ from the saved run: \['split_documents'\]"):
-        distill(_cfg(corpus, tmp_path / "run", max_steps=4, split_documents=True), resume=True, progress=False)
+        distill(distill_cfg(corpus, tmp_path / "run", max_steps=4, split_documents=True), resume=True, progress=False)
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
     del saved["split_documents"]  # a run saved before the setting existed resumes with its default
     (tmp_path / "run" / "run_config.json").write_text(json.dumps(saved))
-    more = distill(_cfg(corpus, tmp_path / "run", max_steps=4, eval_every=100), resume=True, progress=False)
-    assert [r["step"] for r in _log(tmp_path / "run") if "loss" in r] == [1, 2, 3, 4]
+    more = distill(distill_cfg(corpus, tmp_path / "run", max_steps=4, eval_every=100), resume=True, progress=False)
+    assert [r["step"] for r in train_log(tmp_path / "run") if "loss" in r] == [1, 2, 3, 4]
     assert isinstance(AhnForCausalLM.from_pretrained(more), AhnForCausalLM)
 
 
@@ -283,7 +283,8 @@ def test_saved_datasets_dataset_and_checkpoint_contents(corpus, tmp_path):
     datasets = pytest.importorskip("datasets")
     texts = [(corpus / "data" / f"doc{i:02d}.txt").read_text() for i in range(12)]
     datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
-    distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "ds")], max_steps=2, save_every=2, eval_every=100),
+    distill(distill_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "ds")], max_steps=2, save_every=2,
+                        eval_every=100),
             progress=False)
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
     assert {p.name for p in ckpt.iterdir()} == {"ahn.safetensors", "state.json"} | {
@@ -291,23 +292,23 @@ def test_saved_datasets_dataset_and_checkpoint_contents(corpus, tmp_path):
     assert json.loads((ckpt / "state.json").read_text()) == {"step": 2, "samples": 2}
     (ckpt / "optimizer.pt").write_bytes(b"")  # a checkpoint of the pickling version is refused, with the reason
     with pytest.raises(ValueError, match="pickle"):
-        distill(_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "ds")], max_steps=3, save_every=2,
+        distill(distill_cfg(corpus, tmp_path / "run", data=[str(tmp_path / "ds")], max_steps=3, save_every=2,
                      eval_every=100), resume=True, progress=False)
 
 
 def test_init_adapter_continues_from_an_exported_repo(corpus, tmp_path):
-    first = distill(_cfg(corpus, tmp_path / "a", max_steps=10, eval_every=10, save_every=10), progress=False)
-    distill(_cfg(corpus, tmp_path / "b", max_steps=1, eval_every=1, init_adapter=str(first)), progress=False)
-    evals_a = [r["eval"] for r in _log(tmp_path / "a") if "eval" in r]
-    evals_b = [r["eval"] for r in _log(tmp_path / "b") if "eval" in r]
+    first = distill(distill_cfg(corpus, tmp_path / "a", max_steps=10, eval_every=10, save_every=10), progress=False)
+    distill(distill_cfg(corpus, tmp_path / "b", max_steps=1, eval_every=1, init_adapter=str(first)), progress=False)
+    evals_a = [r["eval"] for r in train_log(tmp_path / "a") if "eval" in r]
+    evals_b = [r["eval"] for r in train_log(tmp_path / "b") if "eval" in r]
     assert evals_a[-1]["kl_ahn"] < evals_a[0]["kl_ahn"]
     # the continued run starts where the first one ended, not from a fresh (= sinks+SWA) adapter
     assert evals_b[0]["kl_ahn"] == pytest.approx(evals_a[-1]["kl_ahn"], rel=1e-5)
     assert json.loads((tmp_path / "b" / "run_config.json").read_text())["init_adapter"] == str(first)
     with pytest.raises(ValueError, match="holds an AHN of type 'gdn', but this run trains 'mamba2'"):
-        distill(_cfg(corpus, tmp_path / "c", ahn_type="mamba2", init_adapter=str(first)), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "c", ahn_type="mamba2", init_adapter=str(first)), progress=False)
     with pytest.raises(ValueError, match="is not an exported AHN repo"):
-        distill(_cfg(corpus, tmp_path / "d", init_adapter=str(tmp_path)), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "d", init_adapter=str(tmp_path)), progress=False)
 
 
 def test_memory_span_sets_the_decays_a_run_starts_from(corpus, tmp_path):
@@ -338,7 +339,7 @@ def test_memory_span_sets_the_decays_a_run_starts_from(corpus, tmp_path):
     assert {len(set(m.fn.dt_bias.tolist())) for m in model.ahn_modules().values()} == {heads}
 
     # a run's first checkpoint starts from these decays; the saved config records the span
-    distill(_cfg(corpus, tmp_path / "run", max_steps=1, eval_every=100, save_every=1, lr=1e-9,
+    distill(distill_cfg(corpus, tmp_path / "run", max_steps=1, eval_every=100, save_every=1, lr=1e-9,
                  memory_span=[16, 4096]), progress=False)
     assert json.loads((tmp_path / "run" / "run_config.json").read_text())["memory_span"] == [16, 4096]
     saved = load_file(tmp_path / "run" / "checkpoints" / "step-0000001" / "ahn.safetensors")
@@ -350,24 +351,24 @@ def test_memory_span_sets_the_decays_a_run_starts_from(corpus, tmp_path):
 def test_memory_span_bad_settings(corpus, tmp_path):
     for span, match in (([0, 8], "1 <= lo <= hi"), ([64, 16], "1 <= lo <= hi"), ([16], "two half-lives")):
         with pytest.raises(ValueError, match=match):
-            distill(_cfg(corpus, tmp_path / "r", memory_span=span), progress=False)
+            distill(distill_cfg(corpus, tmp_path / "r", memory_span=span), progress=False)
     with pytest.raises(ValueError, match="'dn' has no decay"):
-        distill(_cfg(corpus, tmp_path / "r", ahn_type="dn", memory_span=[16, 64]), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "r", ahn_type="dn", memory_span=[16, 64]), progress=False)
     with pytest.raises(ValueError, match="'mamba2' has its own dt gates"):
-        distill(_cfg(corpus, tmp_path / "r", ahn_type="mamba2", memory_span=[16, 64]), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "r", ahn_type="mamba2", memory_span=[16, 64]), progress=False)
     with pytest.raises(ValueError, match="cannot be combined with init_adapter"):
-        distill(_cfg(corpus, tmp_path / "r", memory_span=[16, 64], init_adapter=str(tmp_path)), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "r", memory_span=[16, 64], init_adapter=str(tmp_path)), progress=False)
 
 
 def test_layer_local_objective_trains_and_lowers_heldout_kl(corpus, tmp_path):
     """``--objective layer-local`` (a tiny smoke run): the per-layer loss starts at 1 (a fresh AHN leaves all of
     what window + sinks miss) and falls; the held-out KL to the teacher falls below sinks+SWA's; q_proj is trained
     and exported. (The tiny random base's far context is mostly noise: 40 steps remove a few per cent of it.)"""
-    adapter = distill(_cfg(corpus, tmp_path / "ll", objective="layer-local", use_q_proj=True, max_steps=40,
+    adapter = distill(distill_cfg(corpus, tmp_path / "ll", objective="layer-local", use_q_proj=True, max_steps=40,
                            lr=1e-2, eval_every=40), progress=False)
-    losses = [r["loss"] for r in _log(tmp_path / "ll") if "loss" in r]
+    losses = [r["loss"] for r in train_log(tmp_path / "ll") if "loss" in r]
     assert losses[0] == pytest.approx(1.0, abs=1e-5) and sum(losses[-10:]) / 10 < 0.985
-    evals = [r["eval"] for r in _log(tmp_path / "ll") if "eval" in r]
+    evals = [r["eval"] for r in train_log(tmp_path / "ll") if "eval" in r]
     assert evals[0]["kl_ahn"] == evals[0]["kl_swa"] and evals[-1]["kl_ahn"] < 0.99 * evals[-1]["kl_swa"]
     weights = load_file(adapter / "model.safetensors")
     assert any(k.endswith(".ahn.fn.q_proj.weight") for k in weights)
@@ -377,15 +378,15 @@ def test_layer_local_objective_trains_and_lowers_heldout_kl(corpus, tmp_path):
 
 def test_a_time_budget_stops_at_a_checkpoint_and_resumes_to_the_same_adapter(corpus, tmp_path):
     kw = dict(windows=None, sinks=None, max_steps=24, save_every=1000, eval_every=1000, lr=3e-3)
-    reference = distill(_cfg(corpus, tmp_path / "ref", **kw), progress=False)
-    stopped = distill(_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **kw), progress=False)
+    reference = distill(distill_cfg(corpus, tmp_path / "ref", **kw), progress=False)
+    stopped = distill(distill_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **kw), progress=False)
     assert stopped.name == "checkpoints" and not (tmp_path / "run" / "adapter").exists()
-    assert [r["step"] for r in _log(tmp_path / "run") if "loss" in r] == [1]  # stopped after its first step
+    assert [r["step"] for r in train_log(tmp_path / "run") if "loss" in r] == [1]  # stopped after its first step
     while not (tmp_path / "run" / "adapter").exists():  # bounded runs, one step each, until done
-        distill(_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **kw), resume=True, progress=False)
-    assert _same_adapter(reference, tmp_path / "run" / "adapter")
+        distill(distill_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **kw), resume=True, progress=False)
+    assert same_adapter(reference, tmp_path / "run" / "adapter")
     with pytest.raises(ValueError, match="max_minutes"):
-        distill(_cfg(corpus, tmp_path / "bad", max_minutes=0), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "bad", max_minutes=0), progress=False)
 
 
 def test_training_and_evaluation_leave_the_live_config_unchanged(corpus, tmp_path, monkeypatch):
@@ -413,7 +414,7 @@ def test_training_and_evaluation_leave_the_live_config_unchanged(corpus, tmp_pat
 
     monkeypatch.setattr(AhnForCausalLM, "from_base", staticmethod(build))
     monkeypatch.setattr(distill_module, "sample_window", spy)
-    adapter = distill(_cfg(corpus, tmp_path / "run", windows=[32], sinks=[8], max_steps=3, eval_every=2,
+    adapter = distill(distill_cfg(corpus, tmp_path / "run", windows=[32], sinks=[8], max_steps=3, eval_every=2,
                            save_every=100), progress=False)
     assert seen == [(16, 4, None, {"ahn"})] * 3
     assert settings() == (16, 4, None, {"ahn"})
@@ -423,7 +424,7 @@ def test_training_and_evaluation_leave_the_live_config_unchanged(corpus, tmp_pat
 
 def test_run_config_records_no_home_directory_and_resumes(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(corpus.parent))  # the corpus now lies under the home directory
-    cfg = _cfg(corpus, tmp_path / "run", max_steps=2, eval_every=1000, save_every=1)
+    cfg = distill_cfg(corpus, tmp_path / "run", max_steps=2, eval_every=1000, save_every=1)
     distill(cfg, progress=False, _stop_after=1)
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert saved["base"] == f"~/{corpus.name}/base" and saved["data"] == [f"~/{corpus.name}/data"]
@@ -463,18 +464,18 @@ def test_content_weight_trains_the_content_loss_and_resumes_exactly(corpus, tmp_
     content loss starts at 1 (a fresh AHN carries nothing of what it read), falls, and a time-budgeted run resumes
     to the same adapter."""
     kw = dict(objective="layer-local", use_q_proj=True, content_weight=1.0, lr=1e-2)
-    distill(_cfg(corpus, tmp_path / "cw", max_steps=80, eval_every=80, **kw), progress=False)
-    rows = [r for r in _log(tmp_path / "cw") if "loss" in r]
+    distill(distill_cfg(corpus, tmp_path / "cw", max_steps=80, eval_every=80, **kw), progress=False)
+    rows = [r for r in train_log(tmp_path / "cw") if "loss" in r]
     content = [r["content"] for r in rows]
     assert content[0] == pytest.approx(1.0, abs=1e-5) and sum(content[-20:]) / 20 < 0.95
     assert all(r["loss"] > r["content"] for r in rows)  # the total holds the attention-transfer loss too
     short = dict(max_steps=6, save_every=1000, eval_every=1000, **kw)
-    reference = distill(_cfg(corpus, tmp_path / "ref", **short), progress=False)
+    reference = distill(distill_cfg(corpus, tmp_path / "ref", **short), progress=False)
     while not (tmp_path / "run" / "adapter").exists():
-        distill(_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **short), resume=(tmp_path / "run").exists(),
+        distill(distill_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **short), resume=(tmp_path / "run").exists(),
                 progress=False)
-    assert _same_adapter(reference, tmp_path / "run" / "adapter")
+    assert same_adapter(reference, tmp_path / "run" / "adapter")
     with pytest.raises(ValueError, match="content_weight adds a loss to the layer-local objective"):
-        distill(_cfg(corpus, tmp_path / "bad", content_weight=1.0), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "bad", content_weight=1.0), progress=False)
     with pytest.raises(ValueError, match="content_weight must be >= 0"):
-        distill(_cfg(corpus, tmp_path / "bad", objective="layer-local", content_weight=-1.0), progress=False)
+        distill(distill_cfg(corpus, tmp_path / "bad", objective="layer-local", content_weight=-1.0), progress=False)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..configuration_ahn import DEFAULT_NUM_SINKS, DEFAULT_SLIDING_WINDOW
@@ -122,6 +123,8 @@ def cmd_distill(args) -> int:
     from ..training.distill import distill
 
     out = distill(distill_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # one line per run, not per process of a launched run
+        return 0
     if out.name == "adapter":
         print(f"adapter repo: {out}")
     else:  # the time budget ran out first
@@ -272,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train an AHN adapter by self-distillation from its frozen base",
                        description="Teacher: the base with full attention; student: sinks + window + AHN. Runs on "
-                       "one CPU/GPU or under `accelerate launch` (DDP) unchanged.")
+                       "one CPU/GPU or under `accelerate launch` (DDP, or FSDP2 with the base sharded).")
     for _, flag, kw in distill_options():
         p.add_argument(flag, **kw)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

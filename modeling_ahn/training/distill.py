@@ -10,8 +10,9 @@ the AHN trains. Two objectives:
 * ``layer-local``: teacher-forced, per layer, no gradient through the base and no LM head: each AHN learns what
   window + sinks attention misses of its layer's full-attention output (``training/layer_local.py``).
 
-Runs on one CPU or under ``accelerate launch`` (DDP). ``max_minutes`` stops a run cleanly at a checkpoint once its
-time budget is spent (a preemptible machine, a bounded session); ``--resume`` continues it exactly.
+Runs on one CPU or under ``accelerate launch``: DDP, or FSDP2 with the frozen base sharded
+(``training/sharding.py``). ``max_minutes`` stops a run cleanly at a checkpoint once its time budget is spent (a
+preemptible machine, a bounded session); ``--resume`` continues it exactly.
 
     ahn distill --base HuggingFaceTB/SmolLM2-135M-Instruct --data corpus/ --out runs/smollm2-gdn
 """
@@ -37,6 +38,8 @@ from torch.utils.checkpoint import checkpoint
 from ..memory_ahn import unofficial_options
 from .data import with_repeat
 from .layer_local import layer_local_contrast_terms, layer_local_losses, normalised_contrast, record_teacher
+from .sequence_split import gradient_carrier, split_layer_local
+from .sharding import average_gradients, describe_sharding, shard_student, sharding_request
 
 PAPER_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -130,6 +133,11 @@ class DistillConfig:
                                         "layer_local_contrast_losses, normalise='far'); logged as 'content', the "
                                         "share of the difference left unexplained (1 for a memory that ignores "
                                         "what it read). Doubles the teacher's work per step")
+    sequence_chunk: int | None = option(None, "layer-local only: read each training sequence N tokens at a time, "
+                                              "the memory state carried (training/sequence_split.py): a step's "
+                                              "memory grows with the keys and values kept per layer instead of "
+                                              "every layer's records; the loss is the same, its gradient stops at "
+                                              "chunk boundaries (exact when N covers the sequence)", metavar="N")
 
     def validate(self):
         if self.loss not in LOSSES:
@@ -143,6 +151,15 @@ class DistillConfig:
         if self.content_weight and self.objective != "layer-local":
             raise ValueError("content_weight adds a loss to the layer-local objective; use --objective layer-local "
                              f"(got {self.objective!r})")
+        if self.sequence_chunk is not None:
+            if self.sequence_chunk < 1:
+                raise ValueError(f"sequence_chunk must be >= 1 token, got {self.sequence_chunk}")
+            if self.objective != "layer-local":
+                raise ValueError("sequence_chunk splits the layer-local objective's step; use --objective layer-local "
+                                 f"(got {self.objective!r})")
+            if self.content_weight:
+                raise ValueError("sequence_chunk and content_weight cannot be combined yet: the content loss compares "
+                                 "two whole-sequence teacher passes")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         for name in ("max_steps", "batch_size", "grad_accum", "kl_chunk_size", "max_length", "eval_sequences"):
@@ -224,8 +241,9 @@ class DistillStudent(nn.Module):
     DeepSpeed) runs both passes and sees the AHN parameters' gradients."""
 
     def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024, objective: str = "end-to-end",
-                 content_weight: float = 0.0):
+                 content_weight: float = 0.0, sequence_chunk: int | None = None):
         super().__init__()
+        self.sequence_chunk = sequence_chunk
         self.model = model
         self.loss = loss
         self.kl_chunk_size = kl_chunk_size
@@ -240,8 +258,17 @@ class DistillStudent(nn.Module):
         with self.model.runtime(sliding_window=int(window), num_sinks=int(sinks)):
             return self._losses(input_ids, attention_mask, int(window), int(sinks), swapped_ids, content_span)
 
+    def evaluate(self, sequences, window: int, sinks: int, pad_id: int) -> dict:
+        """:func:`evaluate` of the student's model (an FSDP forward method when the base is sharded)."""
+        return evaluate(self.model, sequences, window, sinks, pad_id, self.kl_chunk_size)
+
     def _losses(self, input_ids, attention_mask, window: int, sinks: int, swapped_ids=None, content_span=None):
         model = self.model
+        if self.objective == "layer-local" and self.sequence_chunk:
+            loss, grads, _ = split_layer_local(model, input_ids, attention_mask, self.sequence_chunk)
+            pos = attention_mask.long().cumsum(-1) - 1
+            return {"layer_local": loss.detach(), "loss": gradient_carrier(grads, loss),
+                    "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
         if self.objective == "layer-local":
             records = record_teacher(model, input_ids, attention_mask)
             losses = layer_local_losses(model, records, attention_mask)
@@ -437,6 +464,7 @@ class DistillRun:
     optimizer: object
     scheduler: object
     student: nn.Module
+    sharded: bool = False
     progress: bool = True
     log: object = None
 
@@ -459,11 +487,15 @@ class DistillRun:
             self.log.close()
 
 
+def runs_on_cpu(cfg: DistillConfig) -> bool:
+    return cfg.cpu or not torch.cuda.is_available()
+
+
 def make_accelerator(cfg: DistillConfig):
     """The ``Accelerator`` of a run (CPU unless a GPU is there and ``cpu`` is off); warns about emulated bf16."""
     from accelerate import Accelerator
 
-    use_cpu = cfg.cpu or not torch.cuda.is_available()
+    use_cpu = runs_on_cpu(cfg)
     if use_cpu and cfg.bf16:
         from ..benchmarking.devices import cpu_has_fast_bf16
 
@@ -589,6 +621,7 @@ def setup_run(cfg: DistillConfig, resume: bool = False, overwrite: bool = False,
     has_run = (out / LOG_NAME).exists() or (out / CHECKPOINTS).exists() or (out / ADAPTER_DIR).exists()
     if has_run and not (resume or overwrite):
         raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over.")
+    plan = sharding_request(on_cpu=runs_on_cpu(cfg))  # before accelerate reads the same launch settings
     accelerator = make_accelerator(cfg)
     out = prepare_output_dir(cfg, accelerator, resume, overwrite, has_run)
 
@@ -597,12 +630,19 @@ def setup_run(cfg: DistillConfig, resume: bool = False, overwrite: bool = False,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     sequences, held_out = load_data(cfg, tokenizer, accelerator.is_main_process and progress)
     eval_window, eval_sinks = eval_settings(cfg, held_out)
-    model = build_student_model(cfg, eval_window, eval_sinks, accelerator.device, resume)
-    params, optimizer, scheduler = build_optimizer(cfg, model)
-    student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective, cfg.content_weight)
-    student, optimizer = accelerator.prepare(student, optimizer)
+    # a sharded base is split from the CPU copy: no process ever holds the whole base on its accelerator
+    model = build_student_model(cfg, eval_window, eval_sinks, "cpu" if plan else accelerator.device, resume)
+    student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective, cfg.content_weight, cfg.sequence_chunk)
+    if plan is not None:
+        shard_student(student, model, plan, accelerator.device)
+        if accelerator.is_main_process:
+            print(describe_sharding(model))
+        params, optimizer, scheduler = build_optimizer(cfg, model)
+    else:
+        params, optimizer, scheduler = build_optimizer(cfg, model)
+        student, optimizer = accelerator.prepare(student, optimizer)
     return DistillRun(cfg, out, accelerator, tokenizer, pad_id, sequences, held_out, eval_window, eval_sinks, model,
-                      params, optimizer, scheduler, student, progress)
+                      params, optimizer, scheduler, student, plan is not None, progress)
 
 
 def _split_tensors(obj, tensors: dict, prefix: str = ""):
@@ -718,8 +758,8 @@ def resume_checkpoint(run: DistillRun) -> int:
 def evaluate_run(run: DistillRun, step: int) -> None:
     """Log the held-out evaluation at ``step`` (eval mode for the pass, train mode after)."""
     run.model.eval()
-    run.log_line({"step": step, "eval": evaluate(run.model, run.held_out, run.eval_window, run.eval_sinks,
-                                                 run.pad_id, run.cfg.kl_chunk_size)})
+    student = run.student if run.sharded else run.accelerator.unwrap_model(run.student)
+    run.log_line({"step": step, "eval": student.evaluate(run.held_out, run.eval_window, run.eval_sinks, run.pad_id)})
     run.model.train()
 
 
@@ -750,7 +790,9 @@ def train_step(run: DistillRun, step: int, order: GlobalOrder) -> dict:
                          "content_span": pair[1]}
         ids, mask = collate(batch, run.pad_id)
         ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-        ctx = accelerator.no_sync(run.student) if a < accum - 1 else contextlib.nullcontext()
+        # DDP: no gradient all-reduce before the last micro-batch; FSDP2: the AHN's gradients are averaged once, below
+        last = a == accum - 1 or run.sharded
+        ctx = contextlib.nullcontext() if last else accelerator.no_sync(run.student)
         # the backward pass recomputes checkpointed layers: it runs at the same settings as the forward
         with model.runtime(sliding_window=window, num_sinks=sinks), ctx, accelerator.autocast():
             res = run.student(ids, mask, window, sinks, **extra)
@@ -759,7 +801,11 @@ def train_step(run: DistillRun, step: int, order: GlobalOrder) -> dict:
             if k in res:
                 stats[k] += float(res[k].detach()) / accum
         step_tokens += int(mask.sum())
-    grad_norm = accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    if run.sharded:
+        average_gradients(run.params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    else:
+        grad_norm = accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -768,8 +814,22 @@ def train_step(run: DistillRun, step: int, order: GlobalOrder) -> dict:
     means = {k: float(x) / world for k, x in zip(names, reduced[:-1])}
     tokens = int(reduced[-1])
     dt = time.perf_counter() - t0
+    mem = accelerator.gather(torch.tensor([process_memory_mib(accelerator.device)], device=accelerator.device))
     return {"step": step + 1, **means, "lr": run.scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm), "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
+            "grad_norm": float(grad_norm), "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt,
+            "mem_mib": round(float(mem.max()), 1)}
+
+
+def process_memory_mib(device: torch.device) -> float:
+    """This process's memory in MiB, the log's ``mem_mib`` (the largest over processes): on a CUDA device the peak
+    allocated since the previous call (one step); on a CPU the resident set at the end of the step."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def training_recipe(run: DistillRun, train_rows: list[dict]) -> dict:
@@ -779,6 +839,7 @@ def training_recipe(run: DistillRun, train_rows: list[dict]) -> dict:
             "loss": cfg.loss if cfg.objective == "end-to-end" else "per-layer normalised attention transfer",
             "use_q_proj": cfg.use_q_proj,
             **({"content loss weight": cfg.content_weight} if cfg.content_weight else {}),
+            **({"sequence chunk": cfg.sequence_chunk} if cfg.sequence_chunk else {}),
             **({"beyond the official format": ", ".join(unofficial_options(cfg))} if unofficial_options(cfg) else {}),
             "repeated passages": cfg.repeat_fraction or "none", "steps": cfg.max_steps, "global batch": run.per_step,
             "max length": cfg.max_length,

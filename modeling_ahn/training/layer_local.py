@@ -39,7 +39,7 @@ class LayerRecord:
     scaling: float | None
 
 
-def _ahn_layers(model):
+def ahn_layers(model):
     """``(index, attention module, spec)`` of every layer with a memory."""
     for i, layer in enumerate(model.model.layers):
         spec = get_layer_spec(layer.self_attn)
@@ -51,7 +51,7 @@ def _ahn_layers(model):
 def record_teacher(model, input_ids, attention_mask=None) -> dict[int, LayerRecord]:
     """One full-attention forward of the base's decoder (no LM head), recording every AHN layer's attention call."""
     records, originals = {}, {}
-    for i, _, spec in _ahn_layers(model):
+    for i, _, spec in ahn_layers(model):
         originals[i] = spec.attention
 
         def recording(module, query, key, value, mask, *args, _i=i, _spec=spec, _attend=spec.attention, **kwargs):
@@ -65,9 +65,18 @@ def record_teacher(model, input_ids, attention_mask=None) -> dict[int, LayerReco
         with model.runtime(mode="full"):
             model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
-        for i, _, spec in _ahn_layers(model):
+        for i, _, spec in ahn_layers(model):
             spec.attention = originals[i]
     return records
+
+
+def project(attn, x: torch.Tensor) -> torch.Tensor:
+    """``x @ o_proj.weight.T``: a difference of attention outputs as it enters the residual stream. Called as the
+    module (not through its weight), so that a sharded base (``training/sharding.py``) gathers it; a bias cancels."""
+    out = attn.o_proj(x)
+    if attn.o_proj.bias is not None:
+        out = out - attn.o_proj(x.new_zeros(x.shape[-1]))
+    return out
 
 
 def layer_output(spec, attn, record: LayerRecord, mask, mode: str):
@@ -88,7 +97,7 @@ def layer_local_parts(model, input_ids, attention_mask=None) -> dict[int, tuple[
     window attention of the same inputs (their difference is what the memory is trained to supply)."""
     records = record_teacher(model, input_ids, attention_mask)
     return {i: (records[i].target, layer_output(spec, attn, records[i], attention_mask, "swa"))
-            for i, attn, spec in _ahn_layers(model)}
+            for i, attn, spec in ahn_layers(model)}
 
 
 def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=None) -> dict[int, torch.Tensor]:
@@ -96,23 +105,22 @@ def layer_local_losses(model, records: dict[int, LayerRecord], attention_mask=No
     graph reaches only its own layer's AHN parameters."""
     W, S = model.config.sliding_window, model.config.num_sinks
     losses = {}
-    for i, attn, spec in _ahn_layers(model):
+    for i, attn, spec in ahn_layers(model):
         r = records[i]
         T = r.query.shape[2]
         if T <= S + W:
             raise ValueError(f"sequences of {T} tokens leave nothing to memory at window {W} + {S} sinks")
         keep = slice(S + W, None)
-        weight = attn.o_proj.weight  # [hidden, H * D]
         valid = None if attention_mask is None else attention_mask[:, keep].to(torch.bool)
         with torch.no_grad():
             window = layer_output(spec, attn, r, attention_mask, "swa")
-            delta = (r.target - window)[:, keep].flatten(-2) @ weight.T
+            delta = project(attn, (r.target - window)[:, keep].flatten(-2))
             if valid is not None:
                 delta = delta[valid]
             norm = delta.float().pow(2).sum().clamp_min(1e-12)
         # the student's output is window + memory read-out (what mode "ahn" computes), its window part reused
         student = window + layer_output(spec, attn, r, attention_mask, MEMORY_ONLY)
-        err = (student - r.target)[:, keep].flatten(-2) @ weight.T
+        err = project(attn, (student - r.target)[:, keep].flatten(-2))
         if valid is not None:
             err = err[valid]
         losses[i] = err.float().pow(2).sum() / norm
@@ -130,8 +138,7 @@ def layer_local_contrast_terms(model, records_a: dict[int, LayerRecord], records
     ``(sum |o_proj(c_mem - c)|^2`` (with its graph), ``sum |o_proj(c)|^2``, ``sum |o_proj(delta_a)|^2)``, all
     float32 scalar tensors (no host sync: the training step reads them once, when it logs)."""
     terms = {}
-    for i, attn, spec in _ahn_layers(model):
-        weight = attn.o_proj.weight
+    for i, attn, spec in ahn_layers(model):
         parts = []
         for r in (records_a[i], records_b[i]):
             with torch.no_grad():
@@ -139,10 +146,10 @@ def layer_local_contrast_terms(model, records_a: dict[int, LayerRecord], records
             parts.append((r.target - window, layer_output(spec, attn, r, None, MEMORY_ONLY)))
         (delta_a, mem_a), (delta_b, mem_b) = parts
         with torch.no_grad():
-            c = (delta_a - delta_b)[:, start:end].flatten(-2) @ weight.T
+            c = project(attn, (delta_a - delta_b)[:, start:end].flatten(-2))
             c_sum = c.float().pow(2).sum()
-            far_sum = (delta_a[:, start:end].flatten(-2) @ weight.T).float().pow(2).sum()
-        err = (mem_a - mem_b)[:, start:end].flatten(-2) @ weight.T - c
+            far_sum = project(attn, delta_a[:, start:end].flatten(-2)).float().pow(2).sum()
+        err = project(attn, (mem_a - mem_b)[:, start:end].flatten(-2)) - c
         terms[i] = (err.float().pow(2).sum(), c_sum, far_sum)
     return terms
 
@@ -191,5 +198,6 @@ def layer_local_step(model, input_ids, attention_mask=None, scale: float = 1.0) 
     return float(mean), {i: float(v) for i, v in losses.items()}
 
 
-__all__ = ["LayerRecord", "layer_local_contrast_losses", "layer_local_contrast_terms", "layer_local_losses",
-           "layer_local_parts", "layer_local_step", "layer_output", "normalised_contrast", "record_teacher"]
+__all__ = ["LayerRecord", "ahn_layers", "layer_local_contrast_losses", "layer_local_contrast_terms",
+           "layer_local_losses", "layer_local_parts", "layer_local_step", "layer_output", "normalised_contrast",
+           "project", "record_teacher"]
