@@ -131,15 +131,17 @@ def test_the_sharding_plan_follows_the_launch_environment(monkeypatch):
     assert sharding_request(on_cpu=False) == ShardingPlan(reshard_after_forward=False, offload_params=True)
 
 
-def test_fsdp2_sequence_split_equals_one_process(corpus, tmp_path):  # noqa: F811
-    """The layer-local step read in chunks (its per-layer gradients taken inside the sharded layers' forward,
-    against gathered o_proj weights) over 2 FSDP2 processes = 1 process with 2 accumulated sequences."""
+@pytest.mark.parametrize("config, port", [("fsdp2_cpu.yaml", "29657"), ("ddp_cpu.yaml", "29667")])
+def test_sequence_split_over_two_processes_equals_one_process(corpus, tmp_path, config, port):  # noqa: F811
+    """The layer-local step read in chunks (its per-layer gradients taken inside the layers' forward, against
+    gathered o_proj weights, and handed to DDP / the FSDP2 all-reduce by a gradient carrier) over 2 processes = 1
+    process with 2 accumulated sequences."""
     kw = dict(max_steps=4, save_every=100, eval_every=1000, lr=3e-3, objective="layer-local", sequence_chunk=24)
     cfg = distill_cfg(corpus, tmp_path / "single", grad_accum=2, windows=None, sinks=None, **kw)
     single = distill(cfg, progress=False)
-    proc = _launch(corpus, tmp_path / "fsdp", EXAMPLES / "fsdp2_cpu.yaml", "--max-steps", "4", "--save-every", "100",
+    proc = _launch(corpus, tmp_path / "fsdp", EXAMPLES / config, "--max-steps", "4", "--save-every", "100",
                    "--eval-every", "1000", "--lr", "3e-3", "--objective", "layer-local", "--sequence-chunk", "24",
-                   port="29657")
+                   port=port)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
     assert same_adapter(single, tmp_path / "fsdp" / "adapter", tol=1e-5)
