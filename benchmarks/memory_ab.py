@@ -8,7 +8,10 @@ training corpora, with passages recurring beyond the window in ``--repeat-fracti
 forward stops at that layer, so a step costs a fraction of a full run's. Each arm starts from the same seed and sees
 the same sequences; ``span`` in an arm starts its GatedDeltaNet decays at ``--memory-span`` half-lives
 (``ahn distill --memory-span``) instead of the release's, whose heads forget within a few tokens; ``contrast`` adds
-the content loss (``layer_local_contrast_losses``: the far-context swap below, on training pairs). Held-out
+the content loss (``layer_local_contrast_losses``: the far-context swap below, on training pairs); ``short`` trains
+each step at a window drawn from ``--train-windows`` (default 32-256; SWAX, arXiv 2509.24552: short training windows
+make the recurrent part learn long-range content) and measures at ``--window`` as the others. ``--max-minutes``
+bounds each arm's training time. Held-out
 measurements of that layer, on text never trained on (Austen segments, Paul Graham essays), each with a 95 %
 bootstrap interval over segments:
 
@@ -37,16 +40,19 @@ HERE = Path(__file__).resolve().parent
 OPTION_NAMES = {"q_proj": "use_q_proj", "k_proj": "use_k_proj", "position_free": "position_free"}
 
 
-def parse_arm(text: str) -> tuple[dict, bool, bool]:
-    """``(memory options, whether the arm starts from --memory-span, whether it adds the content loss)`` of an arm
-    such as ``q_proj,span,contrast``."""
+TRAINING_LEVERS = ("span", "contrast", "short")
+
+
+def parse_arm(text: str) -> tuple[dict, bool, bool, bool]:
+    """``(memory options, whether the arm starts from --memory-span, whether it adds the content loss, whether it
+    trains at short windows)`` of an arm such as ``q_proj,span,contrast,short``."""
     names = [t for t in text.split(",") if t and t != "none"]
-    bad = [n for n in names if n not in OPTION_NAMES and n not in ("span", "contrast")]
+    bad = [n for n in names if n not in OPTION_NAMES and n not in TRAINING_LEVERS]
     if bad:
-        raise SystemExit(f"unknown arm option(s) {bad}: choose from {sorted(OPTION_NAMES)}, span, contrast, "
-                         f"or 'none'")
-    return ({OPTION_NAMES[n]: True for n in names if n not in ("span", "contrast")}, "span" in names,
-            "contrast" in names)
+        raise SystemExit(f"unknown arm option(s) {bad}: choose from {sorted(OPTION_NAMES)}, "
+                         f"{', '.join(TRAINING_LEVERS)}, or 'none'")
+    return ({OPTION_NAMES[n]: True for n in names if n not in TRAINING_LEVERS}, "span" in names,
+            "contrast" in names, "short" in names)
 
 
 class Truncated:
@@ -172,11 +178,15 @@ def training_sequences(tok, data: str, length: int, count: int, seed: int) -> li
 
 
 def train_arm(model, layer: int, seqs, steps: int, lr: float, window: int, sinks: int, repeat_fraction: float,
-              seed: int, data: dict, every: int, label: str, contrast: float = 0.0) -> dict:
+              seed: int, data: dict, every: int, label: str, contrast: float = 0.0, train_windows=None,
+              max_minutes: float | None = None) -> dict:
+    """Train the arm; measure at ``window`` every ``every`` steps. ``train_windows``: each step's window drawn from
+    these (the short-window lever; the sinks stay ``sinks``). ``max_minutes``: stop (and measure) at the first step
+    past this much training time."""
     from tqdm.auto import tqdm
 
-    from modeling_ahn.training.data import with_repeat
     from modeling_ahn.evaluation.calibration import first_unswapped_query, swap_evicted
+    from modeling_ahn.training.data import with_repeat
     from modeling_ahn.training.layer_local import layer_local_contrast_losses, layer_local_losses, record_teacher
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -185,7 +195,10 @@ def train_arm(model, layer: int, seqs, steps: int, lr: float, window: int, sinks
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     rng = random.Random(seed)
     curve, t0 = [], time.perf_counter()
+    stopped = None
     for step in tqdm(range(steps + 1), desc=label):
+        if max_minutes is not None and step < steps and time.perf_counter() - t0 > 60 * max_minutes:
+            stopped = steps = step  # the time budget is spent: measure here and stop
         if step % every == 0 or step == steps:
             model.eval()
             held = summarise(measure(model, layer, window, sinks, data), 1)
@@ -196,23 +209,25 @@ def train_arm(model, layer: int, seqs, steps: int, lr: float, window: int, sinks
         if step == steps:
             break
         ids = seqs[step % len(seqs)]
+        w = rng.choice(train_windows) if train_windows else window
         if rng.random() < repeat_fraction:
-            ids = with_repeat(ids, window, sinks, rng)
-        with Truncated(model, layer):
-            records = record_teacher(model, torch.tensor([ids]))
-        loss = layer_local_losses(model, records)[layer]
-        if contrast:  # the same sequence with its far context [sinks, prefix) from another training sequence
-            other = seqs[(step + 1 + rng.randrange(len(seqs) - 1)) % len(seqs)]
+            ids = with_repeat(ids, w, sinks, rng)
+        with model.runtime(sliding_window=w):  # the backward pass needs no settings: nothing is recomputed
             with Truncated(model, layer):
-                swapped = record_teacher(model, torch.tensor([swap_evicted(ids, other, sinks, data["prefix"])]))
-            start = first_unswapped_query(data["prefix"], window)
-            loss = loss + contrast * layer_local_contrast_losses(model, records, swapped, start)[layer]
+                records = record_teacher(model, torch.tensor([ids]))
+            loss = layer_local_losses(model, records)[layer]
+            if contrast:  # the same sequence with its far context [sinks, prefix) from another training sequence
+                other = seqs[(step + 1 + rng.randrange(len(seqs) - 1)) % len(seqs)]
+                with Truncated(model, layer):
+                    swapped = record_teacher(model, torch.tensor([swap_evicted(ids, other, sinks, data["prefix"])]))
+                start = first_unswapped_query(data["prefix"], w)
+                loss = loss + contrast * layer_local_contrast_losses(model, records, swapped, start)[layer]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    return {"curve": curve}
+    return {"curve": curve, **({"stopped_at_step": stopped} if stopped is not None else {})}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -262,6 +277,9 @@ def main(argv=None):
                          "layer_local_contrast_losses: each step also reads the sequence with its far context "
                          "[sinks, prefix) from another training sequence)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--train-windows", type=lambda t: [int(x) for x in t.split(",")], default=[32, 64, 128, 256],
+                    help="the 'short' arm option: each training step's window drawn from these (measured at --window)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="per arm: stop training after this long")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "memory_ab"))
@@ -285,7 +303,7 @@ def main(argv=None):
               "settings": {k: v for k, v in vars(args).items() if k not in ("arm", "base", "data", "out")},
               "arms": {}}
     for arm in args.arm:
-        options, span, contrast = parse_arm(arm)
+        options, span, contrast, short = parse_arm(arm)
         model = build(base, args.layer, args.window, args.sinks, options, args.seed)
         if span:
             from modeling_ahn.training.distill import init_memory_span
@@ -293,7 +311,8 @@ def main(argv=None):
             init_memory_span(model, *args.memory_span)
         result = train_arm(model, args.layer, seqs, args.steps, args.lr, args.window, args.sinks,
                            args.repeat_fraction, args.seed, data, args.every, arm,
-                           args.contrast_weight if contrast else 0.0)
+                           args.contrast_weight if contrast else 0.0, args.train_windows if short else None,
+                           args.max_minutes)
         final = summarise(measure(model, args.layer, args.window, args.sinks, data))
         report["arms"][arm] = {**result, "final": final}
         print(arm, json.dumps(final))
