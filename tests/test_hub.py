@@ -283,3 +283,19 @@ def test_remote_code_that_differs_from_the_installed_package_warns(exported, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "differs from the installed modeling_ahn package" in proc.stderr
     assert "exported by modeling_ahn" in proc.stderr  # and from the hash recorded at export
+
+
+def test_a_local_base_without_a_card_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """A local base directory without README.md has licence "other" at once: before, the name was tried as a Hub id
+    (offline: 23 s of retries per export)."""
+    import huggingface_hub
+
+    from modeling_ahn.hub.card import base_license
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load", lambda name, *a, **k: asked.append(str(name)))
+    (tmp_path / "base").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert base_license("base") == "other"
+    assert base_license(str(tmp_path / "base")) == "other"
+    assert asked == []  # (base_license turns any error into "other": the calls are counted instead)

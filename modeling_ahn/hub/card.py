@@ -15,13 +15,16 @@ def _template(name: str = "model_card.md") -> str:
 
 
 def base_license(base: str | None) -> str:
-    """The base model's licence from its model card (local dir or Hub cache), else ``other``."""
+    """The base model's licence from its model card (local dir or Hub cache), else ``other``. A local directory is
+    never looked up on the Hub (without a card of its own it has no licence to read: no request, no retries)."""
     if not base:
         return "other"
     try:
         from huggingface_hub import ModelCard
 
         card_path = Path(base) / "README.md"
+        if Path(base).is_dir() and not card_path.exists():
+            return "other"
         card = ModelCard.load(card_path if card_path.exists() else base)
         return card.data.get("license") or "other"
     except Exception:
