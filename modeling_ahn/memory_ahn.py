@@ -237,11 +237,13 @@ _CHUNK_CONSTANTS: dict = {}
 
 def _chunk_constants(C: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk kernel's masks, made once per chunk length and device: causal ``[C, C]`` (bool, ``j <= i``) and
-    its complement."""
+    its complement. Made as normal tensors even under ``torch.inference_mode`` (``generate``): an inference tensor
+    cached there could not be saved for backward by a later training step."""
     key = (C, str(device))
     if key not in _CHUNK_CONSTANTS:
-        causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
-        _CHUNK_CONSTANTS[key] = (causal, ~causal)
+        with torch.inference_mode(False):
+            causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
+            _CHUNK_CONSTANTS[key] = (causal, ~causal)
     return _CHUNK_CONSTANTS[key]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -364,3 +365,27 @@ def test_delta_rule_readout_equals_its_formula(ahn_type):
         gated = normed * F.silu(x @ fn.g_proj.weight.T)[..., None]
         ref = torch.einsum("bthd,hde->bthe", gated, fn.o_proj.weight)
         assert (fn._readout(o, x) - ref).abs().max() < 1e-5
+
+
+def test_training_after_inference_mode_in_a_fresh_process():
+    """The chunk kernel caches its masks per chunk length; made under ``torch.inference_mode`` (a first call from
+    generation code) they were inference tensors, and the next training step failed ("Inference tensors cannot be
+    saved for backward"). A fresh interpreter, so that no earlier test has filled the cache."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from tests.conftest import make_ahn
+model = make_ahn("qwen2", "gdn", sliding_window=8, num_sinks=3).float()
+ids = torch.randint(3, 300, (1, 80), generator=torch.Generator().manual_seed(0))
+with torch.inference_mode():
+    model(ids, use_cache=False)
+model.train()
+model(ids, use_cache=False).logits.float().pow(2).mean().backward()
+assert any(p.grad is not None for p in model.ahn_parameters())
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
