@@ -198,7 +198,8 @@ def write_json(args, rows, restarts, window: int, complete: bool) -> None:
     from modeling_ahn.benchmarking.bench import machine_info
 
     with open(args.json, "w") as f:
-        json.dump(dict(args=vars(args), complete=complete, rows=rows, restarts=restarts,
+        settings = {k: v for k, v in vars(args).items() if k != "json"}  # not where it was written: a machine path
+        json.dump(dict(args=settings, complete=complete, rows=rows, restarts=restarts,
                        **summary(args, rows, restarts, window), machine=machine_info("cpu"),
                        python=sys.version.split()[0]), f, indent=2)
 
