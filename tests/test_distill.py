@@ -28,6 +28,7 @@ from modeling_ahn.training.distill import (
 
 from .conftest import make_tokenizer
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
 WORDS = "the hippocampus folds tokens that leave window into memory".split()
 
 
@@ -113,21 +114,28 @@ def test_killed_run_resumes_to_the_same_adapter(corpus, tmp_path):
         [r["loss"] for r in train_log(tmp_path / "ref") if "loss" in r], rel=1e-5)
 
 
+def launch_distill(corpus, out, config, *extra, port="29627", popen=False):
+    """``accelerate launch --config_file config ahn distill --cpu ...`` on the tiny corpus (one thread per process):
+    the finished process, or with ``popen`` the running one in its own session (to be killed as a group)."""
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    ahn = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
+    cmd = [accelerate, "launch", "--config_file", str(config), "--main_process_port", port, ahn, "distill", "--cpu",
+           "--base", str(corpus / "base"), "--data", str(corpus / "data"), "--out", str(out), "--max-length", "128",
+           "--eval-sequences", "4", "--eval-window", "16", "--eval-sinks", "4", "--no-progress", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
 def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
     """2 DDP processes (gloo, CPU) x 1 sequence = 1 process x 2 accumulated sequences.
     Tolerance: 1e-5 relative on the per-step losses, 1e-5 absolute on the final AHN weights."""
     kw = dict(windows=None, sinks=None, max_steps=6, save_every=100, eval_every=1000, lr=3e-3)
     single = distill(distill_cfg(corpus, tmp_path / "single", grad_accum=2, **kw), progress=False)
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    ahn = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
-    config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp_cpu.yaml"  # the shipped example
-    cmd = [accelerate, "launch", "--config_file", str(config), "--main_process_port", "29617", ahn, "distill",
-           "--cpu", "--base",
-           str(corpus / "base"), "--data", str(corpus / "data"), "--out", str(tmp_path / "ddp"), "--max-length",
-           "128", "--max-steps", "6", "--save-every", "100", "--eval-every", "1000", "--lr", "3e-3",
-           "--eval-sequences", "4", "--eval-window", "16", "--eval-sinks", "4", "--no-progress"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = launch_distill(corpus, tmp_path / "ddp", EXAMPLES / "ddp_cpu.yaml", "--max-steps", "6", "--save-every",
+                          "100", "--eval-every", "1000", "--lr", "3e-3", port="29617")  # the shipped example
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = lambda out: [r["loss"] for r in train_log(out) if "loss" in r]  # noqa: E731
     assert len(losses(tmp_path / "ddp")) == 6

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,22 +15,14 @@ from modeling_ahn import AhnPeftConfig  # noqa: F401  (registers the AHN PEFT me
 from modeling_ahn.training.distill import distill
 from modeling_ahn.training.sharding import ShardingPlan, sharding_request
 
-from .test_distill import corpus, distill_cfg, same_adapter, train_log  # noqa: F401  (corpus: a fixture)
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
-
-
-def _launch(corpus, out, config, *extra, port="29627", popen=False):  # noqa: F811
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    ahn = shutil.which("ahn") or str(Path(sys.executable).parent / "ahn")
-    cmd = [accelerate, "launch", "--config_file", str(config), "--main_process_port", port, ahn, "distill", "--cpu",
-           "--base", str(corpus / "base"), "--data", str(corpus / "data"), "--out", str(out), "--max-length", "128",
-           "--eval-sequences", "4", "--eval-window", "16", "--eval-sinks", "4", "--no-progress", *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if popen:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+from .test_distill import (  # noqa: F401  (corpus: a fixture)
+    EXAMPLES,
+    corpus,
+    distill_cfg,
+    launch_distill,
+    same_adapter,
+    train_log,
+)
 
 
 def _losses(out, key="loss"):
@@ -49,7 +37,7 @@ def test_fsdp2_killed_and_resumed_equals_one_process(corpus, tmp_path):  # noqa:
     single = distill(distill_cfg(corpus, tmp_path / "single", grad_accum=2, **kw), progress=False)
     args = ["--max-steps", "24", "--save-every", "4", "--eval-every", "12", "--lr", "3e-3"]
     out, config = tmp_path / "fsdp", EXAMPLES / "fsdp2_cpu.yaml"
-    proc = _launch(corpus, out, config, *args, popen=True)
+    proc = launch_distill(corpus, out, config, *args, popen=True)
     first, deadline = out / "checkpoints" / "step-0000004", time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -57,7 +45,7 @@ def test_fsdp2_killed_and_resumed_equals_one_process(corpus, tmp_path):  # noqa:
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {proc.stderr.read()[-2000:]}"
     assert not (out / "adapter").exists()
-    resumed = _launch(corpus, out, config, *args, "--resume")
+    resumed = launch_distill(corpus, out, config, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "FSDP2 over 2 processes" in resumed.stdout and "parameters on this process (50%)" in resumed.stdout
     assert [r["step"] for r in train_log(out) if "loss" in r] == list(range(1, 25))
@@ -80,9 +68,9 @@ def test_fsdp2_layer_local_with_content_equals_one_process(corpus, tmp_path):  #
     kw = dict(windows=[16, 32], sinks=[0, 4], max_steps=6, save_every=100, eval_every=1000, lr=3e-3,
               objective="layer-local", content_weight=0.5)
     single = distill(distill_cfg(corpus, tmp_path / "single", grad_accum=2, **kw), progress=False)
-    proc = _launch(corpus, tmp_path / "fsdp", EXAMPLES / "fsdp2_cpu.yaml", "--windows", "16,32", "--sinks", "0,4",
-                   "--max-steps", "6", "--save-every", "100", "--eval-every", "1000", "--lr", "3e-3", "--objective",
-                   "layer-local", "--content-weight", "0.5", port="29637")
+    proc = launch_distill(corpus, tmp_path / "fsdp", EXAMPLES / "fsdp2_cpu.yaml", "--windows", "16,32", "--sinks",
+                          "0,4", "--max-steps", "6", "--save-every", "100", "--eval-every", "1000", "--lr", "3e-3",
+                          "--objective", "layer-local", "--content-weight", "0.5", port="29637")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
     assert _losses(tmp_path / "fsdp", "content") == pytest.approx(_losses(tmp_path / "single", "content"), rel=1e-5)
@@ -93,7 +81,7 @@ def test_an_fsdp1_launch_is_refused_with_the_reason(corpus, tmp_path):  # noqa: 
     config = tmp_path / "fsdp1.yaml"
     config.write_text((EXAMPLES / "fsdp2_cpu.yaml").read_text().replace(
         "fsdp_version: 2", "fsdp_version: 1\n  fsdp_use_orig_params: false"))  # the example
-    proc = _launch(corpus, tmp_path / "run", config, "--max-steps", "2", port="29647")
+    proc = launch_distill(corpus, tmp_path / "run", config, "--max-steps", "2", port="29647")
     assert proc.returncode != 0
     assert "FSDP version 1 is not supported" in proc.stderr and "use_orig_params" in proc.stderr
     assert not (tmp_path / "run" / "train_log.jsonl").exists()
@@ -139,9 +127,9 @@ def test_sequence_split_over_two_processes_equals_one_process(corpus, tmp_path, 
     kw = dict(max_steps=4, save_every=100, eval_every=1000, lr=3e-3, objective="layer-local", sequence_chunk=24)
     cfg = distill_cfg(corpus, tmp_path / "single", grad_accum=2, windows=None, sinks=None, **kw)
     single = distill(cfg, progress=False)
-    proc = _launch(corpus, tmp_path / "fsdp", EXAMPLES / config, "--max-steps", "4", "--save-every", "100",
-                   "--eval-every", "1000", "--lr", "3e-3", "--objective", "layer-local", "--sequence-chunk", "24",
-                   port=port)
+    proc = launch_distill(corpus, tmp_path / "fsdp", EXAMPLES / config, "--max-steps", "4", "--save-every", "100",
+                          "--eval-every", "1000", "--lr", "3e-3", "--objective", "layer-local", "--sequence-chunk",
+                          "24", port=port)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
     assert same_adapter(single, tmp_path / "fsdp" / "adapter", tol=1e-5)

@@ -243,12 +243,12 @@ class DistillStudent(nn.Module):
     def __init__(self, model, loss: str = "kl", kl_chunk_size: int = 1024, objective: str = "end-to-end",
                  content_weight: float = 0.0, sequence_chunk: int | None = None):
         super().__init__()
-        self.sequence_chunk = sequence_chunk
         self.model = model
         self.loss = loss
         self.kl_chunk_size = kl_chunk_size
         self.objective = objective
         self.content_weight = content_weight
+        self.sequence_chunk = sequence_chunk
 
     def forward(self, input_ids, attention_mask, window: int, sinks: int, swapped_ids=None, content_span=None):
         """The losses at ``window`` and ``sinks``. Hold ``model.runtime(...)`` at the same settings around the
@@ -266,16 +266,14 @@ class DistillStudent(nn.Module):
         model = self.model
         if self.objective == "layer-local" and self.sequence_chunk:
             loss, grads, _ = split_layer_local(model, input_ids, attention_mask, self.sequence_chunk)
-            pos = attention_mask.long().cumsum(-1) - 1
             return {"layer_local": loss.detach(), "loss": gradient_carrier(grads, loss),
-                    "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
+                    "positions": int(loss_positions(attention_mask, window + sinks).sum())}
         if self.objective == "layer-local":
             records = record_teacher(model, input_ids, attention_mask)
             losses = layer_local_losses(model, records, attention_mask)
             total = sum(losses.values()) / len(losses)
-            pos = attention_mask.long().cumsum(-1) - 1
             out = {"layer_local": total.detach(),
-                   "positions": int((attention_mask.bool() & (pos >= window + sinks)).sum())}
+                   "positions": int(loss_positions(attention_mask, window + sinks).sum())}
             if self.content_weight and swapped_ids is not None:
                 # trained in the attention-transfer loss's unit (normalised by each layer's far part, so that layers
                 # with little document in it weigh little); logged as the share of the document part left unexplained
@@ -633,13 +631,12 @@ def setup_run(cfg: DistillConfig, resume: bool = False, overwrite: bool = False,
     # a sharded base is split from the CPU copy: no process ever holds the whole base on its accelerator
     model = build_student_model(cfg, eval_window, eval_sinks, "cpu" if plan else accelerator.device, resume)
     student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective, cfg.content_weight, cfg.sequence_chunk)
-    if plan is not None:
+    if plan is not None:  # sharded before the optimiser is made, so that it holds the parameters the step updates
         shard_student(student, model, plan, accelerator.device)
         if accelerator.is_main_process:
             print(describe_sharding(model))
-        params, optimizer, scheduler = build_optimizer(cfg, model)
-    else:
-        params, optimizer, scheduler = build_optimizer(cfg, model)
+    params, optimizer, scheduler = build_optimizer(cfg, model)
+    if plan is None:
         student, optimizer = accelerator.prepare(student, optimizer)
     return DistillRun(cfg, out, accelerator, tokenizer, pad_id, sequences, held_out, eval_window, eval_sinks, model,
                       params, optimizer, scheduler, student, plan is not None, progress)

@@ -1,5 +1,5 @@
 # Copyright 2026 The modeling_ahn authors. Apache-2.0.
-"""The layer-local objective over a long sequence in chunks: ``ahn distill --objective layer-local --split N``.
+"""The layer-local objective over a long sequence in chunks: ``ahn distill --objective layer-local --sequence-chunk N``.
 
 The whole-sequence step (``training/layer_local.py``) records every layer's queries, keys, values, input and
 full-attention output for the whole sequence before any loss is formed: its memory grows with length x layers. Here
@@ -12,12 +12,12 @@ the attention call computes
   state and window carried from chunk to chunk), and the sinks + window output alone (a second cache);
 
 and the chunk's terms of ``loss_l = sum_t |o_proj(y_student - y_full)|^2 / sum_t |o_proj(y_full - y_window)|^2``
-(positions ``t >= S + W``). Each chunk's numerators are differentiated at once (``torch.autograd.grad``) and their
-graph dropped; the memory state and the window's write gates carried into the next chunk are detached (truncated
-backpropagation through time: a chunk's loss does not reach the writes of earlier chunks). Since layer ``l``'s loss
-reaches only layer ``l``'s AHN (the stream is the teacher's), each layer's gradient is scaled by its denominator once
-the whole sequence is read. The loss is exactly the whole-sequence step's; the gradient is too when ``N`` covers the
-sequence. Not part of the remote-code payload.
+(positions ``t >= S + W``). Each layer's chunk numerator is differentiated inside its attention call
+(``torch.autograd.grad``) and its graph dropped; the memory state and the window's write gates carried into the next
+chunk are detached (truncated backpropagation through time: a chunk's loss does not reach the writes of earlier
+chunks). Since layer ``l``'s loss reaches only layer ``l``'s AHN (the stream is the teacher's), each layer's
+gradient is scaled by its denominator once the whole sequence is read. The loss is exactly the whole-sequence
+step's; the gradient is too when ``N`` covers the sequence. Not part of the remote-code payload.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from ..attention_ahn import LayerInputs
-from ..cache_ahn import SinkWindowLayer
 from ..modeling_ahn import CACHE_KWARG
 from .layer_local import ahn_layers
 
@@ -41,7 +40,6 @@ def _detach_cache(cache) -> None:
                 setattr(layer, name, value.detach())
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def _no_activation_checkpointing(model):
     """Layers run once: a checkpointed layer would recompute its forward (and this step's attention calls) when the
@@ -74,6 +72,7 @@ def _dense(weight: torch.Tensor) -> torch.Tensor:
     return weight.full_tensor() if isinstance(weight, DTensor) else weight
 
 
+@torch.no_grad()
 def split_layer_local(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, chunk: int
                       ) -> tuple[torch.Tensor, dict, dict[int, torch.Tensor]]:
     """``(mean loss, {parameter: gradient of the mean loss}, {layer: loss})`` of the layer-local objective at the
@@ -145,11 +144,6 @@ def split_layer_local(model, input_ids: torch.Tensor, attention_mask: torch.Tens
             for start in range(0, T, chunk):
                 end = min(T, start + chunk)
                 span.update(start=start, end=end)
-                for _, attn, _ in layers:  # the second cache's AHN layers
-                    while len(window_only.layers) <= attn.layer_idx:
-                        window_only.layers.append(None)
-                    if not isinstance(window_only.layers[attn.layer_idx], SinkWindowLayer):
-                        window_only.layers[attn.layer_idx] = SinkWindowLayer(S, W)
                 model.model(input_ids=input_ids[:, start:end],
                             attention_mask=None if attention_mask is None else attention_mask[:, :end],
                             position_ids=torch.arange(start, end, device=input_ids.device).expand(B, -1),
