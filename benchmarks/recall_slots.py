@@ -1,9 +1,11 @@
 """Exact recall beyond the window: passkey and needle with and without recall slots, on held-out text.
 
     python benchmarks/recall_slots.py [--adapter DIR] [--lengths 2048,4096,8192,16384] [--depths 0.1,0.3,0.5,0.7,0.9]
-        [--slots 16,64] [--methods full,swa,ahn,ahn+slots] [--out benchmarks/results/recall_slots_smollm2]
+        [--slots 16,64] [--methods full,swa,ahn,ahn+slots] [--score learned|novelty]
+        [--out benchmarks/results/recall_slots_smollm2]
 
-``--adapter``: an AHN repo with a retention classifier (``ahn train-recall``; its base comes from its config). The
+``--adapter``: an AHN repo (its base comes from its config); ``--score learned`` (default) needs its retention
+classifier (``ahn train-recall``), ``--score novelty`` is training-free. The
 probes are the quality report's (benchmarks/quality.py, part c): the passkey in repeated filler and the San Francisco
 needle in Paul Graham's essays (the held-out corpus of ``ahn corpora``), in the chat template, greedy answers of up
 to 24 tokens. Methods: ``full`` (the base with full attention, up to its 8k context), ``swa`` (sinks + window),
@@ -73,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="full,swa,ahn,ahn+slots")
     ap.add_argument("--ppl-segments", type=int, default=3)
     ap.add_argument("--distance", type=int, default=None, help="recall_distance (default: the adapter's, W)")
+    ap.add_argument("--score", choices=("learned", "novelty"), default="learned",
+                    help="recall_score: the adapter's retention classifier, or the training-free novelty score")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--sinks", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
@@ -88,7 +92,8 @@ def main(argv=None):
     model = AhnForCausalLM.from_pretrained(args.adapter, base_model=base_dir, dtype=torch.float32,
                                            sliding_window=args.window, num_sinks=args.sinks).eval()
     model.config.recall_distance = args.distance
-    if not model.config.recall_head:
+    model.config.recall_score = args.score
+    if args.score == "learned" and not model.config.recall_head:
         raise SystemExit(f"{args.adapter} has no retention classifier: train one with `ahn train-recall`")
     tok = AutoTokenizer.from_pretrained(base_dir)
     eos = {tok.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(
@@ -192,8 +197,8 @@ def summarize(done, args, methods, lengths):
     perplexity = {m: {L: {"ppl": math.exp(a[0] / a[1]), "segments": a[2]} for L, a in per.items()}
                   for m, per in ppl.items()}
     return {"machine": machine_info("cpu"), "platform": platform.platform(), "adapter": _shown(args.adapter),
-            "window": args.window, "sinks": args.sinks, "recall_distance": args.distance, "table": table,
-            "perplexity": perplexity, "units": done}
+            "recall_score": args.score, "window": args.window, "sinks": args.sinks, "recall_distance": args.distance,
+            "table": table, "perplexity": perplexity, "units": done}
 
 
 def plot(report, path):

@@ -30,8 +30,10 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
 from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep
+from .configuration_ahn import recall_score_of
 from .recall_slots import (
     gather_candidates,
+    novelty_scores,
     plan_slots,
     raw_scores,
     slot_keys_at,
@@ -118,13 +120,24 @@ class AhnLayerSpec:
                              "num_recall_slots=0 for this base.")
         return distance, inv_freq
 
-    def recall_scorer(self):
-        """The retention classifier, or a clear error where recall slots are asked of an adapter without one."""
+    def recall_scores(self, layer, inputs, keys, values, rpos):
+        """The raw recall scores ``[B, q]`` of a step's new tokens (``keys``/``values`` ``[B, Hkv, q, D]`` as cached,
+        ``rpos`` ``[B, q]``) by the score in force (``config.recall_score``), and the novelty score's delta-rule state
+        after them (``None`` for the learned score): ``(scores, novelty_state)``."""
+        S = layer.num_sinks
+        kind = recall_score_of(self.config.recall_score, self.config.recall_head)
+        if layer.scored_by not in (None, kind):
+            raise ValueError(f"this cache's recall slots were scored with recall_score={layer.scored_by!r} and the "
+                             f"model now uses {kind!r}: start a new cache (model.new_cache()) after changing it.")
+        layer.scored_by = kind
+        if kind == "novelty":
+            return novelty_scores(keys, values, inputs.rotation, rpos, S, layer.novelty_state)
         if self.recall is None:
             raise ValueError(
-                "num_recall_slots > 0 needs a trained retention classifier and this layer has none: train one with "
-                "`ahn train-recall`, or load an adapter that carries one (config recall_head=True).")
-        return self.recall
+                "recall_score='learned' needs a trained retention classifier and this layer has none: train one with "
+                "`ahn train-recall`, load an adapter that carries one (config recall_head=True), or use "
+                "recall_score='novelty'.")
+        return raw_scores(self.recall, inputs.hidden, rpos, S), None
 
     @property
     def memory_on(self) -> bool:
@@ -328,7 +341,10 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, None, scaling, dropout)
     memory, hidden = spec.memory, inputs.hidden
     # (a steady row has no pad and no sink among its new tokens)
-    scores_new = raw_scores(spec.recall_scorer(), hidden, layer.num_real[:, None], S) if G else None
+    scores_new = novelty = None
+    if G:
+        step = layer.step
+        scores_new, novelty = spec.recall_scores(layer, inputs, step.new_keys, step.new_values, layer.num_real[:, None])
     state = gates_new = None  # the memory off ("swa"): no write gates either
     if spec.mode == "ahn":
         gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
@@ -339,7 +355,7 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
         mem_out, state = memory.step(memory.read_query(query, inputs.rotation), ev_k, ev_v, ev_g, hidden,
                                      layer.recurrent_state)
         attn_out = attn_out + mem_out
-    layer.end_step(None, gates_new, state, scores_new=scores_new)
+    layer.end_step(None, gates_new, state, scores_new=scores_new, novelty_state=novelty)
     return attn_out, attn_weights
 
 
@@ -386,20 +402,22 @@ _CHUNK_PATHS = {AttentionPath.BANDED_PREFILL: _banded_prefill, AttentionPath.FRE
 
 
 def _recall_slots(spec, facts, inputs):
-    """The recall slots of a chunk step: ``(scores_new, plan)`` (``plan`` ``None``: nothing evicted, no slot yet).
-    The span scores of the tokens the chunk evicts come from the raw scores of the evicted tail, the window and the
-    new tokens (``recall_slots.py``)."""
+    """The recall slots of a chunk step: ``(scores_new, novelty_state, plan)`` (``plan`` ``None``: nothing evicted,
+    no slot yet). The span scores of the tokens the chunk evicts come from the raw scores of the evicted tail, the
+    window and the new tokens (``recall_slots.py``)."""
     layer, step = facts.layer, facts.step
     W, S, G = facts.window, facts.sinks, layer.num_recall_slots
-    scores_new = raw_scores(spec.recall_scorer(), inputs.hidden, facts.rpos_new, S)
-    n_ev = max(0, step.num_old + facts.q_len - W)
+    q = facts.q_len
+    scores_new, novelty = spec.recall_scores(layer, inputs, step.keys[:, :, -q:], step.values[:, :, -q:],
+                                             facts.rpos_new)
+    n_ev = max(0, step.num_old + q - W)
     if n_ev == 0 and not bool((layer.slot_rpos >= 0).any()):
-        return scores_new, None
+        return scores_new, novelty, None
     before, after = layer.recall_span
     raw_all = torch.cat([layer.score_tail, layer.window_scores, scores_new], dim=1)
     ev_s = span_scores(raw_all, before, after, n_ev)
     ev_r = facts.rpos_all[:, :n_ev].to(ev_s.device)
-    return scores_new, plan_slots(layer.slot_scores, layer.slot_rpos, ev_s, ev_r, ev_r >= S, G)
+    return scores_new, novelty, plan_slots(layer.slot_scores, layer.slot_rpos, ev_s, ev_r, ev_r >= S, G)
 
 
 def _slotted(spec, module, facts, plan, query, key, value, scaling, dropout):
@@ -515,9 +533,9 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
         return _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling, dropout)
     if path is AttentionPath.STEADY_STEP:
         return _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropout)
-    scores_new = plan = slots = None
+    scores_new = novelty = plan = slots = None
     if layer.num_recall_slots:
-        scores_new, plan = _recall_slots(spec, facts, inputs)
+        scores_new, novelty, plan = _recall_slots(spec, facts, inputs)
     if spec.mode == MEMORY_ONLY:
         B, H, q_len, _ = query.shape
         attn_out, attn_weights = query.new_zeros(B, q_len, H, value.shape[-1]), None
@@ -532,7 +550,7 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
     mem_out, state = _memory_readout(spec, facts, query, inputs, gates_new)
     if mem_out is not None:
         attn_out = attn_out + mem_out
-    layer.end_step(facts.rpos_new, gates_new, state, scores_new=scores_new, slots=slots)
+    layer.end_step(facts.rpos_new, gates_new, state, scores_new=scores_new, slots=slots, novelty_state=novelty)
     return attn_out, attn_weights
 
 

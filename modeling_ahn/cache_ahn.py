@@ -88,6 +88,8 @@ class SinkWindowLayer(CacheLayerMixin):
         self.recall_span = tuple(int(x) for x in recall_span)  # (before, after)
         self.slot_keys = self.slot_values = self.slot_scores = self.slot_rpos = None
         self.window_scores = self.score_tail = None
+        self.novelty_state = None  # [B, Hkv, D, D] float64: the novelty score's delta-rule memory of every token read
+        self.scored_by = None  # the recall score ("learned" / "novelty") this layer's slots were chosen by
         self.cumulative_length = 0
         self.sink_keys = self.sink_values = self.sink_filled = None
         self.window_rpos = self.window_gates = None
@@ -182,16 +184,18 @@ class SinkWindowLayer(CacheLayerMixin):
         return self.keys[:, :, 0], self.values[:, :, 0], self.window_gates[:, 0]
 
     def end_step(self, rpos_new: torch.Tensor, gates_new: torch.Tensor | None, recurrent_state=None,
-                 scores_new=None, slots=None):
+                 scores_new=None, slots=None, novelty_state=None):
         """End the step under way: ``rpos_new`` ``[B, q]`` the new tokens' real positions (-1 = pad), ``gates_new``
         ``[B, q, G, H]`` their write gates, ``recurrent_state`` the memory after the step (``None``: unchanged);
         with recall slots, ``scores_new`` ``[B, q]`` the new tokens' raw scores and ``slots`` the slots after the
-        step (``(keys, values, scores, rpos)``; ``None``: a steady step, which updates them here)."""
+        step (``(keys, values, scores, rpos)``; ``None``: a steady step, which updates them here) and
+        ``novelty_state`` the novelty score's delta-rule state after the step (``None``: the learned score)."""
         step, self.step = self.step, None
         if step is None:
             raise RuntimeError("SinkWindowLayer.end_step without a step under way (update was not called)")
         if self.num_recall_slots:
             self._end_scores(step, scores_new, slots)
+            self.novelty_state = novelty_state
         if isinstance(step, SteadyStep):
             self._end_steady(step, gates_new)
         elif isinstance(step, StaticStep):
@@ -312,7 +316,7 @@ class SinkWindowLayer(CacheLayerMixin):
     def _tensors(self):
         return ("keys", "values", "sink_keys", "sink_values", "sink_filled", "window_rpos", "window_gates",
                 "num_real", "recurrent_state", "slot_keys", "slot_values", "slot_scores", "slot_rpos", "window_scores",
-                "score_tail")
+                "score_tail", "novelty_state")
 
     def _apply_batch(self, fn):
         for name in self._tensors():
@@ -333,7 +337,7 @@ class SinkWindowLayer(CacheLayerMixin):
             self._apply_batch(lambda t: t[indices])
 
     def reset(self) -> None:
-        self.__init__(self.num_sinks, self.sliding_window)
+        self.__init__(self.num_sinks, self.sliding_window, self.num_recall_slots, self.recall_span)
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove:

@@ -21,6 +21,8 @@ DEFAULT_EFFECTIVE_CONTEXT = 1_048_576
 # Recall slots keep a selected token with the 12 tokens before it and the 12 after it (a fact needs its neighbours to
 # be answered from: measured on SmolLM2, docs/recall_slots.md).
 DEFAULT_RECALL_SPAN = (12, 12)
+# How recall slots score tokens (None: the best the adapter has; recall_slots.py).
+RECALL_SCORES = (None, "learned", "novelty")
 # The base's attributes an AhnConfig reads and writes through to its base_config (generation utilities, trainers,
 # lm-eval and transformers' tests read them from the top-level config). `max_position_embeddings` and
 # `sliding_window` are the AHN model's own.
@@ -56,8 +58,16 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def recall_score_of(recall_score, recall_head) -> str:
+    """The score recall slots use: ``recall_score`` (``"learned"``: the adapter's retention classifier,
+    ``"novelty"``: training-free), or for ``None`` the best the adapter has (learned where it carries a classifier)."""
+    if recall_score is None:
+        return "learned" if recall_head else "novelty"
+    return recall_score
+
+
 def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None, num_recall_slots=0,
-                      recall_span=DEFAULT_RECALL_SPAN, recall_head=False) -> None:
+                      recall_span=DEFAULT_RECALL_SPAN, recall_head=False, recall_score=None) -> None:
     """Raise a ``ValueError`` naming a bad window / sinks / chunk / recall-slot setting."""
     if not _is_int(sliding_window) or sliding_window < 1:
         raise ValueError(f"sliding_window must be an integer >= 1 (tokens attended exactly), got {sliding_window!r}.")
@@ -74,11 +84,15 @@ def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None, num_re
         raise ValueError(f"recall_span keeps {span[0]} tokens before a selected one, which needs a window of more than "
                          f"that (sliding_window={sliding_window}): a token's span score must be known when it leaves "
                          "the window. Use a smaller recall_span or a larger window.")
-    if num_recall_slots and not recall_head:
+    if recall_score not in RECALL_SCORES:
+        raise ValueError(f"recall_score must be one of {RECALL_SCORES} (None: the adapter's classifier if it has one, "
+                         f"else 'novelty'), got {recall_score!r}.")
+    if num_recall_slots and recall_score == "learned" and not recall_head:
         raise ValueError(
-            f"num_recall_slots={num_recall_slots} needs a trained retention classifier to choose the tokens it keeps, "
+            f"num_recall_slots={num_recall_slots} with recall_score='learned' needs a trained retention classifier, "
             "and this adapter has none (recall_head=False). Train one with `ahn train-recall` (it adds "
-            "model.layers.{i}.ahn.recall to the adapter), or load an adapter that carries one.")
+            "model.layers.{i}.ahn.recall to the adapter), load an adapter that carries one, or use the training-free "
+            "recall_score='novelty'.")
     if prefill_chunk_size is not None and (not _is_int(prefill_chunk_size) or prefill_chunk_size < 1):
         raise ValueError(f"prefill_chunk_size must be None or an integer >= 1, got {prefill_chunk_size!r}.")
 
@@ -123,7 +137,11 @@ class AhnConfig(PreTrainedConfig):
         recall_distance: how far before its query every recall slot is seen (its key moved there with RoPE);
             ``None`` (default): the window's size, just beyond the window's edge; 0: each at its real position.
         recall_head: whether the adapter carries a trained retention classifier (``model.layers.{i}.ahn.recall``,
-            beyond the official format); recall slots need one.
+            beyond the official format).
+        recall_score: how recall slots score tokens: ``"learned"`` (the retention classifier), ``"novelty"``
+            (training-free: a plain delta-rule memory's residual, ``recall_slots.novelty_scores``) or ``None``
+            (default): learned where the adapter carries a classifier, else novelty. Settable like
+            ``num_recall_slots``.
     """
 
     model_type = "ahn"
@@ -145,6 +163,7 @@ class AhnConfig(PreTrainedConfig):
     recall_span: list[int] | tuple[int, int] = DEFAULT_RECALL_SPAN
     recall_distance: int | None = None
     recall_head: bool = False
+    recall_score: str | None = None
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
     tie_word_embeddings: bool = False
@@ -163,7 +182,7 @@ class AhnConfig(PreTrainedConfig):
     def validate_ahn(self):
         """Raise a ``ValueError`` naming the bad setting and how to fix it."""
         validate_settings(self.sliding_window, self.num_sinks, self.prefill_chunk_size, self.num_recall_slots,
-                          self.recall_span, self.recall_head)
+                          self.recall_span, self.recall_head, self.recall_score)
         self.recall_span = [int(x) for x in self.recall_span]
         if self.recall_distance is not None and (not _is_int(self.recall_distance) or self.recall_distance < 0):
             raise ValueError("recall_distance must be None (the window's size), 0 (real positions) or an integer >= 1 "
@@ -211,5 +230,5 @@ class AhnConfig(PreTrainedConfig):
         return cls(base_config=base_config, **kwargs)
 
 
-__all__ = ["BASE_ATTRIBUTES", "DEFAULT_RECALL_SPAN", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES", "parse_layer_ids",
-           "validate_settings"]
+__all__ = ["BASE_ATTRIBUTES", "DEFAULT_RECALL_SPAN", "RECALL_SCORES", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES",
+           "parse_layer_ids", "recall_score_of", "validate_settings"]

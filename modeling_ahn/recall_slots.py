@@ -37,12 +37,16 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import repeat_kv
 
+from .memory_ahn import unrotate
 from .window_attention import clamp_angles, rotated_back, rotated_forward, window_mask
 
 # Raw scores are rounded to multiples of 2^-SCORE_BITS: equal tokens (the same token id in layer 0, repeated text) get
 # scores that differ in the last bits between a whole sequence and chunks (a matrix product's rounding depends on the
 # row's place in the batch); rounded, they tie exactly, and the tie goes to the earlier token on every path.
 SCORE_BITS = 10
+
+# Tokens taken at once by the novelty score's delta rule (its chunked form solves one triangular system per block).
+NOVELTY_BLOCK = 64
 
 # Rows of the eviction sequence compared at once when the slot tenures are computed (bounds memory to
 # ``block x (G + evicted)`` per row).
@@ -57,9 +61,48 @@ def beats(s_a, r_a, s_b, r_b):
 def raw_scores(recall, hidden: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:
     """``[B, q]`` float32 raw retention scores of new tokens from the layer's pre-normed input ``hidden``
     ``[B, q, hidden]``; ``-inf`` for pads and sinks (``rpos`` ``[B, q]``), which never take a slot."""
-    s = recall(hidden).squeeze(-1).float()
-    s = torch.round(s * 2.0**SCORE_BITS) / 2.0**SCORE_BITS
+    return rounded_scores(recall(hidden).squeeze(-1), rpos, num_sinks)
+
+
+def rounded_scores(s: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:
+    """Raw scores ``[B, q]`` rounded to ``SCORE_BITS``, ``-inf`` for pads and sinks (``rpos < num_sinks``)."""
+    s = torch.round(s.float() * 2.0**SCORE_BITS) / 2.0**SCORE_BITS
     return s.masked_fill(rpos.to(s.device) < num_sinks, float("-inf"))
+
+
+def novelty_scores(keys: torch.Tensor, values: torch.Tensor, rotation, rpos: torch.Tensor, num_sinks: int, state):
+    """The training-free raw score of new tokens: how badly a plain delta-rule memory of every token before them
+    (beta = 1, no decay, keys before RoPE and values both L2-normalised, per KV head) predicts each one's value,
+    ``||v - S^T k||`` averaged over the KV heads. Repeated text is learned and scores near 0; a fact that stands out
+    from its surroundings (a pass key in filler) scores high. Exact in float64 (float32 on MPS), so that paths that
+    split the tokens differently agree to the last bits that matter (``SCORE_BITS``).
+
+    ``keys``/``values`` ``[B, Hkv, q, D]`` as cached (after RoPE), ``rotation`` RoPE's ``(cos, sin)`` ``[B, q, D]`` of
+    their positions, ``rpos`` ``[B, q]`` real positions (pads, ``-1``, are not written), ``state`` ``[B, Hkv, D, D]``
+    or ``None`` (nothing read yet). Returns ``(scores [B, q] rounded, -inf for pads and sinks; state after)``. The
+    tokens are taken ``NOVELTY_BLOCK`` at a time in the delta rule's chunked (UT) form:
+    ``(I + tril(K K^T, -1)) U = V - K S``, ``S += K^T U``; ``U``'s rows are the residuals."""
+    if rotation is None:
+        raise ValueError("the novelty score of recall slots reads keys before RoPE and this layer got no rotary "
+                         "(cos, sin): use the learned score (recall_score='learned') for this base.")
+    dt = torch.float32 if keys.device.type == "mps" else torch.float64
+    cos, sin = (r.to(dt)[:, None] for r in rotation)
+    k = F.normalize(unrotate(keys.to(dt), cos, sin), dim=-1) * (rpos >= 0)[:, None, :, None].to(keys.device)
+    v = F.normalize(values.to(dt), dim=-1)
+    B, H, T, D = k.shape
+    if state is None:
+        state = k.new_zeros(B, H, D, v.shape[-1])
+    residuals = []
+    for t0 in range(0, T, NOVELTY_BLOCK):
+        kb, vb = k[:, :, t0: t0 + NOVELTY_BLOCK], v[:, :, t0: t0 + NOVELTY_BLOCK]
+        u = vb - kb @ state
+        if kb.shape[2] > 1:
+            a = torch.tril(kb @ kb.transpose(-1, -2), -1) + torch.eye(kb.shape[2], dtype=dt, device=kb.device)
+            u = torch.linalg.solve_triangular(a, u, upper=False, unitriangular=True)
+        state = state + kb.transpose(-1, -2) @ u
+        residuals.append(u.norm(dim=-1))
+    scores = torch.cat(residuals, dim=-1).mean(1)
+    return rounded_scores(scores, rpos, num_sinks), state
 
 
 def span_scores(raw_ext: torch.Tensor, before: int, after: int, count: int) -> torch.Tensor:
@@ -226,6 +269,6 @@ def weakest_slot(slot_scores, slot_rpos):
     return torch.where(low, slot_rpos, -2).argmax(1)
 
 
-__all__ = ["PLAN_BLOCK", "SCORE_BITS", "SlotPlan", "beats", "gather_candidates", "plan_slots", "raw_scores",
-           "slot_visibility",
-           "rope_angles", "slot_keys_at", "slots_after", "slotted_attention", "span_scores", "weakest_slot"]
+__all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "SlotPlan", "beats", "gather_candidates", "novelty_scores",
+           "plan_slots", "raw_scores", "rope_angles", "rounded_scores", "slot_keys_at", "slot_visibility",
+           "slots_after", "slotted_attention", "span_scores", "weakest_slot"]

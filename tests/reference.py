@@ -81,6 +81,25 @@ def naive_slot_sets(raw, window, sinks, slots, before, after):
     return sets
 
 
+def naive_novelty(keys, values, inv_freq):
+    """The novelty score of every token of one unpadded sequence, by its definition, token by token in float64: a
+    delta-rule memory (beta = 1, no decay) of the tokens before it, over keys before RoPE (``keys`` ``[Hkv, T, D]``
+    after RoPE at positions ``0..T-1``, un-rotated here) and values, both L2-normalised, predicts each token's value;
+    the score is the norm of the miss averaged over the KV heads. Returns ``[T]`` float64 (not rounded)."""
+    Hkv, T, D = keys.shape
+    scores = torch.zeros(T, dtype=torch.float64)
+    for h in range(Hkv):
+        state = torch.zeros(D, values.shape[-1], dtype=torch.float64)
+        for t in range(T):
+            k = _rope(keys[h, t].double(), -t, inv_freq)
+            k = k / k.norm()
+            v = values[h, t].double() / values[h, t].double().norm()
+            miss = v - state.T @ k
+            scores[t] += miss.norm() / Hkv
+            state = state + torch.outer(k, miss)
+    return scores
+
+
 def _rope(vec, angle, inv_freq):
     """``R(angle) vec`` for one head vector (rotate-half layout), float64."""
     a = angle * inv_freq.double()

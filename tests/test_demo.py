@@ -242,6 +242,25 @@ def test_demo_window_flags_and_empty_question(tmp_path, capsys):
     assert res32["cache_bytes"] > res["cache_bytes"]
 
 
+def test_demo_recall_plants_a_fact_and_answers_without_and_with_slots(tmp_path, capsys):
+    """`ahn demo --recall`: the fact is planted on a line of its own, both runs answer (tiny random model: what
+    they answer is not the point here; the real recall is measured in docs/recall_slots.md), the second with slots."""
+    assert demo.plant_fact("aaa\nbbb\nccc\n", "FACT.", 0.4) == "aaa\nbbb\nFACT.\nccc\n"
+    assert demo.plant_fact("abc", "FACT.", 0.5) == "abcFACT.\n"  # no line break after the depth: at the end
+    with pytest.raises(demo.DemoError, match="fraction of the document"):
+        demo.plant_fact("abc", "FACT.", 1.0)
+    base, repo, _ = _tiny_repo(tmp_path)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("the hippocampus folds tokens that leave the window into memory.\n" * 30)
+    runs = demo.recall_demo(slots=4, file=doc, base=base, adapter=repo, max_new_tokens=3, chunk=7, stream=False)
+    assert [r["recall_slots"] for r in runs] == [0, 4]
+    assert all(isinstance(r["recalled"], bool) for r in runs)
+    assert runs[0]["tokens_read"] == runs[1]["tokens_read"] > 300
+    out = capsys.readouterr().out
+    assert "planted at 10%: 'The secret pass key is 71432." in out and "4 recall slots (novelty score)" in out
+    assert out.count("the pass key 71432 read") == 2
+
+
 # ------------------------------------------------------------------------------------------- shipped adapter
 
 

@@ -9,9 +9,16 @@ from modeling_ahn import AhnCache, StaticAhnCache, recall_slots
 from modeling_ahn.attention_ahn import get_layer_spec
 
 from .conftest import AHN_TYPES, ARCHS, make_ahn
-from .reference import LayerRecorder, naive_ahn_layer, naive_slot_sets
+from .reference import LayerRecorder, naive_ahn_layer, naive_novelty, naive_slot_sets
 
 W, S, G, SPAN, DIST = 6, 2, 3, (2, 1), 9
+
+
+# Every base x memory x sinks x distance with the learned score; the novelty score (which reads the base's keys and
+# values, whatever the memory) on every base and a few of the rest.
+CASES = [(a, t, s, d, "learned") for a in ARCHS for t in AHN_TYPES for s in (0, 2) for d in (DIST, 0)]
+CASES += [(a, "gdn", 2, DIST, "novelty") for a in ARCHS] + [("qwen2", "dn", 0, 0, "novelty"),
+                                                            ("llama", "mamba2", 0, DIST, "novelty")]
 
 
 def _ids(length, batch=1, seed=0):
@@ -19,27 +26,38 @@ def _ids(length, batch=1, seed=0):
     return torch.randint(3, 101, (batch, length), generator=g)
 
 
-def slotted_model(arch="qwen2", ahn_type="gdn", sinks=S, slots=G, seed=0, **kw):
-    """A random AHN with a random retention classifier and ``slots`` recall slots."""
+def slotted_model(arch="qwen2", ahn_type="gdn", sinks=S, slots=G, seed=0, score="learned", **kw):
+    """A random AHN with ``slots`` recall slots chosen by ``score``: a random retention classifier (``"learned"``)
+    or the training-free ``"novelty"`` score (no classifier)."""
     model = make_ahn(arch, ahn_type, W, sinks, seed=seed, **kw)
     hidden = model.config.base_config.hidden_size
     g = torch.Generator().manual_seed(seed + 7)
-    model.add_recall_head({i: (torch.randn(hidden, generator=g), torch.randn((), generator=g))
-                           for i in model.ahn_modules()})
+    if score == "learned":
+        model.add_recall_head({i: (torch.randn(hidden, generator=g), torch.randn((), generator=g))
+                               for i in model.ahn_modules()})
+    model.config.recall_score = score
     model.config.recall_span = list(SPAN)
     model.config.recall_distance = DIST
     model.config.num_recall_slots = slots
     return model
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("ahn_type", AHN_TYPES)
-@pytest.mark.parametrize("sinks", [0, 2])
-@pytest.mark.parametrize("distance", [DIST, 0])
-def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_type, sinks, distance, attention_path):
+def _reference_raw(score, spec, call, T):
+    """The raw scores of a recorded whole-sequence call, computed outside the model: the classifier applied to the
+    layer input, or the novelty score by its token-by-token definition (rounded as the model rounds)."""
+    if score == "learned":
+        return recall_slots.raw_scores(spec.recall, call["hidden"], torch.full((1, T), S), 0)[0].double()
+    raw = naive_novelty(call["key"][0], call["value"][0], spec.inv_freq())
+    return torch.round(raw * 2.0**recall_slots.SCORE_BITS) / 2.0**recall_slots.SCORE_BITS
+
+
+@pytest.mark.parametrize("arch,ahn_type,sinks,distance,score", CASES)
+def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_type, sinks, distance, score,
+                                                                   attention_path):
     """Every layer = softmax over sinks + slots + window (slots by their definition, naive_slot_sets, seen at the slot
-    distance, or at their real positions for distance 0) + memory."""
-    model = slotted_model(arch, ahn_type, sinks)
+    distance, or at their real positions for distance 0) + memory; raw scores from the classifier or, for the
+    novelty score, from its token-by-token definition (naive_novelty)."""
+    model = slotted_model(arch, ahn_type, sinks, score=score)
     model.config.recall_distance = distance
     ids = _ids(40)
     with LayerRecorder() as rec, torch.no_grad():
@@ -47,7 +65,7 @@ def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_typ
     changed = turnover = 0
     for call in rec.calls:
         spec = get_layer_spec(call["module"])
-        raw = recall_slots.raw_scores(spec.recall, call["hidden"], torch.full((1, 40), S), 0)[0].double()
+        raw = _reference_raw(score, spec, call, 40)
         sets = naive_slot_sets(raw, W, sinks, G, *SPAN)
         attn, mem = naive_ahn_layer(spec.memory, ahn_type, call["query"][0], call["key"][0], call["value"][0],
                                     call["hidden"][0], W, sinks, call["scaling"], slot_sets=sets,
@@ -66,12 +84,10 @@ def _reference_logits(model, ids):
         return model(ids, use_cache=False).logits
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("ahn_type", AHN_TYPES)
-@pytest.mark.parametrize("sinks", [0, 2])
-@pytest.mark.parametrize("distance", [DIST, 0])
-def test_whole_forward_equals_chunked_prefill_and_decode_with_slots(arch, ahn_type, sinks, distance, attention_path):
-    model = slotted_model(arch, ahn_type, sinks)
+@pytest.mark.parametrize("arch,ahn_type,sinks,distance,score", CASES)
+def test_whole_forward_equals_chunked_prefill_and_decode_with_slots(arch, ahn_type, sinks, distance, score,
+                                                                    attention_path):
+    model = slotted_model(arch, ahn_type, sinks, score=score)
     model.config.recall_distance = distance
     ids = _ids(41)
     ref = _reference_logits(model, ids)
@@ -111,8 +127,9 @@ def test_decoding_takes_the_steady_path_once_the_slots_are_full(paths):
     assert layer.slot_keys.shape[2] == G and bool((layer.slot_rpos >= S).all())
 
 
-def test_left_padded_batch_with_slots_equals_each_row_alone():
-    model = slotted_model()
+@pytest.mark.parametrize("score", ["learned", "novelty"])
+def test_left_padded_batch_with_slots_equals_each_row_alone(score):
+    model = slotted_model(score=score)
     a, b = _ids(33, seed=1)[0], _ids(25, seed=2)[0]
     batch = torch.zeros(2, 33, dtype=torch.long)
     batch[0], batch[1, 8:] = a, b
@@ -132,8 +149,9 @@ def test_left_padded_batch_with_slots_equals_each_row_alone():
     assert torch.equal(out[0, 33:], ga[0, 33:]) and torch.equal(out[1, 33:], gb[0, 25:])
 
 
-def test_beam_search_and_greedy_with_slots():
-    model = slotted_model()
+@pytest.mark.parametrize("score", ["learned", "novelty"])
+def test_beam_search_and_greedy_with_slots(score):
+    model = slotted_model(score=score)
     ids = _ids(28)
     with torch.no_grad():
         greedy = model.generate(ids, max_new_tokens=10, do_sample=False)
@@ -153,8 +171,9 @@ def test_zero_slots_is_the_official_ahn_bit_for_bit():
         assert torch.equal(model(ids, use_cache=False).logits, plain(ids, use_cache=False).logits)
 
 
-def test_cache_holds_sinks_window_and_slots_only():
-    model = slotted_model()
+@pytest.mark.parametrize("score", ["learned", "novelty"])
+def test_cache_holds_sinks_window_and_slots_only(score):
+    model = slotted_model(score=score)
     with torch.no_grad():
         sizes = []
         for n in (60, 200):
@@ -208,11 +227,16 @@ def test_bad_recall_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="num_recall_slots must be an integer >= 0"):
         with model.runtime(num_recall_slots=-1):
             pass
-    with pytest.raises(ValueError, match="needs a trained retention classifier"):
-        with model.runtime(num_recall_slots=4):
+    with pytest.raises(ValueError, match="recall_score='learned' needs a trained retention classifier"):
+        with model.runtime(num_recall_slots=4, recall_score="learned"):
             pass
-    with pytest.raises(ValueError, match="needs a trained retention classifier"):
-        type(model.config)(base_config=model.config.base_config, num_recall_slots=2)
+    with pytest.raises(ValueError, match="recall_score='learned' needs a trained retention classifier"):
+        type(model.config)(base_config=model.config.base_config, num_recall_slots=2, recall_score="learned")
+    with pytest.raises(ValueError, match="recall_score must be one of"):
+        with model.runtime(num_recall_slots=4, recall_score="surprise"):
+            pass
+    with model.runtime(num_recall_slots=4):  # no classifier: the training-free score
+        assert model.config.recall_score is None and model(_ids(30)).logits.isfinite().all()
     slotted = slotted_model()
     with pytest.raises(ValueError, match="recall_span keeps 12 tokens before"):
         with slotted.runtime(sliding_window=6):
@@ -229,6 +253,56 @@ def test_bad_recall_settings_raise_clear_errors():
         with pytest.raises(ValueError, match="num_recall_slots=3 but the model now uses 6, 2, 5"), \
                 slotted.runtime(num_recall_slots=5):
             slotted(_ids(1), past_key_values=cache)
+        cache = AhnCache(slotted.config)
+        slotted(_ids(20), past_key_values=cache)
+        with pytest.raises(ValueError, match="scored with recall_score='learned' and the model now uses 'novelty'"), \
+                slotted.runtime(recall_score="novelty"):
+            slotted(_ids(1), past_key_values=cache)
+
+
+def test_novelty_score_blocks_equal_one_token_at_a_time():
+    """The chunked (UT) delta rule of the novelty score = its token-by-token definition, across block edges, with
+    pads not written; repeated text scores near 0 the second time, a token never seen before high."""
+    g = torch.Generator().manual_seed(3)
+    B, H, T, D = 2, 3, 2 * recall_slots.NOVELTY_BLOCK + 9, 8
+    keys, values = torch.randn(B, H, T, D, generator=g), torch.randn(B, H, T, D, generator=g)
+    ang = recall_slots.rope_angles(torch.arange(T).expand(B, T), 1.0 / 100 ** (torch.arange(0, D, 2) / D))
+    rotation = (ang.cos(), ang.sin())
+    rpos = torch.arange(T).expand(B, T).clone()
+    rpos[1, :5] = -1  # row 1 starts with 5 pads
+    whole, state = recall_slots.novelty_scores(keys, values, rotation, rpos, 2, None)
+    assert whole.shape == (B, T) and torch.isinf(whole[:, :2]).all() and torch.isinf(whole[1, :5]).all()
+    inv_freq = 1.0 / 100 ** (torch.arange(0, D, 2) / D)
+    ref = naive_novelty(keys[0], values[0], inv_freq)
+    assert (whole[0, 2:].double() - ref[2:]).abs().max() <= 2.0**-recall_slots.SCORE_BITS
+    step_state, steps = None, []
+    for t in range(T):
+        sl = slice(t, t + 1)
+        s, step_state = recall_slots.novelty_scores(keys[:, :, sl], values[:, :, sl], (rotation[0][:, sl],
+                                                    rotation[1][:, sl]), rpos[:, sl], 2, step_state)
+        steps.append(s)
+    assert torch.equal(torch.cat(steps, 1), whole) and (step_state - state).abs().max() < 1e-12
+    # the padded row computes what its real tokens compute alone (pads are not written)
+    alone, _ = recall_slots.novelty_scores(keys[1:, :, 5:], values[1:, :, 5:], (rotation[0][1:, 5:],
+                                           rotation[1][1:, 5:]), torch.arange(T - 5)[None], 2, None)
+    assert torch.equal(alone[0, 2:], whole[1, 7:])
+    # repetition: 4 tokens with orthogonal keys seen once (each new: its whole value missed), then again (learned)
+    k4 = torch.linalg.qr(torch.randn(16, 4, generator=g)).Q.T.reshape(1, 1, 4, 16)
+    v4 = torch.randn(1, 1, 4, 16, generator=g)
+    one = (torch.ones(1, 8, 16), torch.zeros(1, 8, 16))
+    rep, _ = recall_slots.novelty_scores(k4.repeat(1, 1, 2, 1), v4.repeat(1, 1, 2, 1), one, torch.arange(8)[None], 0,
+                                         None)
+    assert torch.equal(rep[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+
+
+def test_reset_keeps_the_recall_slots():
+    model = slotted_model()
+    cache = AhnCache(model.config)
+    with torch.no_grad():
+        first = model(_ids(30), past_key_values=cache).logits
+        cache.reset()
+        assert cache.layers[0].num_recall_slots == G
+        assert torch.equal(model(_ids(30), past_key_values=cache).logits, first)
 
 
 @pytest.mark.parametrize("case", range(12))

@@ -75,10 +75,14 @@ def test_train_recall_saves_an_adapter_whose_slots_run(tmp_path):
 
 
 def test_slots_on_an_adapter_without_a_classifier_name_the_fix(tmp_path):
+    """Without a classifier the learned score names the fix; slots alone take the training-free novelty score."""
     model = make_ahn("qwen2", "gdn", 16, 2)
     model.save_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="ahn train-recall"):
-        AhnForCausalLM.from_pretrained(tmp_path / "plain", num_recall_slots=8)
+        AhnForCausalLM.from_pretrained(tmp_path / "plain", num_recall_slots=8, recall_score="learned")
+    slotted = AhnForCausalLM.from_pretrained(tmp_path / "plain", num_recall_slots=8)
+    assert slotted.config.num_recall_slots == 8 and slotted.config.recall_score is None
+    assert slotted.get_submodule("model.layers.0.ahn").recall_head is None
 
 
 SLOTTED_REMOTE = r"""

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2", "full_static", "ahn_gdn_static",
-           "ahn_gdn_slots64")
-# "ahn_gdn_slots64": AHN-GDN with 64 recall slots (a random retention classifier: the cost, not the choice)
+           "ahn_gdn_slots64", "ahn_gdn_novelty64")
+# "ahn_gdn_slots64": AHN-GDN with 64 recall slots (a random retention classifier: the cost, not the choice);
+# "ahn_gdn_novelty64": the same slots chosen by the training-free novelty score (its delta-rule memory's cost too)
 # "*_static": a fixed-size cache (transformers' StaticCache / StaticAhnCache) and a torch.compile'd decoding step
 # (CUDA graphs on GPU: mode="reduce-overhead"); the prefill runs eagerly. Compilation is timed apart (compile_s).
 COMPILE_WARMUP = 3
@@ -124,6 +125,8 @@ def load_method(method: str, base: str, window: int, sinks: int, dtype, device, 
             for mod in m.ahn_modules().values():
                 mod.recall.weight.normal_(0, 0.05)
         m.config.num_recall_slots = 64
+    if method.endswith("_novelty64"):
+        m.config.num_recall_slots, m.config.recall_score = 64, "novelty"
     return m.to(device).eval(), mode
 
 

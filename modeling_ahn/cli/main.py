@@ -18,6 +18,15 @@ def _add_settings(p, defaults=True):
                    help="attention sinks S" + (f" (default {DEFAULT_NUM_SINKS})" if defaults else ""))
 
 
+def _add_recall(p, who: str):
+    """--recall-slots / --recall-score: recall slots (docs/recall_slots.md) for ``who``."""
+    p.add_argument("--recall-slots", type=int, default=0, metavar="G",
+                   help=f"recall slots for {who}: G evicted tokens per layer kept exactly (0: off)")
+    p.add_argument("--recall-score", default=None, choices=["learned", "novelty"],
+                   help="how recall slots pick tokens: the adapter's retention classifier (learned) or the "
+                   "training-free novelty score (default: learned where the adapter has a classifier)")
+
+
 def cmd_export(args) -> int:
     from safetensors.torch import load_file
     from transformers import AutoConfig
@@ -233,7 +242,7 @@ def cmd_eval(args) -> int:
         base=args.base, window=window, sinks=sinks, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
         dtype=args.dtype, apply_chat_template=args.apply_chat_template, data_dir=args.data_dir,
         corpus_dir=args.corpus_dir, max_input_tokens=budget, full_beyond_context=args.full_beyond_context,
-        device=args.device)
+        device=args.device, recall_slots=args.recall_slots, recall_score=args.recall_score)
     report = evaluate(settings, args.out, resume=args.resume, overwrite=args.overwrite,
                       progress=not args.no_progress)
     print(table(report))
@@ -320,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has native bf16, else float32) | "
                    "float32 | bfloat16 | float16")
+    _add_recall(p, "the run")
+    p.add_argument("--recall", action="store_true",
+                   help="plant a pass key at 10%% of the document, ask for it at the end, and answer without and with "
+                   "recall slots (--recall-slots, default 64)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -366,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=None, help="sliding window for swa and ahn (default: the repo's)")
     p.add_argument("--sinks", type=int, default=None, help="attention sinks for swa and ahn (default: the repo's)")
     p.add_argument("--base", default=None, help="base model to use instead of the repo's base_model_name_or_path")
+    _add_recall(p, "the ahn method")
     p.add_argument("--limit", type=int, default=None, help="samples per task and length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1)

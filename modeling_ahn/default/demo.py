@@ -18,6 +18,13 @@ DEFAULT_QUESTION = "Which play is this, and how does it end?"
 # 34.9k tokens (4.3x the base's 8k context): the whole demo in ~3 minutes on a 2-core AVX2 CPU in float32, where
 # Hamlet (54k tokens, `--play hamlet`) took 287-306 s against the 5-minute budget.
 DEFAULT_PLAY = "julius-caesar"
+# `ahn demo --recall`: a fact planted early in the play and asked about at the end, answered without and with recall
+# slots (docs/recall_slots.md).
+RECALL_FACT = "The secret pass key is 71432. Remember it: 71432 is the pass key."
+RECALL_QUESTION = "What is the secret pass key? Answer with the number only."
+RECALL_ANSWER = "71432"
+RECALL_DEPTH = 0.1
+RECALL_SLOTS = 64
 
 
 class DemoError(RuntimeError):
@@ -65,6 +72,18 @@ def play_document(play: str = DEFAULT_PLAY) -> tuple[str, str]:
     return str(path), path.read_text(encoding="utf-8")
 
 
+def plant_fact(text: str, fact: str, depth: float) -> str:
+    """``text`` with ``fact`` inserted as a line of its own at the first line start after ``depth`` of its
+    characters (0 <= depth < 1)."""
+    if not fact or not fact.strip():
+        raise DemoError("the fact to plant is empty")
+    if not 0 <= depth < 1:
+        raise DemoError(f"--fact-depth is a fraction of the document in [0, 1), got {depth}")
+    at = text.find("\n", int(len(text) * depth))
+    at = len(text) if at < 0 else at + 1
+    return f"{text[:at]}{fact.strip()}\n{text[at:]}"
+
+
 def resolve_base(base: str | None) -> str:
     if base is not None:
         return base
@@ -100,9 +119,12 @@ def _fmt_bytes(n: float) -> str:
 
 
 def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks=None, base=None, adapter=None,
-             max_new_tokens=64, chunk=2048, threads=None, progress=True, stream=True, dtype="auto") -> dict:
+             max_new_tokens=64, chunk=2048, threads=None, progress=True, stream=True, dtype="auto", recall_slots=0,
+             recall_score=None, fact=None, fact_depth=RECALL_DEPTH) -> dict:
     """``file``: a UTF-8 text file, or ``play``: a Shakespeare play by name (default: ``DEFAULT_PLAY``).
-    ``dtype``: ``"auto"`` (bf16 where the CPU multiplies it natively, else float32: see ``devices``) or a name."""
+    ``dtype``: ``"auto"`` (bf16 where the CPU multiplies it natively, else float32: see ``devices``) or a name.
+    ``recall_slots``/``recall_score``: recall slots (``num_recall_slots``/``recall_score``); ``fact``: a sentence
+    planted at ``fact_depth`` of the document (see ``plant_fact``)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
@@ -117,6 +139,8 @@ def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks
         name, text = str(file), read_document(file)
     else:
         name, text = play_document(play or DEFAULT_PLAY)
+    if fact is not None:
+        text = plant_fact(text, fact, fact_depth)
     try:
         dtype = resolve_dtype(dtype, "cpu")
     except ValueError as e:
@@ -124,6 +148,8 @@ def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks
     if threads:
         torch.set_num_threads(threads)
     overrides = {k: v for k, v in (("sliding_window", window), ("num_sinks", sinks)) if v is not None}
+    if recall_slots:
+        overrides.update(num_recall_slots=recall_slots, recall_score=recall_score)
     t0 = time.perf_counter()
     if adapter is None:  # the shipped adapter, exported over the default base (or --base)
         from .shipped import shipped_repo
@@ -145,8 +171,11 @@ def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     n = ids.shape[1]
     if progress:
-        print(f"document: {name} ({len(text):,} characters)\nmodel: {adapter} over {base}\n"
-              f"AHN-{cfg.ahn_type.upper()}, window {cfg.sliding_window}, sinks {cfg.num_sinks}; base context "
+        score = "novelty" if cfg.recall_score == "novelty" or not cfg.recall_head else "learned"
+        slots = f", {cfg.num_recall_slots} recall slots ({score} score)" if cfg.num_recall_slots else ""
+        planted = f"; planted at {fact_depth:.0%}: {fact.strip()!r}" if fact is not None else ""
+        print(f"document: {name} ({len(text):,} characters{planted})\nmodel: {adapter} over {base}\n"
+              f"AHN-{cfg.ahn_type.upper()}, window {cfg.sliding_window}, sinks {cfg.num_sinks}{slots}; base context "
               f"{cfg.base_config.max_position_embeddings:,} tokens; {dtype_name(dtype)}; loaded in {load_s:.1f} s")
     from ..modeling_ahn import CACHE_KWARG
 
@@ -175,23 +204,47 @@ def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks
                   answer=answer, new_tokens=int(len(new)), cache_bytes=cache_b, full_attention_kv_bytes=full_b,
                   prefill_s=prefill_s, prefill_tok_s=(n - 1) / prefill_s, decode_s=decode_s,
                   decode_tok_s=len(new) / decode_s, window=cfg.sliding_window, sinks=cfg.num_sinks,
-                  dtype=dtype_name(dtype))
+                  dtype=dtype_name(dtype), recall_slots=cfg.num_recall_slots)
     if progress:
         if not stream:
             print(answer)
         print(f"\ntokens read: {n:,} ({n / cfg.base_config.max_position_embeddings:.1f}x the base's context)\n"
-              f"cache: {_fmt_bytes(cache_b)} (AHN: sinks + window + memory state) vs {_fmt_bytes(full_b)} for a "
+              f"cache: {_fmt_bytes(cache_b)} (AHN: sinks + window{' + recall slots' if cfg.num_recall_slots else ''}"
+              f" + memory state) vs {_fmt_bytes(full_b)} for a "
               f"full-attention {dtype_name(dtype)} KV cache of the same tokens ({full_b / cache_b:.0f}x)\n"
               f"prefill: {result['prefill_tok_s']:,.0f} tok/s ({prefill_s:.1f} s); decode: "
               f"{result['decode_tok_s']:.1f} tok/s ({len(new)} tokens in {decode_s:.1f} s)")
     return result
 
 
+def recall_demo(slots=RECALL_SLOTS, progress=True, **kw) -> list[dict]:
+    """``ahn demo --recall``: ``RECALL_FACT`` planted at ``RECALL_DEPTH`` of the document and asked about at the end,
+    answered by AHN without recall slots, then with ``slots`` of them; returns both results, each with
+    ``recalled``."""
+    results = []
+    for g in (0, slots):
+        if progress:
+            print(f"\n=== AHN {'without recall slots' if not g else f'with {g} recall slots'} ===")
+        res = run_demo(question=RECALL_QUESTION, fact=RECALL_FACT, recall_slots=g, progress=progress, **kw)
+        res["recalled"] = RECALL_ANSWER in res["answer"]
+        results.append(res)
+    if progress:
+        for r in results:
+            who = f"AHN + {r['recall_slots']} recall slots" if r["recall_slots"] else "AHN"
+            print(f"{who:<24} {'recalled' if r['recalled'] else 'missed':<8} the pass key {RECALL_ANSWER} read "
+                  f"~{r['tokens_read'] * (1 - RECALL_DEPTH):,.0f} tokens earlier: {r['answer'].strip()!r}")
+    return results
+
+
 def main(args) -> int:
     try:
-        run_demo(file=args.file, play=args.play, question=args.question, window=args.window, sinks=args.sinks,
-                 base=args.base, adapter=args.adapter, max_new_tokens=args.max_new_tokens, chunk=args.chunk,
-                 threads=args.threads, progress=not args.quiet, stream=not args.quiet, dtype=args.dtype)
+        kw = dict(file=args.file, play=args.play, window=args.window, sinks=args.sinks, base=args.base,
+                  adapter=args.adapter, max_new_tokens=args.max_new_tokens, chunk=args.chunk, threads=args.threads,
+                  stream=not args.quiet, dtype=args.dtype, recall_score=args.recall_score)
+        if args.recall:
+            recall_demo(args.recall_slots or RECALL_SLOTS, progress=not args.quiet, **kw)
+        else:
+            run_demo(question=args.question, progress=not args.quiet, recall_slots=args.recall_slots, **kw)
     except DemoError as e:
         print(f"ahn demo: error: {e}", file=sys.stderr)
         return 2

@@ -140,6 +140,8 @@ class EvalSettings:
     max_input_tokens: int | None = None
     full_beyond_context: str = "mark"  # mark | skip | error
     device: str | None = None
+    recall_slots: int = 0  # recall slots of the "ahn" method (docs/recall_slots.md); 0: the plain AHN
+    recall_score: str | None = None  # learned | novelty | None (the best the adapter has)
 
 
 def _check_settings(s: EvalSettings, leaves: dict[str, list[str]]) -> None:
@@ -176,6 +178,8 @@ def _load_models(s: EvalSettings, method: str, config):
         model = AutoModelForCausalLM.from_pretrained(base_name, **kw)
     else:
         over = {k: v for k, v in (("sliding_window", s.window), ("num_sinks", s.sinks)) if v is not None}
+        if method == "ahn" and s.recall_slots:
+            over.update(num_recall_slots=s.recall_slots, recall_score=s.recall_score)
         if s.base:
             over["base_model"] = s.base
         model = AutoModelForCausalLM.from_pretrained(s.model, trust_remote_code=True, **over, **kw)
@@ -273,7 +277,9 @@ def evaluate(s: EvalSettings, out_dir: str | os.PathLike, resume: bool = True, o
     mine = {k: portable_path(v) if k in ("model", "base", "data_dir", "corpus_dir") else v
             for k, v in asdict(s).items() if k not in ("batch_size", "device")}
     if settings_path.exists() and not overwrite:
-        old = json.loads(settings_path.read_text())
+        # (a setting an older version did not store had its default then)
+        defaults = asdict(EvalSettings(model="", tasks=[], lengths=[]))
+        old = {**{k: defaults[k] for k in mine}, **json.loads(settings_path.read_text())}
         diff = sorted(k for k in set(old) | set(mine) if k not in ("methods", "lengths", "tasks")
                       and old.get(k) != mine.get(k))
         if not resume:
@@ -366,6 +372,7 @@ def summarize(s: EvalSettings, done: dict, base_context: int, config) -> dict:
         "base": portable_path(s.base or config.base_model_name_or_path),
         "ahn_type": config.ahn_type, "window": s.window or config.sliding_window,
         "sinks": s.sinks if s.sinks is not None else config.num_sinks, "base_context": base_context,
+        "recall_slots": s.recall_slots, "recall_score": s.recall_score if s.recall_slots else None,
         "lengths": s.lengths, "methods": s.methods, "limit": s.limit, "seed": s.seed,
         "apply_chat_template": s.apply_chat_template, "scores": rows,
     }
