@@ -291,20 +291,31 @@ def memory_keys(spec, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tens
 
 def _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling, dropout):
     """STATIC_STEP: one token per row over a :class:`StaticSinkWindowLayer`, the same result as the dynamic paths
-    with fixed shapes and no host sync. ``key``/``value`` are ``[sink store (S), ring (W)]``, the new token already
-    in its slot; the token it evicted is ``layer.step.evicted``."""
+    with fixed shapes and no host sync. ``key``/``value`` are ``[sink store (S), recall slots (G), ring (W)]``, the
+    new token already in its slot, the token it evicted (``layer.step.evicted``) already admitted to the slots if it
+    beat the weakest."""
     step: StaticStep = layer.step
     ev = step.evicted
-    S = layer.num_sinks
+    S, G = layer.num_sinks, layer.num_recall_slots
     B = query.shape[0]
     rpos_new = layer.real_positions(None if mask2d is None else mask2d[:, -1:], 1)  # [B, 1]
     ring_rpos = layer.ring_rpos.index_copy(1, step.slot, rpos_new)
     is_slot = torch.arange(layer.sliding_window, device=query.device) == step.slot
-    # visible: filled sink slots, real tokens of the ring (all within the window), and the query itself
-    mask = torch.cat([layer.sink_filled, (ring_rpos >= 0) | is_slot], dim=-1)[:, None, None, :]
+    # visible: filled sink slots, filled recall slots, real tokens of the ring (all within the window), the query
+    slot_parts, no_sink = [], []
+    scores_new = novelty = None
+    if G:  # the slots, seen `recall_distance` before this query (the stored keys stay at their real positions)
+        distance, slot_freq = spec.recall_geometry(query.shape[-1])
+        moved = slot_keys_at(key[:, :, S: S + G], layer.slot_rpos, rpos_new, distance, slot_freq)
+        key = torch.cat([key[:, :, :S], moved, key[:, :, S + G:]], dim=2)
+        slot_parts, no_sink = [layer.slot_rpos >= 0], [torch.zeros_like(layer.slot_rpos, dtype=torch.bool)]
+        scores_new, novelty = spec.recall_scores(layer, inputs, layer.ring_keys.index_select(2, step.slot),
+                                                 layer.ring_values.index_select(2, step.slot), rpos_new)
+    mask = torch.cat([layer.sink_filled, *slot_parts, (ring_rpos >= 0) | is_slot], dim=-1)[:, None, None, :]
     inv_freq = spec.clamp_inv_freq(query.shape[-1])
     if inv_freq is not None:
-        key_is_sink = torch.cat([torch.ones_like(layer.sink_filled), (ring_rpos >= 0) & (ring_rpos < S)], dim=-1)
+        key_is_sink = torch.cat([torch.ones_like(layer.sink_filled), *no_sink, (ring_rpos >= 0) & (ring_rpos < S)],
+                                dim=-1)
         key = sinks_rotated_forward(key, sink_angles(spec, rpos_new, inv_freq, query.device), key_is_sink)
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, mask, scaling, dropout)
     memory, hidden = spec.memory, inputs.hidden
@@ -318,7 +329,7 @@ def _static_step(spec, module, layer, query, key, value, inputs, mask2d, scaling
         mem_out, state = memory(memory.read_query(query, inputs.rotation), ev_keys, ev.values, ev_gates, valid,
                                 hidden, layer.recurrent_state)
         attn_out = attn_out + mem_out
-    layer.end_step(rpos_new, gates_new, state)
+    layer.end_step(rpos_new, gates_new, state, scores_new=scores_new, novelty_state=novelty)
     return attn_out, attn_weights
 
 

@@ -195,7 +195,7 @@ class SinkWindowLayer(CacheLayerMixin):
             raise RuntimeError("SinkWindowLayer.end_step without a step under way (update was not called)")
         if self.num_recall_slots:
             self._end_scores(step, scores_new, slots)
-            self.novelty_state = novelty_state
+            self._store_novelty(novelty_state)
         if isinstance(step, SteadyStep):
             self._end_steady(step, gates_new)
         elif isinstance(step, StaticStep):
@@ -207,6 +207,9 @@ class SinkWindowLayer(CacheLayerMixin):
 
     def _store_state(self, recurrent_state):
         self.recurrent_state = recurrent_state
+
+    def _store_novelty(self, novelty_state):
+        self.novelty_state = novelty_state
 
     def steady_evicted_score(self) -> torch.Tensor:
         """``[B]``: the span score of the token a steady step evicts (window[0])."""
@@ -365,28 +368,44 @@ class StaticSinkWindowLayer(SinkWindowLayer):
 
     is_compileable = True
 
-    def __init__(self, num_sinks: int, sliding_window: int, **kwargs):
-        super().__init__(num_sinks, sliding_window)
+    def __init__(self, num_sinks: int, sliding_window: int, num_recall_slots: int = 0, recall_span=(0, 0), **kwargs):
+        super().__init__(num_sinks, sliding_window, num_recall_slots, recall_span)
         self.kv_keys = self.kv_values = self.ring_keys = self.ring_values = None
         self.ring_rpos = self.ring_gates = self.slot_counter = None
+        self.ring_scores = None  # recall slots: the ring's raw scores [B, W]
 
     def __repr__(self):
-        return f"StaticSinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window})"
+        slots = f", num_recall_slots={self.num_recall_slots}" if self.num_recall_slots else ""
+        return f"StaticSinkWindowLayer(num_sinks={self.num_sinks}, sliding_window={self.sliding_window}{slots})"
 
     def lazy_initialization(self, key_states, value_states):
         super().lazy_initialization(key_states, value_states)
         B, Hkv, _, D = key_states.shape
-        W, S = self.sliding_window, self.num_sinks
-        # one buffer per K and V: the sink store in slots [0, S), the ring in [S, S + W) -- attention reads it
-        # whole, with no concatenation per step
-        self.kv_keys = key_states.new_zeros(B, Hkv, S + W, D)
-        self.kv_values = value_states.new_zeros(B, Hkv, S + W, value_states.shape[-1])
-        self.sink_keys, self.ring_keys = self.kv_keys[:, :, :S], self.kv_keys[:, :, S:]
-        self.sink_values, self.ring_values = self.kv_values[:, :, :S], self.kv_values[:, :, S:]
+        W, S, G = self.sliding_window, self.num_sinks, self.num_recall_slots
+        # one buffer per K and V: the sink store in slots [0, S), the recall slots in [S, S + G), the ring in
+        # [S + G, S + G + W) -- attention reads it whole, with no concatenation per step
+        self.kv_keys = key_states.new_zeros(B, Hkv, S + G + W, D)
+        self.kv_values = value_states.new_zeros(B, Hkv, S + G + W, value_states.shape[-1])
+        self._views()
         self.ring_rpos = torch.full((B, W), -1, dtype=torch.long, device=self.device)
         self.slot_counter = torch.zeros((), dtype=torch.long, device=self.device)
-        for t in (self.kv_keys, self.kv_values, self.ring_rpos, self.slot_counter, self.sink_filled, self.num_real):
+        fixed = [self.kv_keys, self.kv_values, self.ring_rpos, self.slot_counter, self.sink_filled, self.num_real]
+        if G:
+            self.ring_scores = torch.full((B, W), float("-inf"), device=self.device)
+            fixed += [self.slot_scores, self.slot_rpos, self.score_tail, self.ring_scores]
+            self._slot_buffers = {"slot_keys": self.slot_keys, "slot_values": self.slot_values,
+                                  "slot_scores": self.slot_scores, "slot_rpos": self.slot_rpos,
+                                  "score_tail": self.score_tail}
+        for t in fixed:
             _mark_static(t)
+
+    def _views(self):
+        """The sink store, recall slots and ring as views into the K/V buffers."""
+        S, G = self.num_sinks, self.num_recall_slots
+        self.sink_keys, self.ring_keys = self.kv_keys[:, :, :S], self.kv_keys[:, :, S + G:]
+        self.sink_values, self.ring_values = self.kv_values[:, :, :S], self.kv_values[:, :, S + G:]
+        if G:
+            self.slot_keys, self.slot_values = self.kv_keys[:, :, S: S + G], self.kv_values[:, :, S: S + G]
 
     def ensure_buffers(self, gates: torch.Tensor, batch: int, heads: int, key_dim: int, value_dim: int):
         """Allocate the gate ring and the fp32 state once their shapes are known (the first AHN step)."""
@@ -414,12 +433,16 @@ class StaticSinkWindowLayer(SinkWindowLayer):
             self.keys, self.values = self.ring_keys[:, :, idx], self.ring_values[:, :, idx]
             self.window_rpos = self.ring_rpos[:, idx]
             self.window_gates = None if self.ring_gates is None else self.ring_gates[:, idx]
+            if self.num_recall_slots:
+                self.window_scores = self.ring_scores[:, idx]
             return super().update(key_states, value_states, *args, **kwargs)
         self._begin(key_states, value_states)
         slot = (self.slot_counter % self.sliding_window).reshape(1)
         evicted = EvictedToken(self.ring_keys.index_select(2, slot), self.ring_values.index_select(2, slot),
                                self.ring_rpos.index_select(1, slot)[:, 0],
                                None if self.ring_gates is None else self.ring_gates.index_select(1, slot))
+        if self.num_recall_slots:
+            self._admit_static(evicted)
         self.ring_keys.index_copy_(2, slot, key_states)
         self.ring_values.index_copy_(2, slot, value_states)
         S = self.num_sinks
@@ -431,6 +454,44 @@ class StaticSinkWindowLayer(SinkWindowLayer):
         self.step = StaticStep(slot, evicted)
         self.cumulative_length += 1
         return self.kv_keys, self.kv_values  # [sink store (S), ring (W)]
+
+    def _admit_static(self, ev: EvictedToken):
+        """The token leaving the ring takes the weakest recall slot if it beats it (real, no sink; its span score
+        from the tail of evicted raw scores and the ring's next ``before`` ones), in place, before the step
+        attends."""
+        from .recall_slots import beats, weakest_slot  # (sibling; imported here to keep the cache light)
+
+        before = self.recall_span[0]
+        order = (self.slot_counter + torch.arange(before + 1, device=self.device)) % self.sliding_window
+        ev_s = torch.cat([self.score_tail, self.ring_scores.index_select(1, order)], dim=1).amax(1)
+        w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
+        win = beats(ev_s, ev.rpos, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
+        win &= ev.rpos >= self.num_sinks
+        hit = (torch.arange(self.num_recall_slots, device=self.device) == w) & win[:, None]  # [B, G]
+        self.slot_keys.copy_(torch.where(hit[:, None, :, None], ev.keys, self.slot_keys))
+        self.slot_values.copy_(torch.where(hit[:, None, :, None], ev.values, self.slot_values))
+        self.slot_scores.copy_(torch.where(hit, ev_s[:, None], self.slot_scores))
+        self.slot_rpos.copy_(torch.where(hit, ev.rpos[:, None], self.slot_rpos))
+
+    def _end_scores(self, step, scores_new, slots):
+        if not isinstance(step, StaticStep):
+            return super()._end_scores(step, scores_new, slots)
+        if scores_new is None:
+            raise RuntimeError("a step with recall slots ended without the new tokens' scores")
+        after = self.recall_span[1]
+        if after:  # the evicted token's raw score joins the tail (it is still in the ring at this slot)
+            tail = torch.cat([self.score_tail[:, 1:], self.ring_scores.index_select(1, step.slot)], dim=1)
+            self.score_tail.copy_(tail)
+        self.ring_scores.index_copy_(1, step.slot, scores_new)
+
+    def _store_novelty(self, novelty_state):
+        if novelty_state is None or novelty_state is self.novelty_state:
+            return
+        if self.novelty_state is None or self.novelty_state.shape != novelty_state.shape:
+            self.novelty_state = novelty_state.clone()
+            _mark_static(self.novelty_state)
+        else:
+            self.novelty_state.copy_(novelty_state)
 
     def _end_static(self, step: StaticStep, rpos_new, gates_new):
         """The new token's position and gates into its ring slot, the counts."""
@@ -448,6 +509,10 @@ class StaticSinkWindowLayer(SinkWindowLayer):
 
     def _end_chunk(self, step, rpos_new, gates_new):
         buffers = {n: getattr(self, n) for n in ("sink_keys", "sink_values", "sink_filled", "num_real")}
+        if self.num_recall_slots:  # end_step has set the slots and the tail (new tensors): back into the buffers
+            for name, buf in self._slot_buffers.items():
+                buf.copy_(getattr(self, name))
+                setattr(self, name, buf)
         super()._end_chunk(step, rpos_new, gates_new)
         for name, buf in buffers.items():  # the dynamic path made new tensors: back into the fixed buffers
             buf.copy_(getattr(self, name))
@@ -459,27 +524,32 @@ class StaticSinkWindowLayer(SinkWindowLayer):
         if self.window_gates is not None:
             self._ensure_gate_ring(self.window_gates)
             self.ring_gates[:, idx] = self.window_gates
+        if self.num_recall_slots:
+            self.ring_scores[:, idx] = self.window_scores
         self.slot_counter.fill_(self.cumulative_length)
         # the ordered views are rebuilt from the ring by the next multi-token update
         self.keys, self.values = self.ring_keys[:, :, :0], self.ring_values[:, :, :0]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.num_sinks + self.sliding_window + query_length, 0
+        return self.num_sinks + self.num_recall_slots + self.sliding_window + query_length, 0
 
     def _tensors(self):
-        return ("kv_keys", "kv_values", "ring_rpos", "ring_gates", "slot_counter", "sink_filled", "num_real",
-                "recurrent_state")
+        names = ("kv_keys", "kv_values", "ring_rpos", "ring_gates", "slot_counter", "sink_filled", "num_real",
+                 "recurrent_state")
+        if self.num_recall_slots:  # (the slots' keys and values are views into kv_keys / kv_values)
+            names += ("slot_scores", "slot_rpos", "score_tail", "ring_scores")
+        return names + (("novelty_state",) if self.novelty_state is not None else ())
 
     def _apply_batch(self, fn):  # beam search & co.: new buffers (the slot counter is per batch, not per row),
         counter, self.slot_counter = self.slot_counter, None  # then the views into them again
         super()._apply_batch(fn)
         self.slot_counter = counter
-        S = self.num_sinks
-        self.sink_keys, self.ring_keys = self.kv_keys[:, :, :S], self.kv_keys[:, :, S:]
-        self.sink_values, self.ring_values = self.kv_values[:, :, :S], self.kv_values[:, :, S:]
+        self._views()
+        if self.num_recall_slots:
+            self._slot_buffers = {n: getattr(self, n) for n in self._slot_buffers}
 
     def reset(self) -> None:
-        self.__init__(self.num_sinks, self.sliding_window)
+        self.__init__(self.num_sinks, self.sliding_window, self.num_recall_slots, self.recall_span)
 
 
 def _mark_static(t: torch.Tensor) -> None:
@@ -523,10 +593,6 @@ class AhnCache(Cache):
                 "attention (their KV grows with the input): use AhnCache."
             )
         num_recall_slots, recall_span = num_recall_slots or 0, tuple(recall_span or (0, 0))
-        if num_recall_slots and layer_class is not SinkWindowLayer:
-            raise ValueError(
-                f"{type(self).__name__} has no recall slots yet (num_recall_slots={num_recall_slots}): its fixed "
-                "buffers hold sinks + window only. Decode with the dynamic AhnCache, or set num_recall_slots=0.")
         slots = dict(num_recall_slots=num_recall_slots, recall_span=recall_span) if num_recall_slots else {}
         layers = [DynamicLayer() if i in full else layer_class(num_sinks, sliding_window, **slots)
                   for i in range(num_layers)]

@@ -243,10 +243,12 @@ def test_bad_recall_settings_raise_clear_errors():
             slotted.config.recall_span = [12, 3]
             slotted.config.validate_ahn()
     slotted.config.recall_span = list(SPAN)
-    with pytest.raises(ValueError, match="StaticAhnCache has no recall slots yet"):
-        StaticAhnCache(slotted.config)
-    with pytest.raises(ValueError, match="StaticAhnCache has no recall slots yet"):
-        slotted.generate(_ids(20), max_new_tokens=2, cache_implementation="static")
+    static = StaticAhnCache(slotted.config)
+    with torch.no_grad():
+        slotted(_ids(20), past_key_values=static)
+        with pytest.raises(ValueError, match="num_recall_slots=3 but the model now uses 6, 2, 4"), \
+                slotted.runtime(num_recall_slots=4):  # fixed slot buffers of another size
+            slotted(_ids(1), past_key_values=static)
     cache = AhnCache(slotted.config)
     with torch.no_grad():
         slotted(_ids(20), past_key_values=cache)
@@ -342,3 +344,93 @@ def test_random_settings_agree_on_every_path(case):
         both = model(batch, attention_mask=mask).logits
         assert (both[0] - ref[0]).abs().max() < 1e-4
         assert (both[1, L - other.shape[1]:] - model(other).logits[0]).abs().max() < 1e-4
+
+
+def _static_run(model, cache, chunks, mask=None):
+    out, seen = [], 0
+    for ids in chunks:
+        seen += ids.shape[1]
+        m = None if mask is None else mask[:, :seen]
+        pos = None if m is None else (m.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        out.append(model(ids, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True).logits)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("arch,ahn_type,sinks,score", [("qwen2", "gdn", 2, "learned"), ("llama", "mamba2", 0, "learned"),
+                                                       ("qwen3", "dn", 2, "novelty"), ("llama", "gdn", 0, "novelty")])
+def test_static_cache_with_slots_equals_dynamic(arch, ahn_type, sinks, score):
+    """StaticAhnCache with recall slots (fixed slot buffers beside the sink store and the ring): prompts shorter and
+    longer than the window, one-token steps that fill and turn over the slots, a multi-token continuation, more
+    steps; the same logits as the dynamic cache and the whole-sequence forward, and the same slots."""
+    model = slotted_model(arch, ahn_type, sinks, score=score)
+    for prompt in (3, 9, 20):
+        ids = _ids(prompt + 30 + 4 + 5, seed=prompt)
+        chunks = list(torch.split(ids, [prompt] + [1] * 30 + [4] + [1] * 5, dim=1))
+        with torch.no_grad():
+            dynamic, static = AhnCache(model.config), StaticAhnCache(model.config)
+            ref = _static_run(model, dynamic, chunks)
+            got = _static_run(model, static, chunks)
+            whole = model(ids, use_cache=False).logits
+        assert (got - ref).abs().max() < 1e-5 and (got - whole).abs().max() < 1e-4
+        for d, s in zip(dynamic.layers, static.layers):
+            assert sorted(d.slot_rpos[0].tolist()) == sorted(s.slot_rpos[0].tolist())
+            assert bool((s.slot_rpos >= sinks).all())  # full, no sink among them
+    with torch.no_grad(), model.runtime(num_recall_slots=0):
+        without = model(ids, use_cache=False).logits
+    assert (whole - without).abs().max() > 1e-2  # the slots matter
+
+
+@pytest.mark.parametrize("score", ["learned", "novelty"])
+def test_static_cache_with_slots_left_padding_generate_and_beams(score):
+    model = slotted_model(score=score)
+    ids = _ids(24, batch=3, seed=4)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :7] = 0
+    chunks = list(torch.split(ids, [8] + [1] * 16, dim=1))
+    with torch.no_grad():
+        ref = _static_run(model, AhnCache(model.config), chunks, mask)
+        got = _static_run(model, StaticAhnCache(model.config), chunks, mask)
+        assert (got - ref)[mask.bool()].abs().max() < 1e-5
+        one = _ids(20, seed=5)
+        dyn = model.generate(one, max_new_tokens=15, do_sample=False)
+        sta = model.generate(one, max_new_tokens=15, do_sample=False, cache_implementation="static")
+        assert torch.equal(dyn, sta)
+        beams = model.generate(one, max_new_tokens=6, num_beams=3, do_sample=False, cache_implementation="static")
+        assert torch.equal(beams, model.generate(one, max_new_tokens=6, num_beams=3, do_sample=False))
+
+
+@pytest.mark.parametrize("score", ["learned", "novelty"])
+def test_static_decode_step_with_slots_compiles_without_graph_breaks(score):
+    """``torch.compile(fullgraph=True)`` traces a whole decoding step with recall slots (admission to the weakest
+    slot, the slot keys moved to their distance, the novelty score's state) on the static cache."""
+    from modeling_ahn.modeling_ahn import CACHE_KWARG
+
+    torch._dynamo.reset()
+    model = slotted_model(score=score)
+    base = model.base_causal_lm
+    ids = _ids(36, seed=7)
+    graphs, runs = [], []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+
+        def run(*args):
+            runs.append(1)
+            return gm.forward(*args)
+
+        return run
+
+    step = torch.compile(base.forward, backend=counting_backend, fullgraph=True)
+    with torch.no_grad():
+        ref_cache, cache = StaticAhnCache(model.config), StaticAhnCache(model.config)
+        ref = [base(ids[:, :8], **{CACHE_KWARG: ref_cache}, use_cache=True).logits]
+        got = [base(ids[:, :8], **{CACHE_KWARG: cache}, use_cache=True).logits]
+        for t in range(8, 36):
+            pos = torch.tensor([[t]])
+            ref.append(base(ids[:, t: t + 1], position_ids=pos, **{CACHE_KWARG: ref_cache}, use_cache=True).logits)
+            got.append(step(input_ids=ids[:, t: t + 1], position_ids=pos, **{CACHE_KWARG: cache},
+                            use_cache=True).logits)
+    assert (torch.cat(got, 1) - torch.cat(ref, 1)).abs().max() < 1e-5
+    assert len(runs) == 28 and 1 <= len(graphs) <= 2, (len(graphs), len(runs))
+    assert bool((cache.layers[0].slot_rpos >= S).all())
