@@ -356,8 +356,9 @@ def _static_run(model, cache, chunks, mask=None):
     return torch.cat(out, dim=1)
 
 
-@pytest.mark.parametrize("arch,ahn_type,sinks,score", [("qwen2", "gdn", 2, "learned"), ("llama", "mamba2", 0, "learned"),
-                                                       ("qwen3", "dn", 2, "novelty"), ("llama", "gdn", 0, "novelty")])
+@pytest.mark.parametrize("arch,ahn_type,sinks,score", [
+    ("qwen2", "gdn", 2, "learned"), ("llama", "mamba2", 0, "learned"), ("qwen3", "dn", 2, "novelty"),
+    ("llama", "gdn", 0, "novelty")])
 def test_static_cache_with_slots_equals_dynamic(arch, ahn_type, sinks, score):
     """StaticAhnCache with recall slots (fixed slot buffers beside the sink store and the ring): prompts shorter and
     longer than the window, one-token steps that fill and turn over the slots, a multi-token continuation, more
