@@ -36,7 +36,9 @@ from .recall_slots import (
     novelty_scores,
     plan_slots,
     raw_scores,
+    rope_angles,
     slot_keys_at,
+    slot_keys_free,
     slot_visibility,
     slots_after,
     slotted_attention,
@@ -54,6 +56,8 @@ from .window_attention import (
     sink_angles,
     sink_rotation,
     sinks_rotated_forward,
+    strided_band_attention,
+    strided_band_available,
     window_attention,
     window_mask,
 )
@@ -431,25 +435,37 @@ def _recall_slots(spec, facts, inputs):
     return scores_new, novelty, plan_slots(layer.slot_scores, layer.slot_rpos, ev_s, ev_r, ev_r >= S, G)
 
 
-def _slotted(spec, module, facts, plan, query, key, value, scaling, dropout):
-    """The slotted attention: sinks + recall slots + window in one softmax per query
-    (``recall_slots.slotted_attention``), over the same query blocks as BLOCKED; the slots a query sees follow from
-    the plan and the evictions before it."""
+def _slotted(spec, module, facts, plan, path, query, key, value, scaling, dropout):
+    """The slotted attention: sinks + recall slots + window in one softmax per query; the slots a query sees follow
+    from the plan and the evictions before it. Chunks that the banded CPU kernel serves (BANDED_PREFILL,
+    FRESH_PREFILL) keep it, the slots scored with the sinks and merged through their log-sum-exp
+    (``strided_band_attention``'s ``extra``); the others run ``recall_slots.slotted_attention`` over the BLOCKED
+    path's query blocks."""
     layer, step = facts.layer, facts.step
     idx, cand_k, cand_v, ok = gather_candidates(plan, step.keys, step.values, layer.slot_keys, layer.slot_values)
     e_query = step.num_old + torch.arange(facts.q_len, device=ok.device) - facts.window + 1
     e_query = e_query.clamp(0, plan.num_evicted)  # evictions each query has seen
     vis = slot_visibility(plan, idx, ok, e_query).to(query.device)
+    distance, inv_freq = spec.recall_geometry(query.shape[-1])
+    cand_rpos = plan.rpos.gather(1, idx).to(query.device)
+    dev = query.device
+    qpos = facts.rpos_new.to(dev)
+    if path in (AttentionPath.BANDED_PREFILL, AttentionPath.FRESH_PREFILL) and strided_band_available(
+            step.keys, step.values, facts.dropout_active):
+        ang = rope_angles(qpos - distance, inv_freq)[:, None] if distance else None
+        extra = (slot_keys_free(cand_k, cand_rpos, distance, inv_freq), cand_v, vis, ang)
+        if path is AttentionPath.BANDED_PREFILL:
+            return strided_band_attention(spec, query, step.keys, step.values, layer.sink_keys, layer.sink_values,
+                                          qpos, step.num_old, facts.window, scaling, extra), None
+        return fresh_window_attention(spec, module, query, step.keys, step.values, qpos, facts.window, facts.sinks,
+                                      scaling, dropout, extra), None
     k, v = (step.keys, step.values) if facts.whole_sequence else (key, value)
     store = None if facts.whole_sequence else layer.sink_filled
     long = facts.whole_sequence or facts.q_len > facts.window
     plans = facts.blocks if long else None
-    distance, inv_freq = spec.recall_geometry(query.shape[-1])
-    cand_rpos = plan.rpos.gather(1, idx).to(query.device)
-    dev = query.device
-    return slotted_attention(spec, module, query, k, v, facts.rpos_all.to(dev), facts.rpos_new.to(dev), step.num_old,
-                             facts.window, facts.sinks, cand_k, cand_v, cand_rpos, vis, distance, inv_freq, scaling,
-                             store=store, plans=plans), None
+    return slotted_attention(spec, module, query, k, v, facts.rpos_all.to(dev), qpos, step.num_old, facts.window,
+                             facts.sinks, cand_k, cand_v, cand_rpos, vis, distance, inv_freq, scaling, store=store,
+                             plans=plans), None
 
 
 def _memory_readout(spec, facts, query, inputs, gates_new):
@@ -551,7 +567,7 @@ def ahn_attention(module, query, key, value, attention_mask, scaling=None, dropo
         B, H, q_len, _ = query.shape
         attn_out, attn_weights = query.new_zeros(B, q_len, H, value.shape[-1]), None
     elif plan is not None and bool(plan.keep.any()):
-        attn_out, attn_weights = _slotted(spec, module, facts, plan, query, key, value, scaling, dropout)
+        attn_out, attn_weights = _slotted(spec, module, facts, plan, path, query, key, value, scaling, dropout)
     else:
         attn_out, attn_weights = _CHUNK_PATHS[path](spec, module, facts, query, key, value, scaling, dropout)
     if plan is not None:

@@ -134,7 +134,45 @@ def plan_slots(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G: int) -> 
     """The tenures of the ``G`` old slots (``slot_scores``/``slot_rpos`` ``[B, G]``) and of ``n`` tokens evicted in
     order (``ev_*`` ``[B, n]``; ``ev_valid``: real and no sink). Candidate ``c`` is a slot after ``e`` evictions iff it
     has been evicted and fewer than ``G`` evicted tokens beat it; the count only grows, so each tenure is one
-    interval, found from a running count, ``PLAN_BLOCK`` evictions at a time."""
+    interval, found from a running count, ``PLAN_BLOCK`` evictions at a time.
+
+    Once every slot is taken, a token that does not beat the weakest slot can never take one, nor beat anything that
+    can (the order is total): only the tokens that beat it are planned (``_plan_contenders``), the rest never kept,
+    which makes a steady chunk's plan cost what its few contenders cost instead of ``n x (G + n)``."""
+    B, n = ev_scores.shape
+    if n and bool((slot_rpos >= 0).all()):
+        return _plan_contenders(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G)
+    return _plan_all(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G)
+
+
+def _plan_contenders(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G: int) -> SlotPlan:
+    """``plan_slots`` with every slot taken: plan the evicted tokens that beat the weakest slot (``k`` per row at
+    most, in eviction order) and map their tenures back to eviction counts."""
+    B, n = ev_scores.shape
+    w = weakest_slot(slot_scores, slot_rpos)[:, None]
+    could = ev_valid & beats(ev_scores, ev_rpos, slot_scores.gather(1, w), slot_rpos.gather(1, w))
+    k = int(could.sum(1).max())
+    order = torch.sort((~could).to(torch.int8), dim=1, stable=True).indices[:, :k]  # contenders first, in order
+    sub = _plan_all(slot_scores, slot_rpos, ev_scores.gather(1, order), ev_rpos.gather(1, order),
+                    could.gather(1, order), G)
+    dev = ev_scores.device
+    # eviction count after the j-th contender (j = 1..k); 0 and "never" (k + 1) keep their meaning
+    count_at = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=dev), order + 1,
+                          torch.full((B, 1), n + 1, dtype=torch.long, device=dev)], dim=1)
+    leave_sub = count_at.gather(1, sub.leave)
+    Gs = slot_scores.shape[1]
+    cols = torch.cat([torch.arange(Gs, device=dev).expand(B, Gs), order + Gs], dim=1)  # sub column -> column
+    full = lambda fill, dtype: torch.full((B, Gs + n), fill, dtype=dtype, device=dev)  # noqa: E731
+    enter = torch.cat([torch.zeros(B, Gs, dtype=torch.long, device=dev),
+                       torch.arange(1, n + 1, device=dev).expand(B, n)], dim=1)
+    leave = full(0, torch.long).scatter(1, cols, leave_sub)
+    keep = full(False, torch.bool).scatter(1, cols, sub.keep)
+    scores = torch.cat([slot_scores, ev_scores.masked_fill(~ev_valid, float("-inf"))], dim=1)
+    rpos = torch.cat([slot_rpos, torch.where(ev_valid, ev_rpos, -1)], dim=1)
+    return SlotPlan(scores, rpos, enter, leave, keep, n)
+
+
+def _plan_all(slot_scores, slot_rpos, ev_scores, ev_rpos, ev_valid, G: int) -> SlotPlan:
     B, n = ev_scores.shape
     old_valid = slot_rpos >= 0
     ev_scores = ev_scores.masked_fill(~ev_valid, float("-inf"))
@@ -236,10 +274,7 @@ def slotted_attention(spec, module, query, keys, values, rpos_keys, qpos, n_old,
         plans = [(0, L, torch.arange(P + n_old + L, device=dev), vis[:, None], kis)]
     rep = H // keys.shape[1]
     scale = scaling if scaling is not None else D**-0.5
-    if distance:
-        free = rotated_forward(cand_k, *_cos_sin(rope_angles(-cand_rpos.clamp_min(0), inv_freq)[:, None]))  # R(-j) k
-    else:  # distance 0: the slots at their real positions
-        free = cand_k.float()
+    free = slot_keys_free(cand_k, cand_rpos, distance, inv_freq)
     free, cand_vf = repeat_kv(free, rep), repeat_kv(cand_v, rep).float()
     out = query.new_empty(B, L, H, D)
     for q0, q1, aidx, mask, key_is_sink in plans:
@@ -259,6 +294,15 @@ def slotted_attention(spec, module, query, keys, values, rpos_keys, qpos, n_old,
     return out
 
 
+def slot_keys_free(cand_k, cand_rpos, distance, inv_freq):
+    """The slot candidates' keys ``[B, Hkv, M, D]`` (cached with RoPE at ``cand_rpos``) with RoPE undone
+    (``R(-j) k``, float32), which a query rotated back to ``p - distance`` scores as seen from ``distance`` tokens;
+    ``distance`` 0: the cached keys (real positions)."""
+    if not distance:
+        return cand_k.float()
+    return rotated_forward(cand_k, *_cos_sin(rope_angles(-cand_rpos.clamp_min(0), inv_freq)[:, None]))
+
+
 def _cos_sin(ang):
     return ang.cos(), ang.sin()
 
@@ -270,5 +314,5 @@ def weakest_slot(slot_scores, slot_rpos):
 
 
 __all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "SlotPlan", "beats", "gather_candidates", "novelty_scores",
-           "plan_slots", "raw_scores", "rope_angles", "rounded_scores", "slot_keys_at", "slot_visibility",
-           "slots_after", "slotted_attention", "span_scores", "weakest_slot"]
+           "plan_slots", "raw_scores", "rope_angles", "rounded_scores", "slot_keys_at", "slot_keys_free",
+           "slot_visibility", "slots_after", "slotted_attention", "span_scores", "weakest_slot"]

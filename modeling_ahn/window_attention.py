@@ -415,13 +415,17 @@ def band_bias(b: int, W: int, rep: int, dtype, device):
     return _BIAS_MEMO.put(key, (), bias[None, None])
 
 
-def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_old, W, scaling):
+def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_old, W, scaling, extra=None):
     """``banded_window_attention`` on CPU, without copying a key: each block of ``BAND_BLOCK`` queries reads its
     ``b + W - 1`` window keys as a strided view of the cache (``unfold``), the grouped query heads folded into the
     rows (no repeated keys), under one additive band mask; the sinks are attended apart (``S`` keys, float32, rotated
     back beyond the base's context as in ``sink_merged_attention``) and merged through the two parts' log-sum-exp:
     ``o = (e^lse_w o_w + e^lse_s o_s) / (e^lse_w + e^lse_s)``, exactly softmax attention over sinks + window.
-    A last block shorter than ``BAND_BLOCK`` runs on its own. Returns ``[B, q, H, D]``."""
+    A last block shorter than ``BAND_BLOCK`` runs on its own. Returns ``[B, q, H, D]``.
+
+    ``extra``: more keys scored with the sinks, in the same softmax: ``(keys [B, Hkv, M, D], values [B, Hkv, M, D],
+    visible [B, q, M], angles [B, 1, q, D] or None)``: each query, rotated back by its ``angles``, scores the ``M``
+    keys it sees (the recall slots, recall_slots.py)."""
     B, H, L, D = query.shape
     Hkv, S = all_k.shape[1], sink_k.shape[2]
     rep = H // Hkv
@@ -445,12 +449,25 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
             win_v = all_v[r, :, k0:k1].unfold(1, bb + W - 1, bb).permute(1, 0, 3, 2)
             o, lse = _CPU_FLASH(qr, win_k, win_v, attn_mask=band_bias(bb, W, rep, query.dtype, query.device),
                                 scale=scale)  # [nb, Hkv, rep * bb, D], [nb, Hkv, rep * bb]
+            scores, vals = [], []
             if S:
                 q_s = qr.float() if ang is None else rotated_back(
                     qr.view(nb, Hkv, rep, bb, D), ang[r, 0, q0:q1].view(nb, 1, 1, bb, D)).view_as(qr)
-                scores = (q_s @ sink_k[r].float().transpose(-1, -2)) * scale
-                lse_s = torch.logsumexp(scores, dim=-1)  # [nb, Hkv, rep * bb]
-                o_s = torch.softmax(scores, dim=-1) @ sink_v[r].float()
+                scores.append((q_s @ sink_k[r].float().transpose(-1, -2)) * scale)
+                vals.append(sink_v[r].float())
+            if extra is not None:
+                x_k, x_v, x_vis, x_ang = extra
+                M = x_k.shape[2]
+                q_x = qr.float() if x_ang is None else rotated_back(
+                    qr.view(nb, Hkv, rep, bb, D), x_ang[r, 0, q0:q1].view(nb, 1, 1, bb, D)).view_as(qr)
+                seen = x_vis[r, q0:q1].view(nb, 1, 1, bb, M).expand(nb, 1, rep, bb, M).reshape(nb, 1, rep * bb, M)
+                scores.append(((q_x @ x_k[r].float().transpose(-1, -2)) * scale).masked_fill(~seen, float("-inf")))
+                vals.append(x_v[r].float())
+            if scores:
+                scores = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
+                lse_s = torch.logsumexp(scores, dim=-1)  # [nb, Hkv, rep * bb]; -inf where nothing is seen
+                o_s = torch.softmax(scores, dim=-1) @ (torch.cat(vals, dim=-2) if len(vals) > 1 else vals[0])
+                o_s = torch.nan_to_num(o_s) if extra is not None else o_s  # (a query that sees no extra key)
                 w_w = torch.sigmoid(lse - lse_s)[..., None]  # e^lse_w / (e^lse_w + e^lse_s)
                 o = torch.lerp(o_s, o.float().reshape_as(o_s), w_w)
             o = o.reshape(nb, Hkv, rep, bb, D)
@@ -467,22 +484,26 @@ def fresh_band_available(spec, keys, values, dropout_active: bool, W: int, S: in
             and (limit is None or W + S - 1 <= limit))
 
 
-def fresh_window_attention(spec, module, query, keys, values, qpos, W, S, scaling, dropout):
+def fresh_window_attention(spec, module, query, keys, values, qpos, W, S, scaling, dropout, extra=None):
     """Sinks + window attention of a chunk that starts every row's sequence (positions ``0 .. L - 1``, no padding;
     ``keys``/``values`` ``[B, Hkv, L, D]``): query ``i < W + S - 1`` sees every key up to itself (its window reaches
     back into the sinks), so the first ``W + S - 1`` queries are plain causal attention (SDPA's causal kernel, no
     mask); each later query sees the first ``S`` keys (the sinks) and the ``W`` keys ending at itself, exactly what
-    ``strided_band_attention`` computes. Returns ``[B, L, H, D]``."""
+    ``strided_band_attention`` computes. Returns ``[B, L, H, D]``. ``extra``: as there, for the later queries only
+    (the causal head's evict nothing but sinks, so they see no recall slot)."""
     L = query.shape[2]
     c0 = min(L, W + S - 1)  # 0 for W = 1 without sinks: every query sees itself only, all of them in the band
+    if extra is not None:
+        extra = (extra[0], extra[1], extra[2][:, c0:], None if extra[3] is None else extra[3][:, :, c0:])
     if c0 == 0:
-        return strided_band_attention(spec, query, keys, values, keys[:, :, :S], values[:, :, :S], qpos, 0, W, scaling)
+        return strided_band_attention(spec, query, keys, values, keys[:, :, :S], values[:, :, :S], qpos, 0, W, scaling,
+                                      extra)
     head, _ = sdpa_attention_forward(module, query[:, :, :c0], keys[:, :, :c0], values[:, :, :c0], None,
                                      dropout=dropout, scaling=scaling, is_causal=True)
     if c0 == L:
         return head
     tail = strided_band_attention(spec, query[:, :, c0:], keys, values, keys[:, :, :S], values[:, :, :S],
-                                  qpos[:, c0:], c0, W, scaling)
+                                  qpos[:, c0:], c0, W, scaling, extra)
     return torch.cat([head, tail], dim=1)
 
 

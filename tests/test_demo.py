@@ -275,7 +275,11 @@ def test_shipped_adapter_files_and_no_machine_paths():
     cfg = json.loads(cfg_text)
     assert cfg["ahn_type"] == "gdn" and cfg["base_config"]["hidden_size"] == 576
     keys = load_file(str(d / "model.safetensors"))
-    assert keys and all(k.startswith("model.layers.") and ".ahn.fn." in k for k in keys)
+    assert keys and all(k.startswith("model.layers.") and (".ahn.fn." in k or ".ahn.recall." in k) for k in keys)
+    # the recall slots' retention classifier (benchmarks/ship_recall.py): one probe per AHN layer, with its report
+    layers = cfg["base_config"]["num_hidden_layers"]
+    assert cfg["recall_head"] and sum(".ahn.recall.weight" in k for k in keys) == layers
+    assert json.loads((d / "recall_report.json").read_text())["heldout_per_layer"]
     steps = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
     assert len(steps) >= 50
 

@@ -140,3 +140,35 @@ def test_benchmarks_pair_adapters_with_labels(tmp_path, monkeypatch):
         shipped.adapters_to_compare(["a/x", "b/y"], ["one"], "base")
     monkeypatch.setattr(shipped, "shipped_repo", lambda ahn_type, base: tmp_path / f"{ahn_type}-over-{base}")
     assert shipped.adapters_to_compare(None, None, "base") == [("gdn-over-base", str(tmp_path / "gdn-over-base"))]
+
+
+def test_ship_recall_adds_the_classifier_once_and_refuses_another_memory(tmp_path):
+    spec = importlib.util.spec_from_file_location("ship_recall", ROOT / "benchmarks" / "ship_recall.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from safetensors.torch import load_file
+
+    adapter, run = tmp_path / "adapter", tmp_path / "recall"
+    adapter.mkdir()
+    run.mkdir()
+    memory = {"model.layers.0.ahn.fn.A_log": torch.arange(2.0)}
+    save_file(memory, adapter / "model.safetensors")
+    (adapter / "config.json").write_text(json.dumps({"model_type": "ahn", "num_sinks": 4}))
+    (adapter / "README.md").write_text("# card\n\n## Training\n\nx\n\n## Quality report\n\ny\n")
+    recall = {"model.layers.0.ahn.recall.weight": torch.ones(1, 3), "model.layers.0.ahn.recall.bias": torch.zeros(1)}
+    save_file({**memory, **recall}, run / "model.safetensors")
+    (run / "recall_report.json").write_text(json.dumps({
+        "config": {"length": 2048, "corpus": "shakespeare", "facts": 3}, "train_sequences": 4, "heldout_sequences": 2,
+        "seconds": 12.0, "heldout_per_layer": {"0": {"top64": 0.5, "top1pct": 0.25}}}))
+    (run / "train_command.txt").write_text("ahn train-recall --model default --out R   # note\n")
+    for _ in range(2):  # idempotent
+        mod.ship(adapter, run)
+    card = (adapter / "README.md").read_text()
+    assert card.count("## Recall slots") == 1 and card.index("## Recall slots") < card.index("## Quality report")
+    assert "`ahn train-recall --model default --out R` on 4 sequences" in card and "0.50–0.50" in card
+    config = json.loads((adapter / "config.json").read_text())
+    assert config == {"model_type": "ahn", "num_sinks": 4, "recall_head": True}
+    assert set(load_file(str(adapter / "model.safetensors"))) == set(memory) | set(recall)
+    save_file({"model.layers.0.ahn.fn.A_log": torch.zeros(2), **recall}, run / "model.safetensors")
+    with pytest.raises(SystemExit, match="trained over another memory"):
+        mod.ship(adapter, run)

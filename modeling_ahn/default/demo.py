@@ -162,8 +162,12 @@ def run_demo(file=None, play=None, question=DEFAULT_QUESTION, window=None, sinks
     else:  # the user's adapter over the base its config names
         kw = {"dtype": dtype}
     model = AutoModelForCausalLM.from_pretrained(str(adapter), trust_remote_code=True, **kw, **overrides).eval()
+    tok_source = str(adapter)
+    if Path(adapter).is_dir() and not any((Path(adapter) / f).exists() for f in ("tokenizer.json",
+                                                                                  "tokenizer_config.json")):
+        tok_source = str(base or model.config.base_model_name_or_path)  # an adapter saved without its tokenizer
     base = model.config.base_model_name_or_path
-    tok = AutoTokenizer.from_pretrained(str(adapter))
+    tok = AutoTokenizer.from_pretrained(tok_source)
     load_s = time.perf_counter() - t0
     cfg = model.config
     prompt = tok.apply_chat_template([{"role": "user", "content": f"{text.strip()}\n\n{question.strip()}"}],
