@@ -145,6 +145,50 @@ def count_paths(seen, path) -> int:
     return sum(p is path for p, _ in seen)
 
 
+def run_chunks(model, cache, chunks, mask=None):
+    """Feed ``chunks`` (token tensors) one after the other; returns the logits of every call, concatenated."""
+    out, seen = [], 0
+    for ids in chunks:
+        seen += ids.shape[1]
+        m = None if mask is None else mask[:, :seen]
+        pos = None if m is None else (m.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        out.append(model(ids, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True).logits)
+    return torch.cat(out, dim=1)
+
+
+def compiled_decode(model, ids, prompt: int):
+    """Prefill ``ids[:, :prompt]`` into two ``StaticAhnCache`` s, then decode the rest one token per step, eagerly on
+    one and through ``torch.compile(fullgraph=True)`` on the other (the ``eager`` backend, counting compilations and
+    graph runs: no C++ toolchain needed). Returns ``(max |compiled - eager|, graphs, runs, compiled cache)``."""
+    from modeling_ahn import StaticAhnCache
+    from modeling_ahn.modeling_ahn import CACHE_KWARG
+
+    torch._dynamo.reset()
+    base = model.base_causal_lm
+    graphs, runs = [], []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+
+        def run(*args):
+            runs.append(1)
+            return gm.forward(*args)
+
+        return run
+
+    step = torch.compile(base.forward, backend=counting_backend, fullgraph=True)
+    with torch.no_grad():
+        ref_cache, cache = StaticAhnCache(model.config), StaticAhnCache(model.config)
+        ref = [base(ids[:, :prompt], **{CACHE_KWARG: ref_cache}, use_cache=True).logits]
+        got = [base(ids[:, :prompt], **{CACHE_KWARG: cache}, use_cache=True).logits]
+        for t in range(prompt, ids.shape[1]):
+            pos = torch.tensor([[t]])
+            ref.append(base(ids[:, t: t + 1], position_ids=pos, **{CACHE_KWARG: ref_cache}, use_cache=True).logits)
+            got.append(step(input_ids=ids[:, t: t + 1], position_ids=pos, **{CACHE_KWARG: cache},
+                            use_cache=True).logits)
+    return float((torch.cat(got, 1) - torch.cat(ref, 1)).abs().max()), graphs, runs, cache
+
+
 def make_tokenizer():
     """A byte-level BPE tokenizer (as Qwen's and Llama-3's are) trained offline on a few sentences."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

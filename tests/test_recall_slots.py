@@ -8,7 +8,7 @@ import torch
 from modeling_ahn import AhnCache, StaticAhnCache, recall_slots
 from modeling_ahn.attention_ahn import get_layer_spec
 
-from .conftest import AHN_TYPES, ARCHS, make_ahn
+from .conftest import AHN_TYPES, ARCHS, compiled_decode, make_ahn, run_chunks
 from .reference import LayerRecorder, naive_ahn_layer, naive_novelty, naive_slot_sets
 
 W, S, G, SPAN, DIST = 6, 2, 3, (2, 1), 9
@@ -346,16 +346,6 @@ def test_random_settings_agree_on_every_path(case):
         assert (both[1, L - other.shape[1]:] - model(other).logits[0]).abs().max() < 1e-4
 
 
-def _static_run(model, cache, chunks, mask=None):
-    out, seen = [], 0
-    for ids in chunks:
-        seen += ids.shape[1]
-        m = None if mask is None else mask[:, :seen]
-        pos = None if m is None else (m.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-        out.append(model(ids, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True).logits)
-    return torch.cat(out, dim=1)
-
-
 @pytest.mark.parametrize("arch,ahn_type,sinks,score", [
     ("qwen2", "gdn", 2, "learned"), ("llama", "mamba2", 0, "learned"), ("qwen3", "dn", 2, "novelty"),
     ("llama", "gdn", 0, "novelty")])
@@ -369,8 +359,8 @@ def test_static_cache_with_slots_equals_dynamic(arch, ahn_type, sinks, score):
         chunks = list(torch.split(ids, [prompt] + [1] * 30 + [4] + [1] * 5, dim=1))
         with torch.no_grad():
             dynamic, static = AhnCache(model.config), StaticAhnCache(model.config)
-            ref = _static_run(model, dynamic, chunks)
-            got = _static_run(model, static, chunks)
+            ref = run_chunks(model, dynamic, chunks)
+            got = run_chunks(model, static, chunks)
             whole = model(ids, use_cache=False).logits
         assert (got - ref).abs().max() < 1e-5 and (got - whole).abs().max() < 1e-4
         for d, s in zip(dynamic.layers, static.layers):
@@ -390,8 +380,8 @@ def test_static_cache_with_slots_left_padding_generate_and_beams(score):
     mask[2, :7] = 0
     chunks = list(torch.split(ids, [8] + [1] * 16, dim=1))
     with torch.no_grad():
-        ref = _static_run(model, AhnCache(model.config), chunks, mask)
-        got = _static_run(model, StaticAhnCache(model.config), chunks, mask)
+        ref = run_chunks(model, AhnCache(model.config), chunks, mask)
+        got = run_chunks(model, StaticAhnCache(model.config), chunks, mask)
         assert (got - ref)[mask.bool()].abs().max() < 1e-5
         one = _ids(20, seed=5)
         dyn = model.generate(one, max_new_tokens=15, do_sample=False)
@@ -405,33 +395,7 @@ def test_static_cache_with_slots_left_padding_generate_and_beams(score):
 def test_static_decode_step_with_slots_compiles_without_graph_breaks(score):
     """``torch.compile(fullgraph=True)`` traces a whole decoding step with recall slots (admission to the weakest
     slot, the slot keys moved to their distance, the novelty score's state) on the static cache."""
-    from modeling_ahn.modeling_ahn import CACHE_KWARG
-
-    torch._dynamo.reset()
-    model = slotted_model(score=score)
-    base = model.base_causal_lm
-    ids = _ids(36, seed=7)
-    graphs, runs = [], []
-
-    def counting_backend(gm, example_inputs):
-        graphs.append(gm)
-
-        def run(*args):
-            runs.append(1)
-            return gm.forward(*args)
-
-        return run
-
-    step = torch.compile(base.forward, backend=counting_backend, fullgraph=True)
-    with torch.no_grad():
-        ref_cache, cache = StaticAhnCache(model.config), StaticAhnCache(model.config)
-        ref = [base(ids[:, :8], **{CACHE_KWARG: ref_cache}, use_cache=True).logits]
-        got = [base(ids[:, :8], **{CACHE_KWARG: cache}, use_cache=True).logits]
-        for t in range(8, 36):
-            pos = torch.tensor([[t]])
-            ref.append(base(ids[:, t: t + 1], position_ids=pos, **{CACHE_KWARG: ref_cache}, use_cache=True).logits)
-            got.append(step(input_ids=ids[:, t: t + 1], position_ids=pos, **{CACHE_KWARG: cache},
-                            use_cache=True).logits)
-    assert (torch.cat(got, 1) - torch.cat(ref, 1)).abs().max() < 1e-5
+    diff, graphs, runs, cache = compiled_decode(slotted_model(score=score), _ids(36, seed=7), 8)
+    assert diff < 1e-5
     assert len(runs) == 28 and 1 <= len(graphs) <= 2, (len(graphs), len(runs))
     assert bool((cache.layers[0].slot_rpos >= S).all())

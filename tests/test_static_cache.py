@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from modeling_ahn import AhnCache, StaticAhnCache, StaticSinkWindowLayer
-from modeling_ahn.modeling_ahn import CACHE_KWARG
 
-from .conftest import AHN_TYPES, make_ahn
+from .conftest import AHN_TYPES, compiled_decode, make_ahn, run_chunks
 
 W, S = 5, 2
 
@@ -16,17 +15,6 @@ W, S = 5, 2
 def _ids(length, batch=1, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, 101, (batch, length), generator=g)
-
-
-def _run(model, cache, chunks, mask=None):
-    """Feed ``chunks`` (token tensors) one after the other; returns the logits of every call, concatenated."""
-    out, seen = [], 0
-    for ids in chunks:
-        seen += ids.shape[1]
-        m = None if mask is None else mask[:, :seen]
-        pos = None if m is None else (m.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-        out.append(model(ids, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True).logits)
-    return torch.cat(out, dim=1)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
@@ -41,9 +29,9 @@ def test_static_equals_dynamic_over_prefill_decode_and_continuation(arch, ahn_ty
         cut = [prompt] + [1] * 25 + [4] + [1] * 6
         chunks = list(torch.split(ids, cut, dim=1))
         with torch.no_grad():
-            ref = _run(model, AhnCache(model.config), chunks)
+            ref = run_chunks(model, AhnCache(model.config), chunks)
             static = StaticAhnCache(model.config)
-            got = _run(model, static, chunks)
+            got = run_chunks(model, static, chunks)
             whole = model(ids, use_cache=False).logits
         assert (got - ref).abs().max() < 1e-5
         assert (got - whole).abs().max() < 1e-4  # and both equal the uncached whole-sequence forward
@@ -61,8 +49,8 @@ def test_static_equals_dynamic_with_left_padding(ahn_type):
     mask[2, :7] = 0
     chunks = list(torch.split(ids, [8] + [1] * 12, dim=1))
     with torch.no_grad():
-        ref = _run(model, AhnCache(model.config), chunks, mask)
-        got = _run(model, StaticAhnCache(model.config), chunks, mask)
+        ref = run_chunks(model, AhnCache(model.config), chunks, mask)
+        got = run_chunks(model, StaticAhnCache(model.config), chunks, mask)
     real = mask.bool()
     assert (got - ref)[real].abs().max() < 1e-5
 
@@ -97,10 +85,10 @@ def test_sink_clamping_beyond_the_base_context_matches_dynamic():
     ids = _ids(540, seed=5)
     chunks = list(torch.split(ids, [500] + [1] * 40, dim=1))
     with torch.no_grad():
-        ref = _run(model, AhnCache(model.config), chunks)
-        got = _run(model, StaticAhnCache(model.config), chunks)
+        ref = run_chunks(model, AhnCache(model.config), chunks)
+        got = run_chunks(model, StaticAhnCache(model.config), chunks)
         model.config.clamp_sink_positions = False
-        unclamped = _run(model, StaticAhnCache(model.config), chunks)
+        unclamped = run_chunks(model, StaticAhnCache(model.config), chunks)
     assert (got - ref).abs().max() < 1e-5
     assert (unclamped[:, 512:] - got[:, 512:]).abs().max() > 1e-3  # the clamping is active past 512
 
@@ -134,31 +122,8 @@ def test_static_cache_refuses_full_attention_layers():
 def test_decode_step_compiles_without_graph_breaks(ahn_type):
     """``torch.compile(fullgraph=True)`` traces a whole decoding step of the base with the static cache (the
     ``eager`` backend: no C++ toolchain needed); the compiled steps equal the uncompiled ones."""
-    torch._dynamo.reset()
     model = make_ahn("qwen2", ahn_type, sliding_window=W, num_sinks=S)
-    base = model.base_causal_lm
-    ids = _ids(30, seed=7)
-    graphs, runs = [], []
-
-    def counting_backend(gm, example_inputs):  # the eager backend, counting compilations and graph runs
-        graphs.append(gm)
-
-        def run(*args):
-            runs.append(1)
-            return gm.forward(*args)
-
-        return run
-
-    step = torch.compile(base.forward, backend=counting_backend, fullgraph=True)
-    with torch.no_grad():
-        ref_cache, cache = StaticAhnCache(model.config), StaticAhnCache(model.config)
-        ref = [base(ids[:, :8], **{CACHE_KWARG: ref_cache}, use_cache=True).logits]
-        got = [base(ids[:, :8], **{CACHE_KWARG: cache}, use_cache=True).logits]
-        for t in range(8, 30):
-            pos = torch.tensor([[t]])
-            ref.append(base(ids[:, t : t + 1], position_ids=pos, **{CACHE_KWARG: ref_cache}, use_cache=True).logits)
-            got.append(step(input_ids=ids[:, t : t + 1], position_ids=pos, **{CACHE_KWARG: cache},
-                            use_cache=True).logits)
-    assert (torch.cat(got, 1) - torch.cat(ref, 1)).abs().max() < 1e-5
+    diff, graphs, runs, _ = compiled_decode(model, _ids(30, seed=7), 8)
+    assert diff < 1e-5
     # every step ran a captured graph; the step counter may cost one recompile (it becomes dynamic), not one per step
     assert len(runs) == 22 and 1 <= len(graphs) <= 2, (len(graphs), len(runs))
