@@ -60,8 +60,9 @@ def beats(s_a, r_a, s_b, r_b):
 
 def raw_scores(recall, hidden: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:
     """``[B, q]`` float32 raw retention scores of new tokens from the layer's pre-normed input ``hidden``
-    ``[B, q, hidden]``; ``-inf`` for pads and sinks (``rpos`` ``[B, q]``), which never take a slot."""
-    return rounded_scores(recall(hidden).squeeze(-1), rpos, num_sinks)
+    ``[B, q, hidden]``; ``-inf`` for pads and sinks (``rpos`` ``[B, q]``), which never take a slot. The classifier
+    runs in its own dtype (float32 beside a bf16 base, like the memory)."""
+    return rounded_scores(recall(hidden.to(recall.weight.dtype)).squeeze(-1), rpos, num_sinks)
 
 
 def rounded_scores(s: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:

@@ -399,3 +399,23 @@ def test_static_decode_step_with_slots_compiles_without_graph_breaks(score):
     assert diff < 1e-5
     assert len(runs) == 28 and 1 <= len(graphs) <= 2, (len(graphs), len(runs))
     assert bool((cache.layers[0].slot_rpos >= S).all())
+
+
+@pytest.mark.parametrize("score", ["learned", "novelty"])
+def test_slots_on_a_bf16_base_with_a_float32_classifier(score):
+    """A bf16 base with the AHN (memory and classifier) in float32, as `from_base(..., ahn_dtype=torch.float32)` and
+    bf16 loading keep it: slots run on every path (whole, chunked + decode, static generate) and agree."""
+    model = slotted_model(score=score).to(torch.bfloat16)
+    for module in model.ahn_modules().values():
+        module.float()
+    ids = _ids(40)
+    with torch.no_grad():
+        whole = model(ids, use_cache=False).logits
+        cache = AhnCache(model.config)
+        steps = [model(ids[:, :9], past_key_values=cache).logits]
+        steps += [model(ids[:, t: t + 1], past_key_values=cache).logits for t in range(9, 40)]
+        static = model.generate(ids[:, :20], max_new_tokens=6, do_sample=False, cache_implementation="static")
+        dynamic = model.generate(ids[:, :20], max_new_tokens=6, do_sample=False)
+    assert whole.dtype == torch.bfloat16 and bool(whole.isfinite().all())
+    assert (torch.cat(steps, 1).float() - whole.float()).abs().max() < 0.05
+    assert torch.equal(static, dynamic)
