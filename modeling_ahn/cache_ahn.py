@@ -220,14 +220,22 @@ class SinkWindowLayer(CacheLayerMixin):
         """The slots once window[0], which a steady step evicts, has taken the weakest slot if it beats it (its query
         already sees them): ``(keys, values, scores, rpos)``, new tensors (the layer's own are kept until the step
         ends, so that a step turned into a chunk step plans from them)."""
+        return self._slots_with(self.keys[:, :, 0:1], self.values[:, :, 0:1], self.steady_evicted_score(),
+                                self.window_rpos[:, 0])
+
+    def _slots_with(self, ev_keys, ev_values, ev_s, ev_r, eligible=None):
+        """``(keys, values, scores, rpos)`` of the slots once one leaving token per row (``ev_keys``/``ev_values``
+        ``[B, Hkv, 1, D]``, span score ``ev_s`` and position ``ev_r`` ``[B]``; ``eligible`` ``[B]``: real and no
+        sink, ``None``: all) has taken the weakest slot if it beats it; new tensors, no host sync."""
         from .recall_slots import beats, weakest_slot  # (sibling; imported here to keep the cache light)
 
-        ev_s, ev_r = self.steady_evicted_score(), self.window_rpos[:, 0]
         w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
         win = beats(ev_s, ev_r, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
+        if eligible is not None:
+            win = win & eligible
         hit = (torch.arange(self.num_recall_slots, device=w.device) == w) & win[:, None]  # [B, G]
-        return (torch.where(hit[:, None, :, None], self.keys[:, :, 0:1], self.slot_keys),
-                torch.where(hit[:, None, :, None], self.values[:, :, 0:1], self.slot_values),
+        return (torch.where(hit[:, None, :, None], ev_keys, self.slot_keys),
+                torch.where(hit[:, None, :, None], ev_values, self.slot_values),
                 torch.where(hit, ev_s[:, None], self.slot_scores), torch.where(hit, ev_r[:, None], self.slot_rpos))
 
     def _end_scores(self, step, scores_new, slots):
@@ -459,19 +467,12 @@ class StaticSinkWindowLayer(SinkWindowLayer):
         """The token leaving the ring takes the weakest recall slot if it beats it (real, no sink; its span score
         from the tail of evicted raw scores and the ring's next ``before`` ones), in place, before the step
         attends."""
-        from .recall_slots import beats, weakest_slot  # (sibling; imported here to keep the cache light)
-
         before = self.recall_span[0]
         order = (self.slot_counter + torch.arange(before + 1, device=self.device)) % self.sliding_window
         ev_s = torch.cat([self.score_tail, self.ring_scores.index_select(1, order)], dim=1).amax(1)
-        w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
-        win = beats(ev_s, ev.rpos, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
-        win &= ev.rpos >= self.num_sinks
-        hit = (torch.arange(self.num_recall_slots, device=self.device) == w) & win[:, None]  # [B, G]
-        self.slot_keys.copy_(torch.where(hit[:, None, :, None], ev.keys, self.slot_keys))
-        self.slot_values.copy_(torch.where(hit[:, None, :, None], ev.values, self.slot_values))
-        self.slot_scores.copy_(torch.where(hit, ev_s[:, None], self.slot_scores))
-        self.slot_rpos.copy_(torch.where(hit, ev.rpos[:, None], self.slot_rpos))
+        slots = self._slots_with(ev.keys, ev.values, ev_s, ev.rpos, eligible=ev.rpos >= self.num_sinks)
+        for buf, new in zip((self.slot_keys, self.slot_values, self.slot_scores, self.slot_rpos), slots):
+            buf.copy_(new)
 
     def _end_scores(self, step, scores_new, slots):
         if not isinstance(step, StaticStep):
