@@ -1,7 +1,7 @@
 """Exact recall beyond the window: passkey and needle with and without recall slots, on held-out text.
 
     python benchmarks/recall_slots.py [--adapter DIR] [--lengths 2048,4096,8192,16384] [--depths 0.1,0.3,0.5,0.7,0.9]
-        [--slots 16,64] [--methods full,swa,ahn,ahn+slots] [--score learned|novelty]
+        [--slots 16,64] [--methods full,swa,ahn,ahn+slots] [--score learned|novelty] [--pool mean|layer]
         [--out benchmarks/results/recall_slots_smollm2]
 
 ``--adapter``: an AHN repo (its base comes from its config); ``--score learned`` (default) needs its retention
@@ -77,6 +77,8 @@ def main(argv=None):
     ap.add_argument("--distance", type=int, default=None, help="recall_distance (default: the adapter's, W)")
     ap.add_argument("--score", choices=("learned", "novelty"), default="learned",
                     help="recall_score: the adapter's retention classifier, or the training-free novelty score")
+    ap.add_argument("--pool", choices=("mean", "layer"), default="mean",
+                    help="recall_pool: each layer ranks by the mean score of the AHN layers up to it, or by its own")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--sinks", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
@@ -93,6 +95,7 @@ def main(argv=None):
                                            sliding_window=args.window, num_sinks=args.sinks).eval()
     model.config.recall_distance = args.distance
     model.config.recall_score = args.score
+    model.config.recall_pool = args.pool
     if args.score == "learned" and not model.config.recall_head:
         raise SystemExit(f"{args.adapter} has no retention classifier: train one with `ahn train-recall`")
     tok = AutoTokenizer.from_pretrained(base_dir)
@@ -197,7 +200,8 @@ def summarize(done, args, methods, lengths):
     perplexity = {m: {L: {"ppl": math.exp(a[0] / a[1]), "segments": a[2]} for L, a in per.items()}
                   for m, per in ppl.items()}
     return {"machine": machine_info("cpu"), "platform": platform.platform(), "adapter": _shown(args.adapter),
-            "recall_score": args.score, "window": args.window, "sinks": args.sinks, "recall_distance": args.distance,
+            "recall_score": args.score, "recall_pool": args.pool, "window": args.window, "sinks": args.sinks,
+            "recall_distance": args.distance,
             "table": table, "perplexity": perplexity, "units": done}
 
 

@@ -32,6 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep
 from .configuration_ahn import recall_score_of
 from .recall_slots import (
+    LayerPool,
     gather_candidates,
     novelty_scores,
     plan_slots,
@@ -104,6 +105,8 @@ class AhnLayerSpec:
         self.rotary = rotary
         self.base_config = base_config
         self.recall = None  # the recall slots' retention classifier (AhnModule.recall), if the adapter has one
+        # recall_pool="mean": the pool the model's AHN layers share, and this layer's place among them (attach_ahn)
+        self.layer_pool, self.pool_rank = LayerPool(), 0
         self.inputs: LayerInputs | None = None  # set by the pre-hook, taken by the attention function
 
     @property
@@ -125,23 +128,30 @@ class AhnLayerSpec:
         return distance, inv_freq
 
     def recall_scores(self, layer, inputs, keys, values, rpos):
-        """The raw recall scores ``[B, q]`` of a step's new tokens (``keys``/``values`` ``[B, Hkv, q, D]`` as cached,
-        ``rpos`` ``[B, q]``) by the score in force (``config.recall_score``), and the novelty score's delta-rule state
-        after them (``None`` for the learned score): ``(scores, novelty_state)``."""
+        """The recall scores ``[B, q]`` of a step's new tokens (``keys``/``values`` ``[B, Hkv, q, D]`` as cached,
+        ``rpos`` ``[B, q]``) by the score in force (``config.recall_score``), pooled over the AHN layers up to this one
+        by ``config.recall_pool``, and the novelty score's delta-rule state after them (``None`` for the learned
+        score): ``(scores, novelty_state)``."""
         S = layer.num_sinks
         kind = recall_score_of(self.config.recall_score, self.config.recall_head)
-        if layer.scored_by not in (None, kind):
-            raise ValueError(f"this cache's recall slots were scored with recall_score={layer.scored_by!r} and the "
-                             f"model now uses {kind!r}: start a new cache (model.new_cache()) after changing it.")
-        layer.scored_by = kind
+        pool = self.config.recall_pool
+        if layer.scored_by not in (None, (kind, pool)):
+            raise ValueError(f"this cache's recall slots were scored with recall_score={layer.scored_by[0]!r}, "
+                             f"recall_pool={layer.scored_by[1]!r} and the model now uses {kind!r}, {pool!r}: start a "
+                             "new cache (model.new_cache()) after changing them.")
+        layer.scored_by = (kind, pool)
         if kind == "novelty":
-            return novelty_scores(keys, values, inputs.rotation, rpos, S, layer.novelty_state)
-        if self.recall is None:
+            raw, state = novelty_scores(keys, values, inputs.rotation, rpos, S, layer.novelty_state)
+        elif self.recall is None:
             raise ValueError(
                 "recall_score='learned' needs a trained retention classifier and this layer has none: train one with "
                 "`ahn train-recall`, load an adapter that carries one (config recall_head=True), or use "
                 "recall_score='novelty'.")
-        return raw_scores(self.recall, inputs.hidden, rpos, S), None
+        else:
+            raw, state = raw_scores(self.recall, inputs.hidden, rpos, S), None
+        if pool == "mean":
+            raw = self.layer_pool.mean(self.pool_rank, raw, rpos, S)
+        return raw, state
 
     @property
     def memory_on(self) -> bool:
@@ -612,6 +622,7 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
     """Install AHN on a base decoder (``Qwen2Model``/``LlamaModel``/...): ``memories`` maps layer index ->
     ``AhnModule``; layers without one stay at full attention. Registers each memory as
     ``decoder.layers[i].ahn`` so that its parameters are ``model.layers.{i}.ahn.fn.<param>``."""
+    pool, rank = LayerPool(), 0
     for i, layer in enumerate(decoder.layers):
         mem = memories.get(i)
         if mem is not None:
@@ -621,6 +632,8 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
         spec = make_layer_spec(mem.fn if mem is not None else None, config, config.base_config,
                                getattr(decoder, "rotary_emb", None), inner)
         spec.recall = mem.recall_head if mem is not None else None
+        if mem is not None:
+            spec.layer_pool, spec.pool_rank, rank = pool, rank, rank + 1
         set_layer_spec(layer.self_attn, spec)
 
 

@@ -89,7 +89,7 @@ class SinkWindowLayer(CacheLayerMixin):
         self.slot_keys = self.slot_values = self.slot_scores = self.slot_rpos = None
         self.window_scores = self.score_tail = None
         self.novelty_state = None  # [B, Hkv, D, D] float64: the novelty score's delta-rule memory of every token read
-        self.scored_by = None  # the recall score ("learned" / "novelty") this layer's slots were chosen by
+        self.scored_by = None  # (recall score, recall pool) this layer's slots were chosen by
         self.cumulative_length = 0
         self.sink_keys = self.sink_values = self.sink_filled = None
         self.window_rpos = self.window_gates = None

@@ -23,6 +23,10 @@ DEFAULT_EFFECTIVE_CONTEXT = 1_048_576
 DEFAULT_RECALL_SPAN = (12, 12)
 # How recall slots score tokens (None: the best the adapter has; recall_slots.py).
 RECALL_SCORES = (None, "learned", "novelty")
+# How a layer's recall slots rank tokens: "mean", the mean of the raw scores of this AHN layer and every AHN layer
+# before it (the same tokens reach the slots of most layers); "layer", its own raw score only (measured on SmolLM2:
+# docs/recall_slots.md).
+RECALL_POOLS = ("mean", "layer")
 # The base's attributes an AhnConfig reads and writes through to its base_config (generation utilities, trainers,
 # lm-eval and transformers' tests read them from the top-level config). `max_position_embeddings` and
 # `sliding_window` are the AHN model's own.
@@ -67,7 +71,8 @@ def recall_score_of(recall_score, recall_head) -> str:
 
 
 def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None, num_recall_slots=0,
-                      recall_span=DEFAULT_RECALL_SPAN, recall_head=False, recall_score=None) -> None:
+                      recall_span=DEFAULT_RECALL_SPAN, recall_head=False, recall_score=None,
+                      recall_pool="mean") -> None:
     """Raise a ``ValueError`` naming a bad window / sinks / chunk / recall-slot setting."""
     if not _is_int(sliding_window) or sliding_window < 1:
         raise ValueError(f"sliding_window must be an integer >= 1 (tokens attended exactly), got {sliding_window!r}.")
@@ -87,6 +92,9 @@ def validate_settings(sliding_window, num_sinks, prefill_chunk_size=None, num_re
     if recall_score not in RECALL_SCORES:
         raise ValueError(f"recall_score must be one of {RECALL_SCORES} (None: the adapter's classifier if it has one, "
                          f"else 'novelty'), got {recall_score!r}.")
+    if recall_pool not in RECALL_POOLS:
+        raise ValueError(f"recall_pool must be one of {RECALL_POOLS} ('mean': every layer ranks tokens by the mean raw "
+                         f"score of the AHN layers up to it; 'layer': by its own), got {recall_pool!r}.")
     if num_recall_slots and recall_score == "learned" and not recall_head:
         raise ValueError(
             f"num_recall_slots={num_recall_slots} with recall_score='learned' needs a trained retention classifier, "
@@ -142,6 +150,9 @@ class AhnConfig(PreTrainedConfig):
             (training-free: a plain delta-rule memory's residual, ``recall_slots.novelty_scores``) or ``None``
             (default): learned where the adapter carries a classifier, else novelty. Settable like
             ``num_recall_slots``.
+        recall_pool: how a layer ranks tokens for its recall slots: ``"mean"`` (default): the mean of the raw
+            scores of this AHN layer and every AHN layer before it, so that a token most layers score high is kept
+            by most layers; ``"layer"``: its own raw score only. Settable like ``num_recall_slots``.
     """
 
     model_type = "ahn"
@@ -164,6 +175,7 @@ class AhnConfig(PreTrainedConfig):
     recall_distance: int | None = None
     recall_head: bool = False
     recall_score: str | None = None
+    recall_pool: str = "mean"
     max_position_embeddings: int = DEFAULT_EFFECTIVE_CONTEXT
     use_cache: bool = True
     tie_word_embeddings: bool = False
@@ -182,7 +194,7 @@ class AhnConfig(PreTrainedConfig):
     def validate_ahn(self):
         """Raise a ``ValueError`` naming the bad setting and how to fix it."""
         validate_settings(self.sliding_window, self.num_sinks, self.prefill_chunk_size, self.num_recall_slots,
-                          self.recall_span, self.recall_head, self.recall_score)
+                          self.recall_span, self.recall_head, self.recall_score, self.recall_pool)
         self.recall_span = [int(x) for x in self.recall_span]
         if self.recall_distance is not None and (not _is_int(self.recall_distance) or self.recall_distance < 0):
             raise ValueError("recall_distance must be None (the window's size), 0 (real positions) or an integer >= 1 "
@@ -230,5 +242,6 @@ class AhnConfig(PreTrainedConfig):
         return cls(base_config=base_config, **kwargs)
 
 
-__all__ = ["BASE_ATTRIBUTES", "DEFAULT_RECALL_SPAN", "RECALL_SCORES", "AhnConfig", "SUPPORTED_BASE_MODEL_TYPES",
+__all__ = ["BASE_ATTRIBUTES", "DEFAULT_RECALL_SPAN", "RECALL_POOLS", "RECALL_SCORES", "AhnConfig",
+           "SUPPORTED_BASE_MODEL_TYPES",
            "parse_layer_ids", "recall_score_of", "validate_settings"]

@@ -56,7 +56,7 @@ def _cache_kwarg_name() -> str:
 CACHE_KWARG = _cache_kwarg_name()
 # Settings that may be overridden at load time: from_pretrained(repo, sliding_window=8064, num_sinks=128)
 RUNTIME_SETTINGS = ("sliding_window", "num_sinks", "prefill_chunk_size", "num_recall_slots", "recall_span",
-                    "recall_distance", "recall_score")
+                    "recall_distance", "recall_score", "recall_pool")
 # Attention modes of AhnPreTrainedModel.runtime(mode=...)
 ATTENTION_MODES = ("ahn", "swa", "full")
 
@@ -446,7 +446,7 @@ class AhnPreTrainedModel(PreTrainedModel):
 
     @contextlib.contextmanager
     def runtime(self, *, sliding_window: int | None = None, num_sinks: int | None = None, mode: str | None = None,
-                num_recall_slots: int | None = None, recall_score: str | None = None):
+                num_recall_slots: int | None = None, recall_score: str | None = None, recall_pool: str | None = None):
         """Run with these settings for the duration of the ``with`` block, then restore the previous ones.
 
         The one owner of the settings that vary per call (training samples a window per batch, evaluation compares
@@ -458,29 +458,32 @@ class AhnPreTrainedModel(PreTrainedModel):
         A cache keeps the window it was built for: a non-empty cache from outside the block is refused by the
         attention when the block's ``W``/``S`` differ (start a new cache inside). To change the saved defaults, set
         them on the config instead (``from_pretrained(repo, sliding_window=...)``). ``num_recall_slots`` and
-        ``recall_score`` (``"learned"`` / ``"novelty"``) set the recall slots (docs/recall_slots.md) the same way.
+        ``recall_score`` (``"learned"`` / ``"novelty"``) and ``recall_pool`` (``"mean"`` / ``"layer"``) set the recall
+        slots (docs/recall_slots.md) the same way.
         """
         config = self.config
         window = config.sliding_window if sliding_window is None else sliding_window
         sinks = config.num_sinks if num_sinks is None else num_sinks
         slots = config.num_recall_slots if num_recall_slots is None else num_recall_slots
         score = config.recall_score if recall_score is None else recall_score
+        pool = config.recall_pool if recall_pool is None else recall_pool
         validate_settings(window, sinks, num_recall_slots=slots, recall_span=config.recall_span,
-                          recall_head=config.recall_head, recall_score=score)
+                          recall_head=config.recall_head, recall_score=score, recall_pool=pool)
         if mode is not None:
             _check_attention_mode(mode)
         specs = [get_layer_spec(layer.self_attn) for layer in self.model.layers]
         previous = (config.sliding_window, config.num_sinks, config.num_recall_slots, config.recall_score,
-                    [spec.mode for spec in specs])
+                    config.recall_pool, [spec.mode for spec in specs])
         try:
-            config.sliding_window, config.num_sinks, config.num_recall_slots, config.recall_score = (
-                window, sinks, slots, score)
+            (config.sliding_window, config.num_sinks, config.num_recall_slots, config.recall_score,
+             config.recall_pool) = (window, sinks, slots, score, pool)
             for spec in specs:
                 spec.mode = spec.mode if mode is None else mode
             yield self
         finally:
-            config.sliding_window, config.num_sinks, config.num_recall_slots, config.recall_score = previous[:4]
-            for spec, m in zip(specs, previous[4]):
+            (config.sliding_window, config.num_sinks, config.num_recall_slots, config.recall_score,
+             config.recall_pool) = previous[:5]
+            for spec, m in zip(specs, previous[5]):
                 spec.mode = m
 
     def attention_mode(self, mode: str):

@@ -71,6 +71,31 @@ def rounded_scores(s: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch
     return s.masked_fill(rpos.to(s.device) < num_sinks, float("-inf"))
 
 
+class LayerPool:
+    """The running mean of the raw scores of one forward's AHN layers (``recall_pool="mean"``): the AHN layers of a
+    model share one pool and are called in order with the same new tokens, the first (``rank`` 0) starting it; each
+    gets the mean of its own raw scores and those of the AHN layers before it, rounded like a raw score. A token most
+    layers score high then reaches the slots of most layers (one layer's own score misses it in a few: measured,
+    docs/recall_slots.md). Sums of rounded scores are exact, so every path gets the same means."""
+
+    def __init__(self):
+        self.total = None
+        self.count = 0
+
+    def mean(self, rank: int, raw: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:
+        if rank == 0:
+            self.total, self.count = raw, 0
+        elif self.count != rank or self.total is None or self.total.shape != raw.shape:
+            raise RuntimeError(
+                f"recall_pool='mean' ranks a layer's tokens by the mean score of every AHN layer up to it, so the AHN "
+                f"layers must run in order on the same tokens in one forward; AHN layer {rank} ran after "
+                f"{self.count} of them. Run the whole model, or use recall_pool='layer' (each layer's own score).")
+        else:
+            self.total = self.total + raw
+        self.count = rank + 1
+        return rounded_scores(self.total / self.count, rpos, num_sinks)
+
+
 def novelty_scores(keys: torch.Tensor, values: torch.Tensor, rotation, rpos: torch.Tensor, num_sinks: int, state):
     """The training-free raw score of new tokens: how badly a plain delta-rule memory of every token before them
     (beta = 1, no decay, keys before RoPE and values both L2-normalised, per KV head) predicts each one's value,
@@ -314,6 +339,7 @@ def weakest_slot(slot_scores, slot_rpos):
     return torch.where(low, slot_rpos, -2).argmax(1)
 
 
-__all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "SlotPlan", "beats", "gather_candidates", "novelty_scores",
+__all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "LayerPool", "SlotPlan", "beats", "gather_candidates",
+           "novelty_scores",
            "plan_slots", "raw_scores", "rope_angles", "rounded_scores", "slot_keys_at", "slot_keys_free",
            "slot_visibility", "slots_after", "slotted_attention", "span_scores", "weakest_slot"]

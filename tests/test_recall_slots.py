@@ -51,21 +51,38 @@ def _reference_raw(score, spec, call, T):
     return torch.round(raw * 2.0**recall_slots.SCORE_BITS) / 2.0**recall_slots.SCORE_BITS
 
 
-@pytest.mark.parametrize("arch,ahn_type,sinks,distance,score", CASES)
-def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_type, sinks, distance, score,
+def _pooled(raws, pool):
+    """The scores each layer ranks by (``recall_pool``): its own raw scores, or the mean of the raw scores of the AHN
+    layers up to it, in float32 and rounded like a raw score."""
+    if pool == "layer":
+        return raws
+    total, out = 0, []
+    for n, raw in enumerate(raws, 1):
+        total = total + raw.float()
+        out.append((torch.round(total / n * 2.0**recall_slots.SCORE_BITS) / 2.0**recall_slots.SCORE_BITS).double())
+    return out
+
+
+@pytest.mark.parametrize("arch,ahn_type,sinks,distance,score,pool",
+                         [(*c, "mean") for c in CASES] + [("qwen2", "gdn", 2, DIST, "learned", "layer"),
+                                                          ("llama", "dn", 0, 0, "learned", "layer"),
+                                                          ("qwen3", "gdn", 2, DIST, "novelty", "layer")])
+def test_each_layer_equals_the_token_by_token_reference_with_slots(arch, ahn_type, sinks, distance, score, pool,
                                                                    attention_path):
     """Every layer = softmax over sinks + slots + window (slots by their definition, naive_slot_sets, seen at the slot
     distance, or at their real positions for distance 0) + memory; raw scores from the classifier or, for the
-    novelty score, from its token-by-token definition (naive_novelty)."""
+    novelty score, from its token-by-token definition (naive_novelty), each layer ranking by its own or by the mean
+    over the AHN layers up to it (recall_pool)."""
     model = slotted_model(arch, ahn_type, sinks, score=score)
     model.config.recall_distance = distance
-    ids = _ids(40)
+    model.config.recall_pool = pool
+    ids = _ids(40, seed=1)  # (seed 0: no slot changes hands in qwen3-gdn-2-9 under the mean, so the guard fails)
     with LayerRecorder() as rec, torch.no_grad():
         model(ids, use_cache=False)
+    raws = _pooled([_reference_raw(score, get_layer_spec(call["module"]), call, 40) for call in rec.calls], pool)
     changed = turnover = 0
-    for call in rec.calls:
+    for call, raw in zip(rec.calls, raws):
         spec = get_layer_spec(call["module"])
-        raw = _reference_raw(score, spec, call, 40)
         sets = naive_slot_sets(raw, W, sinks, G, *SPAN)
         attn, mem = naive_ahn_layer(spec.memory, ahn_type, call["query"][0], call["key"][0], call["value"][0],
                                     call["hidden"][0], W, sinks, call["scaling"], slot_sets=sets,
@@ -257,9 +274,21 @@ def test_bad_recall_settings_raise_clear_errors():
             slotted(_ids(1), past_key_values=cache)
         cache = AhnCache(slotted.config)
         slotted(_ids(20), past_key_values=cache)
-        with pytest.raises(ValueError, match="scored with recall_score='learned' and the model now uses 'novelty'"), \
-                slotted.runtime(recall_score="novelty"):
+        with pytest.raises(ValueError, match="scored with recall_score='learned', recall_pool='mean' and the model "
+                                             "now uses 'novelty', 'mean'"), slotted.runtime(recall_score="novelty"):
             slotted(_ids(1), past_key_values=cache)
+        cache = AhnCache(slotted.config)
+        slotted(_ids(20), past_key_values=cache)
+        with pytest.raises(ValueError, match="now uses 'learned', 'layer'"), slotted.runtime(recall_pool="layer"):
+            slotted(_ids(1), past_key_values=cache)
+    with pytest.raises(ValueError, match="recall_pool must be one of"), slotted.runtime(recall_pool="max"):
+        pass
+    pool, raw, rpos = recall_slots.LayerPool(), torch.zeros(1, 4), torch.arange(4)[None]
+    with pytest.raises(RuntimeError, match="AHN layer 1 ran after 0 of them"):
+        pool.mean(1, raw, rpos, 0)  # a layer run on its own, without the layers before it
+    pool.mean(0, raw, rpos, 0)
+    with pytest.raises(RuntimeError, match="AHN layer 2 ran after 1 of them"):
+        pool.mean(2, raw, rpos, 0)
 
 
 def test_novelty_score_blocks_equal_one_token_at_a_time():
