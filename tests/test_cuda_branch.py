@@ -330,6 +330,30 @@ def test_model_generate_equals_torch_path(variant, dtype, monkeypatch):
                   {f"logits {i}": gen["torch"].logits[i] for i in range(steps)}, tol)
 
 
+@pytest.mark.parametrize("score", ["learned", "novelty"])
+def test_model_with_recall_slots_equals_torch_path(score, monkeypatch):
+    """Recall slots on the CUDA branch: the memory's kernels beside the slotted attention that CUDA tensors take
+    (float32 query blocks, no banded CPU kernel), the whole forward and greedy decoding with their logits equal to
+    the torch path's; the slots change the logits (else the check would hold without them)."""
+    model = tiny_model(select("gdn", monkeypatch), torch.float32)
+    if score == "learned":
+        g = torch.Generator().manual_seed(3)
+        model.add_recall_head({i: (torch.randn(128, generator=g), torch.randn((), generator=g))
+                               for i in model.ahn_modules()})
+    model.to(DEVICE)
+    model.config.recall_score, model.config.recall_span, model.config.num_recall_slots = score, [2, 1], 4
+    out = {}
+    for name in ("torch", "kernels"):
+        with backend(name), torch.no_grad():
+            gen = model.generate(IDS[:, :20].to(DEVICE), max_new_tokens=4, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+            out[name] = {**model_forward(model, False), **{f"logits {i}": x for i, x in enumerate(gen.logits)}}
+    with backend("torch"), torch.no_grad(), model.runtime(num_recall_slots=0):
+        plain = model_forward(model, False)["logits"]
+    assert (plain - out["torch"]["logits"]).abs().max() > 1e-3
+    assert_parity(out["kernels"], out["torch"], TOL)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The dispatch's own errors.
 # ---------------------------------------------------------------------------------------------------------------
