@@ -89,7 +89,8 @@ class LayerPool:
             raise RuntimeError(
                 f"recall_pool='mean' ranks a layer's tokens by the mean score of every AHN layer up to it, so the AHN "
                 f"layers must run in order on the same tokens in one forward; AHN layer {rank} ran after "
-                f"{self.count} of them. Run the whole model, or use recall_pool='layer' (each layer's own score).")
+                f"{self.count} of them (a layer run on its own, or recomputed by gradient checkpointing). Run the "
+                "whole model in one pass, or use recall_pool='layer' (each layer's own score).")
         else:
             self.total = self.total + raw
         self.count = rank + 1
