@@ -456,13 +456,16 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
                 scores.append((q_s @ sink_k[r].float().transpose(-1, -2)) * scale)
                 vals.append(sink_v[r].float())
             if extra is not None:
-                x_k, x_v, x_vis, x_ang = extra
-                M = x_k.shape[2]
+                x_k, x_v, seen = _block_extras(extra, r, q0, q1, nb, bb)  # [nb, Hkv, m, D] x 2, [nb, bb, m]
+                m = seen.shape[-1]
+                x_ang = extra[3]
                 q_x = qr.float() if x_ang is None else rotated_back(
                     qr.view(nb, Hkv, rep, bb, D), x_ang[r, 0, q0:q1].view(nb, 1, 1, bb, D)).view_as(qr)
-                seen = x_vis[r, q0:q1].view(nb, 1, 1, bb, M).expand(nb, 1, rep, bb, M).reshape(nb, 1, rep * bb, M)
-                scores.append(((q_x @ x_k[r].float().transpose(-1, -2)) * scale).masked_fill(~seen, float("-inf")))
-                vals.append(x_v[r].float())
+                seen = seen.view(nb, 1, 1, bb, m).expand(nb, 1, rep, bb, m).reshape(nb, 1, rep * bb, m)
+                scores.append(((q_x @ x_k.transpose(-1, -2)) * scale).masked_fill(~seen, float("-inf")))
+                if vals:  # the sinks' values, the same for every block
+                    vals[0] = vals[0].expand(nb, Hkv, S, vals[0].shape[-1])
+                vals.append(x_v)
             if scores:
                 scores = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
                 lse_s = torch.logsumexp(scores, dim=-1)  # [nb, Hkv, rep * bb]; -inf where nothing is seen
@@ -473,6 +476,25 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
             o = o.reshape(nb, Hkv, rep, bb, D)
             out[r, q0:q1].view(nb, bb, Hkv, rep, D).copy_(o.permute(0, 3, 1, 2, 4))
     return out
+
+
+def _block_extras(extra, r, q0, q1, nb, bb):
+    """Row ``r``'s extra keys for the query blocks of ``strided_band_attention`` (``nb`` blocks of ``bb`` queries from
+    ``q0``), each block keeping only the keys some query of it sees, packed first: ``(keys, values [nb, Hkv, m, D]
+    float32, seen [nb, bb, m])`` with ``m`` the most any block sees. A chunk's recall-slot candidates are all the
+    tokens that hold a slot at some query of it (hundreds in a chunk that fills the slots); a block of ``bb``
+    queries sees at most ``G + bb`` of them, so scores and softmax stay that narrow."""
+    x_k, x_v, x_vis = extra[0][r], extra[1][r], extra[2][r, q0:q1]  # [Hkv, M, D] x 2, [q1 - q0, M]
+    M = x_k.shape[1]
+    vis = x_vis.reshape(nb, bb, M)
+    used = vis.any(1)  # [nb, M]
+    m = int(used.sum(1).max()) if M else 0
+    idx = torch.sort(used.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :m]  # [nb, m]
+
+    def take(x):  # [Hkv, M, D] -> [nb, Hkv, m, D]
+        return x.float()[:, idx].permute(1, 0, 2, 3)
+
+    return take(x_k), take(x_v), vis.gather(2, idx[:, None, :].expand(nb, bb, m))
 
 
 def fresh_band_available(spec, keys, values, dropout_active: bool, W: int, S: int) -> bool:
