@@ -31,9 +31,9 @@ def card_section(report: dict, command: str) -> str:
 
 Beyond the official AHN format: this adapter carries a retention classifier (`model.layers.{{i}}.ahn.recall`, one
 `Linear(hidden, 1)` per layer, `recall_head: true`), so `num_recall_slots=G` keeps the `G` evicted tokens it scores
-highest (a layer by the mean score of the layers up to it), with their neighbours, exactly beside sinks and window (`docs/recall_slots.md` in the `modeling_ahn`
-repository). Without slots (the default) the model is the plain AHN; exports to the official format
-leave the classifier out.
+highest (a layer by the mean score of the layers up to it), with their neighbours, exactly beside sinks and window
+(`docs/recall_slots.md` in the `modeling_ahn` repository). Without slots (the default) the model is the plain AHN;
+exports to the official format leave the classifier out.
 
 ```python
 model = AutoModelForCausalLM.from_pretrained(shipped_repo('gdn'), trust_remote_code=True, num_recall_slots=64)

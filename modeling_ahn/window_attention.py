@@ -451,17 +451,14 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
                                 scale=scale)  # [nb, Hkv, rep * bb, D], [nb, Hkv, rep * bb]
             scores, vals = [], []
             if S:
-                q_s = qr.float() if ang is None else rotated_back(
-                    qr.view(nb, Hkv, rep, bb, D), ang[r, 0, q0:q1].view(nb, 1, 1, bb, D)).view_as(qr)
+                q_s = _block_queries(qr, None if ang is None else ang[r, 0, q0:q1], bb)
                 scores.append((q_s @ sink_k[r].float().transpose(-1, -2)) * scale)
                 vals.append(sink_v[r].float())
             if extra is not None:
                 x_k, x_v, seen = _block_extras(extra, r, q0, q1, nb, bb)  # [nb, Hkv, m, D] x 2, [nb, bb, m]
                 m = seen.shape[-1]
-                x_ang = extra[3]
-                q_x = qr.float() if x_ang is None else rotated_back(
-                    qr.view(nb, Hkv, rep, bb, D), x_ang[r, 0, q0:q1].view(nb, 1, 1, bb, D)).view_as(qr)
                 seen = seen.view(nb, 1, 1, bb, m).expand(nb, 1, rep, bb, m).reshape(nb, 1, rep * bb, m)
+                q_x = _block_queries(qr, None if extra[3] is None else extra[3][r, 0, q0:q1], bb)
                 scores.append(((q_x @ x_k.transpose(-1, -2)) * scale).masked_fill(~seen, float("-inf")))
                 if vals:  # the sinks' values, the same for every block
                     vals[0] = vals[0].expand(nb, Hkv, S, vals[0].shape[-1])
@@ -476,6 +473,15 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
             o = o.reshape(nb, Hkv, rep, bb, D)
             out[r, q0:q1].view(nb, bb, Hkv, rep, D).copy_(o.permute(0, 3, 1, 2, 4))
     return out
+
+
+def _block_queries(qr, angles, bb):
+    """``strided_band_attention``'s block queries ``qr`` ``[nb, Hkv, rep * bb, D]`` in float32, rotated back by
+    ``angles`` ``[nb * bb, D]`` (their queries' RoPE angles, in order) unless ``None``."""
+    if angles is None:
+        return qr.float()
+    nb, Hkv, rows, D = qr.shape
+    return rotated_back(qr.view(nb, Hkv, rows // bb, bb, D), angles.view(nb, 1, 1, bb, D)).view_as(qr)
 
 
 def _block_extras(extra, r, q0, q1, nb, bb):
