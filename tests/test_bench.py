@@ -279,3 +279,35 @@ def test_stream_soak_checks_bounded_memory_finiteness_and_restarts(tmp_path, mon
     monkeypatch.setattr(stream, "copy", types.SimpleNamespace(deepcopy=perturbed))
     assert stream.main(args) == 1
     assert not json.loads(out.read_text())["restarts_equal"]
+
+
+def test_side_by_side_interleaves_every_point_in_one_process(tmp_path, capsys):
+    """`ahn bench --side-by-side`: all points in one process, prefill chunks and decoding steps round-robin; the
+    decode overhead is the ratio of medians with a bootstrap interval around it; the same per-point facts as the
+    grid (cache bytes constant for AHN, growing for full attention)."""
+    from modeling_ahn.benchmarking import side_by_side
+
+    out = tmp_path / "sbs.json"
+    assert cli_main(["bench", "--side-by-side", "--base", "random:tiny", "--lengths", "96,320", "--methods",
+                     "full,ahn_gdn,ahn_gdn_slots64_static", "--max-full-length", "96", "--overhead-reference", "96",
+                     "--window", "32", "--sinks", "4", "--chunk", "64", "--decode", "5", "--dtype", "float32",
+                     "--device", "cpu", "--compile-backend", "eager", "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {(r["method"], r["length"]): r for r in res["rows"]}
+    assert set(rows) == {("full", 96), ("ahn_gdn", 96), ("ahn_gdn", 320), ("ahn_gdn_slots64_static", 96),
+                         ("ahn_gdn_slots64_static", 320)}  # no full attention beyond --max-full-length
+    assert res["settings"]["side_by_side"] and out.with_suffix(".png").stat().st_size > 10_000
+    for r in rows.values():
+        steps = r["decode_steps_ms"]
+        assert len(steps) == 5 and r["decode_ms"] == sorted(steps)[2] and r["peak_bytes"] is None
+        lo, hi = r["decode_overhead_ci95"]
+        assert lo <= r["decode_overhead"] <= hi
+    assert rows[("full", 96)]["decode_overhead"] == 1.0 and rows[("full", 96)]["prefill_overhead"] == 1.0
+    assert rows[("ahn_gdn", 320)]["cache_bytes"] == rows[("ahn_gdn", 96)]["cache_bytes"]
+    assert rows[("ahn_gdn_slots64_static", 320)]["compile_s"] > 0
+    assert "overhead decode [95% CI]" in capsys.readouterr().out
+    # the interval resamples rounds: identical steps give a point interval, a doubled point gives 2
+    assert side_by_side.decode_interval([2.0] * 7, [1.0] * 7) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="--decode >= 2"):
+        side_by_side.run("random:tiny", [96], ["full"], 32, 4, 64, 1, "float32", "cpu", tmp_path / "x.json",
+                         progress=False)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2", "full_static", "ahn_gdn_static",
-           "ahn_gdn_slots64", "ahn_gdn_novelty64")
+           "ahn_gdn_slots64", "ahn_gdn_novelty64", "ahn_gdn_slots64_static")
 # "ahn_gdn_slots64": AHN-GDN with 64 recall slots (a random retention classifier: the cost, not the choice);
 # "ahn_gdn_novelty64": the same slots chosen by the training-free novelty score (its delta-rule memory's cost too)
 # "*_static": a fixed-size cache (transformers' StaticCache / StaticAhnCache) and a torch.compile'd decoding step
@@ -119,7 +119,7 @@ def load_method(method: str, base: str, window: int, sinks: int, dtype, device, 
     with torch.no_grad():  # a non-zero memory, so the read-out is real work
         for mod in m.ahn_modules().values():
             mod.fn.o_proj.weight.normal_(0, 0.02)
-    if method.endswith("_slots64"):
+    if "_slots64" in method:
         m.add_recall_head()
         with torch.no_grad():
             for mod in m.ahn_modules().values():
@@ -138,73 +138,124 @@ def _peak_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+class Point:
+    """One measurement point (a method at a length): its model, cache and greedy decoding state, driven a prefill
+    chunk or a decoding step at a time. ``worker`` runs one point in its own process; ``side_by_side.run`` runs
+    several in one process, interleaved, so that the machine's drift affects them alike."""
+
+    def __init__(self, method, base, length, window, sinks, chunk, decode, dtype_name, device_name,
+                 compile_backend="inductor"):
+        import contextlib
+
+        import torch
+        from transformers import DynamicCache
+
+        from .devices import resolve_dtype
+
+        self.method, self.length, self.chunk = method, length, chunk
+        self.device = torch.device(device_name)
+        dtype = resolve_dtype(dtype_name, self.device)
+        torch.manual_seed(0)
+        self.model, mode = load_method(method, base, window, sinks, dtype, self.device)
+        vocab = self.model.get_input_embeddings().num_embeddings
+        self.ids = torch.randint(3, vocab, (1, length), device=self.device)
+        self._ctx = (lambda: self.model.attention_mode(mode)) if mode else contextlib.nullcontext
+        self.mode = mode
+        self.static = method.endswith("_static")
+        self._step = self.model
+        if self.static:
+            from transformers import StaticCache
+
+            self.cache = (self.model.new_cache(static=True) if mode else
+                          StaticCache(config=self.model.config, max_cache_len=length + decode + COMPILE_WARMUP))
+            decoder = self.model.base_causal_lm if mode else self.model
+            opts = dict(mode="reduce-overhead") if self.device.type == "cuda" and compile_backend == "inductor" else {}
+            self._step = torch.compile(decoder.forward, fullgraph=True, backend=compile_backend, **opts)
+        else:
+            self.cache = self.model.new_cache() if mode else DynamicCache(config=self.model.config)
+        self.pos, self.prefill_s, self.compile_s, self.nxt, self.latencies = 0, 0.0, None, None, []
+
+    def _sync(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @property
+    def prefilled(self) -> bool:
+        return self.pos >= self.length
+
+    def prefill_chunk(self) -> None:
+        """The next ``chunk`` tokens of the prompt, timed (the last one also picks the first greedy token)."""
+        import torch
+
+        from ..modeling_ahn import CACHE_KWARG
+
+        with torch.inference_mode(), self._ctx():
+            self._sync()
+            t0 = time.perf_counter()
+            out = self.model(input_ids=self.ids[:, self.pos: self.pos + self.chunk], **{CACHE_KWARG: self.cache},
+                             use_cache=True, logits_to_keep=1)
+            self._sync()
+            self.prefill_s += time.perf_counter() - t0
+        self.pos += self.chunk
+        if self.prefilled:
+            self.nxt = out.logits[:, -1:].argmax(-1)
+
+    def _greedy(self) -> float:
+        import torch
+
+        from ..modeling_ahn import CACHE_KWARG
+
+        with torch.inference_mode(), self._ctx():
+            t0 = time.perf_counter()
+            out = self._step(input_ids=self.nxt, **{CACHE_KWARG: self.cache}, use_cache=True)
+            self.nxt = out.logits[:, -1:].argmax(-1)
+            self._sync()
+            return time.perf_counter() - t0
+
+    def warm_up(self) -> None:
+        """Compile the static methods' step (and record CUDA graphs) on a few untimed steps."""
+        if self.static and self.compile_s is None:
+            self.compile_s = sum(self._greedy() for _ in range(COMPILE_WARMUP))
+
+    def step(self) -> float:
+        """One timed greedy decoding step (seconds)."""
+        lat = self._greedy()
+        self.latencies.append(lat)
+        return lat
+
+    def cache_bytes(self) -> int:
+        if self.mode:
+            return int(self.cache.cache_bytes())
+        return int(sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers
+                       if layer.is_initialized))
+
+    def row(self, peak_bytes) -> dict:
+        lat = sorted(self.latencies)
+        return dict(method=self.method, length=self.length, prefill_s=self.prefill_s,
+                    prefill_tok_s=self.length / self.prefill_s,
+                    decode_ms=1000 * lat[len(lat) // 2] if lat else None,
+                    decode_tok_s=(len(lat) / sum(lat)) if lat else None, peak_bytes=peak_bytes,
+                    cache_bytes=self.cache_bytes(), compile_s=self.compile_s,
+                    weight_bytes=sum(p.nbytes for p in self.model.parameters()))
+
+
 def worker(method, base, length, window, sinks, chunk, decode, dtype_name, device_name,
            compile_backend="inductor") -> dict:
     """One measurement point, in this process."""
-    import contextlib
-
     import torch
-    from transformers import DynamicCache
-
-    from ..modeling_ahn import CACHE_KWARG
-    from .devices import resolve_dtype
 
     device = torch.device(device_name)
-    dtype = resolve_dtype(dtype_name, device)
-    torch.manual_seed(0)
-    model, mode = load_method(method, base, window, sinks, dtype, device)
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = torch.randint(3, vocab, (1, length), device=device)
-    ctx = model.attention_mode(mode) if mode else contextlib.nullcontext()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    if device.type == "cuda":
+    point = Point(method, base, length, window, sinks, chunk, decode, dtype_name, device_name, compile_backend)
+    if device.type == "cuda":  # (the peak from here on: the weights and the cache, not their loading)
         torch.cuda.reset_peak_memory_stats(device)
-    static = method.endswith("_static")
-    step, compile_s = model, None
-    if static:
-        from transformers import StaticCache
-
-        cache = (model.new_cache(static=True) if mode else
-                 StaticCache(config=model.config, max_cache_len=length + decode + COMPILE_WARMUP))
-        decoder = model.base_causal_lm if mode else model
-        opts = dict(mode="reduce-overhead") if device.type == "cuda" and compile_backend == "inductor" else {}
-        step = torch.compile(decoder.forward, fullgraph=True, backend=compile_backend, **opts)
-    with torch.inference_mode(), ctx:
-        if not static:
-            cache = model.new_cache() if mode else DynamicCache(config=model.config)
-        sync()
-        t0 = time.perf_counter()
-        for s in range(0, length, chunk):
-            out = model(input_ids=ids[:, s: s + chunk], **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-        sync()
-        prefill_s = time.perf_counter() - t0
-        nxt = out.logits[:, -1:].argmax(-1)
-        if static:  # compile (and record CUDA graphs) on a few untimed steps
-            t1 = time.perf_counter()
-            for _ in range(COMPILE_WARMUP):
-                nxt = step(input_ids=nxt, **{CACHE_KWARG: cache}, use_cache=True).logits[:, -1:].argmax(-1)
-            sync()
-            compile_s = time.perf_counter() - t1
-        lat = []
-        for _ in range(decode):
-            t1 = time.perf_counter()
-            out = step(input_ids=nxt, **{CACHE_KWARG: cache}, use_cache=True)
-            nxt = out.logits[:, -1:].argmax(-1)
-            sync()
-            lat.append(time.perf_counter() - t1)
-    if mode:
-        cache_bytes = cache.cache_bytes()
-    else:
-        cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.is_initialized)
-    lat_sorted = sorted(lat)
-    return dict(method=method, length=length, prefill_s=prefill_s, prefill_tok_s=length / prefill_s,
-                decode_ms=1000 * lat_sorted[len(lat) // 2] if lat else None, decode_tok_s=(len(lat) / sum(lat))
-                if lat else None, peak_bytes=_peak_bytes(device), cache_bytes=int(cache_bytes), compile_s=compile_s,
-                weight_bytes=sum(p.nbytes for p in model.parameters()))
+    while not point.prefilled:
+        point.prefill_chunk()
+    point.warm_up()
+    for _ in range(decode):
+        point.step()
+    return point.row(_peak_bytes(device))
 
 
 VECTOR_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -274,7 +325,8 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
     if stale:
         print(f"ahn bench: {stale} point(s) in {partial} were measured with other settings; measuring anew",
               file=sys.stderr)
-    points = [(L, m) for L in lengths for m in methods if not (m == "full" and max_full and L > max_full)]
+    points = [(L, m) for L in lengths for m in methods
+              if not (m in ("full", "full_static") and max_full and L > max_full)]
     reused = sum((m, L) in done for L, m in points)
     if reused:  # (the settings do not include the code: after a change, delete the file to measure anew)
         print(f"ahn bench: reusing {reused} point(s) measured earlier, from {partial} (delete it to measure anew)",
@@ -328,13 +380,15 @@ def plot(result: dict, path: Path) -> bool:
     with_overhead = any("prefill_overhead" in r for r in rows)
     fig, axes = plt.subplots(1, 4 if with_overhead else 3, figsize=(21 if with_overhead else 16, 4.5))
     styles = {}
+    # (--side-by-side runs every point in one process: no peak per point, the cache's bytes instead)
+    memory = "peak_bytes" if all(r.get("peak_bytes") for r in rows) else "cache_bytes"
     for m in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r["length"], r) for r in rows if r["method"] == m)
         xs = [p[0] for p in pts]
         line, = axes[0].plot(xs, [p[1]["prefill_s"] for p in pts], "o-", label=m)
         styles[m] = line.get_color()
         axes[1].plot(xs, [p[1]["decode_ms"] for p in pts], "o-", label=m, color=styles[m])
-        axes[2].plot(xs, [p[1]["peak_bytes"] / 2**20 for p in pts], "o-", label=m, color=styles[m])
+        axes[2].plot(xs, [p[1][memory] / 2**20 for p in pts], "o-", label=m, color=styles[m])
         if with_overhead:
             o = [(x, p) for x, p in pts if "prefill_overhead" in p]
             axes[3].plot([x for x, _ in o], [p["prefill_overhead"] for _, p in o], "o-", color=styles[m],
@@ -342,7 +396,8 @@ def plot(result: dict, path: Path) -> bool:
             d = [(x, p["decode_overhead"]) for x, p in o if p.get("decode_overhead")]
             axes[3].plot([x for x, _ in d], [y for _, y in d], "s--", color=styles[m], alpha=0.7,
                          label=f"{m} decode")
-    titles = ["prefill time (s)", "decode latency (ms/token)", "peak memory (MiB)"]
+    titles = ["prefill time (s)", "decode latency (ms/token)",
+              "peak memory (MiB)" if memory == "peak_bytes" else "cache (MiB)"]
     if with_overhead:
         ref = result.get("overhead_reference") or dict(method=REFERENCE[0], length=REFERENCE[1])
         titles.append(f"per-token cost / {ref['method']} at {ref['length']:,} (—prefill, --decode)")

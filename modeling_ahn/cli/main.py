@@ -186,6 +186,18 @@ def cmd_bench(args) -> int:
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
     if args.profile:
         return _bench_profile(args, base, device)
+    if args.side_by_side:
+        from ..benchmarking import side_by_side
+
+        res = side_by_side.run(base, [parse_length(x) for x in args.lengths.split(",")], args.methods.split(","),
+                               args.window, args.sinks, args.chunk, args.decode, args.dtype, device, args.out,
+                               max_full=parse_length(args.max_full_length) if args.max_full_length else None,
+                               progress=not args.no_progress, compile_backend=args.compile_backend,
+                               reference_length=parse_length(args.overhead_reference),
+                               points=side_by_side.parse_points(args.points) if args.points else None)
+        print(side_by_side.table(res))
+        print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png")
+        return 0
     res = run(base, [parse_length(x) for x in args.lengths.split(",")], args.methods.split(","), args.window,
               args.sinks, args.chunk, args.decode, args.dtype, device, args.out,
               max_full=parse_length(args.max_full_length) if args.max_full_length else None,
@@ -358,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="instead of the grid: where AHN's time goes (memory, "
                    "attention, linear layers, other), time and op counts per layer and 2,048 tokens, against the "
                    "same model with its memory off, for each length and ahn_* method (one process)")
+    p.add_argument("--side-by-side", action="store_true", help="every point in one process, prefill chunks and "
+                   "decoding steps interleaved round-robin (the machine's drift affects all points alike); decode "
+                   "overhead with a bootstrap 95%% interval; no peak memory")
+    p.add_argument("--points", default=None, help="--side-by-side: these method@length points (e.g. "
+                   "full@1k,ahn_gdn@16k) instead of the lengths x methods grid")
     p.add_argument("--layers", type=int, default=None, help="--profile on a random base: keep this many layers")
     p.add_argument("--repeats", type=int, default=2, help="--profile: timed runs per mode (the best is kept)")
     p.set_defaults(func=cmd_bench)
