@@ -154,3 +154,25 @@ def test_not_an_ahn_checkpoint(tmp_path, capsys):
     base, src = _official(tmp_path, tensors={"model.norm.weight": torch.ones(64)})
     code, err = _convert(["--ahn-path", str(src), "--base", base, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "No AHN tensors" in err
+
+
+def test_a_converted_checkpoint_recalls_with_the_training_free_score(tmp_path):
+    """Recall slots on a converted official checkpoint (issue 39): it has no retention classifier, so
+    ``num_recall_slots`` alone picks the training-free novelty score; the result equals our model with the same
+    tensors and slots (and differs from no slots: the slots are attended); the learned score is refused."""
+    base, src = _official(tmp_path, "gdn")
+    assert ahn(["convert", "bytedance", "--ahn-path", str(src), "--base", base, "--out", str(tmp_path / "out")]) == 0
+    slots = dict(sliding_window=W, num_sinks=S, num_recall_slots=4, recall_span=(1, 1))
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "out", **slots)
+    assert converted.config.recall_head is False
+    ref = AhnForCausalLM.from_base(base, ahn_type="gdn", **slots)
+    ref.load_ahn_state_dict(official_ahn_tensors(base, "gdn"))
+    ref.config.recall_score = "novelty"
+    with torch.no_grad():
+        got, want = converted(IDS).logits, ref(IDS).logits
+        with converted.runtime(num_recall_slots=0):
+            without = converted(IDS).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (got - without).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="needs a trained retention classifier"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "out", recall_score="learned", **slots)(IDS)
