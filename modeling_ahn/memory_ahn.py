@@ -22,7 +22,6 @@ kernels imported on first use (``_load_kernels``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.util
 import math
@@ -471,7 +470,6 @@ def _repeat_heads(q, *xs):
     return [x if x.shape[2] == H else x.repeat_interleave(H // x.shape[2], dim=2) for x in xs]
 
 
-@functools.cache
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (oneDNN's bf16 path: AVX512-BF16 or AMX). Elsewhere PyTorch emulates
     bf16 products: on an AVX2-only CPU a bf16 product ran at 11 GFLOP/s against 68 in float32 (2026-12-01, torch
@@ -482,11 +480,16 @@ def cpu_multiplies_bf16() -> bool:
         return False
 
 
+# Asked once, at import: the check returns a Python bool from a torch op, which torch.compile cannot trace (a bf16
+# decoding step compiled with fullgraph=True failed on it).
+CPU_MULTIPLIES_BF16 = cpu_multiplies_bf16()
+
+
 def product_dtype(x: torch.Tensor):
     """The operand dtype of the torch chunk kernel's products for a model computing in ``x.dtype``: bf16 for bf16
     (float32 accumulation, as fla's kernels on GPU) where the device multiplies bf16 natively, else ``None``
     (float32: on a CPU that emulates bf16, float32 products are the faster ones, and exact to float32)."""
-    if x.dtype != torch.bfloat16 or (x.device.type == "cpu" and not cpu_multiplies_bf16()):
+    if x.dtype != torch.bfloat16 or (x.device.type == "cpu" and not CPU_MULTIPLIES_BF16):
         return None
     return torch.bfloat16
 

@@ -349,11 +349,11 @@ def test_bf16_memory_takes_bf16_products_where_they_are_native(monkeypatch):
     """A bf16 model's memory runs the chunk kernel with bf16 products (``product_dtype``) where the CPU multiplies
     bf16 natively, and float32 ones where it emulates them (faster there); a float32 or float16 model never takes
     bf16 products."""
-    memory_ahn.cpu_multiplies_bf16.cache_clear()
+    assert memory_ahn.CPU_MULTIPLIES_BF16 is memory_ahn.cpu_multiplies_bf16()
     assert memory_ahn.cpu_multiplies_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     bf16 = torch.zeros(1, dtype=torch.bfloat16)
     for native, expected in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(memory_ahn, "cpu_multiplies_bf16", lambda native=native: native)
+        monkeypatch.setattr(memory_ahn, "CPU_MULTIPLIES_BF16", native)
         assert memory_ahn.product_dtype(bf16) is expected
         assert memory_ahn.product_dtype(torch.zeros(1)) is None
         assert memory_ahn.product_dtype(torch.zeros(1, dtype=torch.float16)) is None

@@ -127,3 +127,12 @@ def test_decode_step_compiles_without_graph_breaks(ahn_type):
     assert diff < 1e-5
     # every step ran a captured graph; the step counter may cost one recompile (it becomes dynamic), not one per step
     assert len(runs) == 22 and 1 <= len(graphs) <= 2, (len(graphs), len(runs))
+
+
+def test_bf16_decode_step_compiles_without_graph_breaks():
+    """A bf16 model's decoding step traces with ``fullgraph=True`` too: the memory's choice of product dtype asks
+    whether the CPU multiplies bf16 natively, a check made once at import (traced, the check itself broke the graph:
+    found by ``ahn bench`` compiling a bf16 step)."""
+    model = make_ahn("qwen2", "gdn", sliding_window=W, num_sinks=S).to(torch.bfloat16)
+    diff, graphs, runs, _ = compiled_decode(model, _ids(30, seed=7), 8)
+    assert diff < 1e-2 and 1 <= len(graphs) <= 2 and len(runs) == 22, (diff, len(graphs), len(runs))
