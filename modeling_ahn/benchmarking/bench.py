@@ -298,6 +298,24 @@ def machine_info(device_name: str) -> dict:
     return info
 
 
+def check_methods(methods) -> None:
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {METHODS}")
+
+
+def grid(lengths: list[int], methods: list[str], max_full: int | None = None) -> list[tuple[str, int]]:
+    """``(method, length)`` points, length by length; full attention (also static) is skipped beyond ``max_full``."""
+    return [(m, L) for L in lengths for m in methods
+            if not (m in ("full", "full_static") and max_full and L > max_full)]
+
+
+def run_settings(base, window, sinks, chunk, decode, dtype, compile_backend, device) -> dict:
+    """The settings a result records (and a resumed grid compares)."""
+    return dict(base=base if base.startswith("random:") else Path(base).name, window=window, sinks=sinks,
+                chunk=chunk, decode=decode, dtype=dtype, compile_backend=compile_backend, device=device)
+
+
 def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: int, chunk: int, decode: int,
         dtype: str, device: str, out: str | Path, max_full: int | None = None, progress: bool = True,
         timeout: int = 3600, compile_backend: str = "inductor", reference_length: int = REFERENCE[1]) -> dict:
@@ -306,14 +324,11 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
     from .devices import dtype_name, resolve_dtype
 
     dtype = dtype_name(resolve_dtype(dtype, device))  # "auto" -> what this machine runs fast, recorded as such
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {METHODS}")
+    check_methods(methods)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.jsonl")
-    settings = dict(base=base if base.startswith("random:") else Path(base).name, window=window, sinks=sinks,
-                    chunk=chunk, decode=decode, dtype=dtype, compile_backend=compile_backend, device=device)
+    settings = run_settings(base, window, sinks, chunk, decode, dtype, compile_backend, device)
     done, stale = {}, 0
     if partial.exists():  # resume: keep the points already measured with the same settings
         for line in partial.read_text().splitlines():
@@ -325,8 +340,7 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
     if stale:
         print(f"ahn bench: {stale} point(s) in {partial} were measured with other settings; measuring anew",
               file=sys.stderr)
-    points = [(L, m) for L in lengths for m in methods
-              if not (m in ("full", "full_static") and max_full and L > max_full)]
+    points = [(L, m) for m, L in grid(lengths, methods, max_full)]
     reused = sum((m, L) in done for L, m in points)
     if reused:  # (the settings do not include the code: after a change, delete the file to measure anew)
         print(f"ahn bench: reusing {reused} point(s) measured earlier, from {partial} (delete it to measure anew)",

@@ -16,11 +16,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (oneDNN's bf16 path: AVX512-BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this CPU multiplies bf16 natively (oneDNN's bf16 path: AVX512-BF16 / AMX): the memory's own check."""
+    from ..memory_ahn import CPU_MULTIPLIES_BF16
+
+    return CPU_MULTIPLIES_BF16
 
 
 def preferred_dtype(device: str | torch.device = "cpu") -> torch.dtype:

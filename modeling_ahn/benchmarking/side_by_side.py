@@ -18,7 +18,8 @@ import random
 import statistics
 from pathlib import Path
 
-from .bench import COMPILE_WARMUP, METHODS, REFERENCE, Point, long_context_overhead, machine_info, plot
+from . import bench
+from .bench import COMPILE_WARMUP, REFERENCE, Point, long_context_overhead, machine_info, plot
 
 BOOTSTRAP = 1000
 
@@ -64,11 +65,8 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
 
     from .devices import dtype_name, resolve_dtype
 
-    grid = points or [(m, L) for L in lengths for m in methods
-                      if not (m in ("full", "full_static") and max_full and L > max_full)]
-    unknown = sorted({m for m, _ in grid} - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {METHODS}")
+    grid = points or bench.grid(lengths, methods, max_full)
+    bench.check_methods([m for m, _ in grid])
     if decode < 2:
         raise ValueError(f"--side-by-side needs --decode >= 2 (its interval resamples the decoding rounds), got "
                          f"{decode}")
@@ -101,8 +99,7 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
             r["prefill_overhead"], r["decode_overhead"] = x["prefill"], x["decode"]
             r["decode_overhead_ci95"] = list(decode_interval(p.latencies, ref.latencies))
         r["decode_steps_ms"] = [1000 * t for t in p.latencies]
-    settings = dict(base=base if base.startswith("random:") else Path(base).name, window=window, sinks=sinks,
-                    chunk=chunk, decode=decode, dtype=dtype, compile_backend=compile_backend, device=device,
+    settings = dict(bench.run_settings(base, window, sinks, chunk, decode, dtype, compile_backend, device),
                     side_by_side=True)
     result = dict(machine=machine_info(device), settings=settings, overhead_reference=overhead["reference"],
                   rows=rows)
