@@ -302,12 +302,19 @@ def test_side_by_side_interleaves_every_point_in_one_process(tmp_path, capsys):
         assert len(steps) == 5 and r["decode_ms"] == sorted(steps)[2] and r["peak_bytes"] is None
         lo, hi = r["decode_overhead_ci95"]
         assert lo <= r["decode_overhead"] <= hi
+        lo, hi = r["prefill_overhead_ci95"]
+        assert lo <= r["prefill_overhead"] <= hi
+    # the 96-token points (2 chunks) prefill again while the 320-token ones (5 chunks) run: 3 passes, 6 chunks
+    assert rows[("full", 96)]["prefill_passes"] == 3 and rows[("full", 96)]["prefill_chunks"] == 6
+    assert rows[("ahn_gdn", 320)]["prefill_passes"] == 1 and rows[("ahn_gdn", 320)]["prefill_chunks"] == 5
     assert rows[("full", 96)]["decode_overhead"] == 1.0 and rows[("full", 96)]["prefill_overhead"] == 1.0
     assert rows[("ahn_gdn", 320)]["cache_bytes"] == rows[("ahn_gdn", 96)]["cache_bytes"]
     assert rows[("ahn_gdn_slots64_static", 320)]["compile_s"] > 0
     assert "overhead decode [95% CI]" in capsys.readouterr().out
     # the interval resamples rounds: identical steps give a point interval, a doubled point gives 2
     assert side_by_side.decode_interval([2.0] * 7, [1.0] * 7) == (2.0, 2.0)
+    log, ref_log = [(k, 2.0, 64) for k in range(5)], [(k, 1.0, 64) for k in range(5)]
+    assert side_by_side.prefill_interval(log, ref_log) == (2.0, 2.0)
     with pytest.raises(ValueError, match="--decode >= 2"):
         side_by_side.run("random:tiny", [96], ["full"], 32, 4, 64, 1, "float32", "cpu", tmp_path / "x.json",
                          progress=False)

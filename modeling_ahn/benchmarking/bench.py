@@ -148,7 +148,6 @@ class Point:
         import contextlib
 
         import torch
-        from transformers import DynamicCache
 
         from .devices import resolve_dtype
 
@@ -163,17 +162,31 @@ class Point:
         self.mode = mode
         self.static = method.endswith("_static")
         self._step = self.model
+        self._decode = decode
+        self.cache = self._new_cache()
         if self.static:
-            from transformers import StaticCache
-
-            self.cache = (self.model.new_cache(static=True) if mode else
-                          StaticCache(config=self.model.config, max_cache_len=length + decode + COMPILE_WARMUP))
             decoder = self.model.base_causal_lm if mode else self.model
             opts = dict(mode="reduce-overhead") if self.device.type == "cuda" and compile_backend == "inductor" else {}
             self._step = torch.compile(decoder.forward, fullgraph=True, backend=compile_backend, **opts)
-        else:
-            self.cache = self.model.new_cache() if mode else DynamicCache(config=self.model.config)
         self.pos, self.prefill_s, self.compile_s, self.nxt, self.latencies = 0, 0.0, None, None, []
+        self.chunk_log = []  # (round, seconds, tokens) of every prefill chunk, restarts included
+        self.passes = 0  # completed prefills
+
+    def _new_cache(self):
+        from transformers import DynamicCache, StaticCache
+
+        if self.static:
+            return (self.model.new_cache(static=True) if self.mode else
+                    StaticCache(config=self.model.config,
+                                max_cache_len=self.length + self._decode + COMPILE_WARMUP))
+        return self.model.new_cache() if self.mode else DynamicCache(config=self.model.config)
+
+    def restart_prefill(self) -> None:
+        """Prefill again from a new cache (side by side: a short point's prefill repeats while the long ones run,
+        so its per-token cost is sampled across the whole run, not once at its start)."""
+        if not self.prefilled or self.compile_s is not None:
+            raise RuntimeError("restart_prefill: only a completed prefill, before any decoding, can restart")
+        self.cache, self.pos, self.prefill_s = self._new_cache(), 0, 0.0
 
     def _sync(self):
         import torch
@@ -185,8 +198,9 @@ class Point:
     def prefilled(self) -> bool:
         return self.pos >= self.length
 
-    def prefill_chunk(self) -> None:
-        """The next ``chunk`` tokens of the prompt, timed (the last one also picks the first greedy token)."""
+    def prefill_chunk(self, round_: int = 0) -> None:
+        """The next ``chunk`` tokens of the prompt, timed (the last one also picks the first greedy token);
+        ``round_``: the side-by-side round it ran in (``chunk_log``)."""
         import torch
 
         from ..modeling_ahn import CACHE_KWARG
@@ -197,10 +211,13 @@ class Point:
             out = self.model(input_ids=self.ids[:, self.pos: self.pos + self.chunk], **{CACHE_KWARG: self.cache},
                              use_cache=True, logits_to_keep=1)
             self._sync()
-            self.prefill_s += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+        self.prefill_s += seconds
+        self.chunk_log.append((round_, seconds, min(self.chunk, self.length - self.pos)))
         self.pos += self.chunk
         if self.prefilled:
             self.nxt = out.logits[:, -1:].argmax(-1)
+            self.passes += 1
 
     def _greedy(self) -> float:
         import torch

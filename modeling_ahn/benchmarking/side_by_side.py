@@ -7,7 +7,9 @@ between runs). Here all points are loaded at once; their prefills advance a chun
 their greedy decoding steps do, one step per point per round with the order rotated each round. A point's
 decoding latency is the median of its steps; the long-context overhead (a point's per-token cost over the
 reference's, the base at 1k) comes with a bootstrap 95 % interval over the rounds for decoding (the rounds pair
-the points' steps in time). Prefill ratios have no interval (one prefill per point, its chunks interleaved).
+the points' steps in time). Prefill: a point that completes its prefill while a longer one runs prefills again,
+so every point's per-token cost averages chunks spread over the same time; its ratio to the reference's comes with a
+bootstrap interval over the rounds too.
 Peak memory is not measured (one process holds every point); cache bytes are. Not part of the remote-code payload.
 """
 
@@ -40,6 +42,52 @@ def decode_interval(steps: list[float], ref_steps: list[float], seed: int = 0) -
         ratios.append(statistics.median(steps[i] for i in idx) / statistics.median(ref_steps[i] for i in idx))
     ratios.sort()
     return ratios[int(0.025 * BOOTSTRAP)], ratios[int(0.975 * BOOTSTRAP) - 1]
+
+
+def _per_token(log) -> float:
+    """Seconds per prompt token over a ``chunk_log`` (every chunk of every pass)."""
+    return sum(s for _, s, _ in log) / sum(n for _, _, n in log)
+
+
+def prefill_interval(log: list, ref_log: list, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95 % interval of a point's per-token prefill cost over the reference's, resampling the rounds
+    (a round holds one chunk of each point still prefilling; ``log``: ``chunk_log``'s ``(round, seconds, tokens)``)."""
+    rng = random.Random(seed)
+    by_round, ref_by_round = {}, {}
+    for table, entries in ((by_round, log), (ref_by_round, ref_log)):
+        for r, s, n in entries:
+            table.setdefault(r, []).append((r, s, n))
+    rounds = sorted(set(by_round) | set(ref_by_round))
+    ratios = []
+    for _ in range(BOOTSTRAP):
+        idx = [rounds[rng.randrange(len(rounds))] for _ in rounds]
+        mine = [e for i in idx for e in by_round.get(i, [])]
+        ref = [e for i in idx for e in ref_by_round.get(i, [])]
+        if mine and ref:
+            ratios.append(_per_token(mine) / _per_token(ref))
+    ratios.sort()
+    return ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]
+
+
+def interleaved_prefill(points: list, progress: bool = True) -> None:
+    """Every point's prefill a chunk at a time, round-robin (order rotated per round); a point that completes its
+    prefill while another has not yet completed one starts again from a new cache, so every point's chunks are spread
+    over the same stretch of time (the reference at 1k is one chunk: timed once, it was one sample of the machine's
+    drift). Ends with every point prefilled once more; ``chunk_log`` holds every chunk with its round."""
+    from tqdm.auto import tqdm
+
+    rounds = max(-(-p.length // p.chunk) for p in points)
+    with tqdm(total=rounds, desc="prefill (interleaved)", unit="round", disable=not progress) as bar:
+        k = 0
+        while any(p.passes == 0 or not p.prefilled for p in points):
+            waiting = any(p.passes == 0 for p in points)
+            for p in _rotated(points, k):
+                if p.prefilled and waiting:
+                    p.restart_prefill()
+                if not p.prefilled:
+                    p.prefill_chunk(k)
+            k += 1
+            bar.update()
 
 
 def parse_points(text: str) -> list[tuple[str, int]]:
@@ -77,20 +125,13 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
                          f"the points (see --overhead-reference)")
     points = [Point(m, base, L, window, sinks, chunk, decode, dtype, device, compile_backend)
               for m, L in tqdm(grid, desc="load", disable=not progress)]
-    chunks = sum(-(-p.length // chunk) for p in points)
-    with tqdm(total=chunks, desc="prefill (interleaved)", unit="chunk", disable=not progress) as bar:
-        k = 0
-        while not all(p.prefilled for p in points):
-            for p in _rotated([p for p in points if not p.prefilled], k):
-                p.prefill_chunk()
-                bar.update()
-            k += 1
+    interleaved_prefill(points, progress)
     for p in tqdm(points, desc=f"warm-up ({COMPILE_WARMUP} steps, static methods)", disable=not progress):
         p.warm_up()
     for r in tqdm(range(decode), desc="decode (interleaved)", unit="round", disable=not progress):
         for p in _rotated(points, r):
             p.step()
-    rows = [p.row(None) for p in points]
+    rows = [dict(p.row(None), prefill_s=p.length * _per_token(p.chunk_log)) for p in points]
     overhead = long_context_overhead(rows, reference)
     ref = next((p for p in points if (p.method, p.length) == reference), None)
     for p, r in zip(points, rows):
@@ -98,7 +139,9 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
         if x is not None:
             r["prefill_overhead"], r["decode_overhead"] = x["prefill"], x["decode"]
             r["decode_overhead_ci95"] = list(decode_interval(p.latencies, ref.latencies))
+            r["prefill_overhead_ci95"] = list(prefill_interval(p.chunk_log, ref.chunk_log))
         r["decode_steps_ms"] = [1000 * t for t in p.latencies]
+        r["prefill_passes"], r["prefill_chunks"] = p.passes, len(p.chunk_log)
     settings = dict(bench.run_settings(base, window, sinks, chunk, decode, dtype, compile_backend, device),
                     side_by_side=True)
     result = dict(machine=machine_info(device), settings=settings, overhead_reference=overhead["reference"],
@@ -112,12 +155,13 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
 
 def table(result: dict) -> str:
     head = (f"{'method':<22} {'length':>8} {'prefill s':>10} {'tok/s':>9} {'decode ms':>10} {'cache MiB':>10} "
-            f"{'overhead prefill':>17} {'overhead decode [95% CI]':>26}")
+            f"{'overhead prefill [95% CI]':>26} {'overhead decode [95% CI]':>26}")
     lines = [head]
     for r in result["rows"]:
-        cell_p = f"{r['prefill_overhead']:.3f}" if "prefill_overhead" in r else "-"
+        cell_p = (f"{r['prefill_overhead']:.3f} [{r['prefill_overhead_ci95'][0]:.3f}, {r['prefill_overhead_ci95'][1]:.3f}]"
+                  if "prefill_overhead" in r else "-")
         cell_d = (f"{r['decode_overhead']:.3f} [{r['decode_overhead_ci95'][0]:.3f}, {r['decode_overhead_ci95'][1]:.3f}]"
                   if "decode_overhead" in r else "-")
         lines.append(f"{r['method']:<22} {r['length']:>8} {r['prefill_s']:>10.2f} {r['prefill_tok_s']:>9.0f} "
-                     f"{r['decode_ms']:>10.1f} {r['cache_bytes'] / 2**20:>10.2f} {cell_p:>17} {cell_d:>26}")
+                     f"{r['decode_ms']:>10.1f} {r['cache_bytes'] / 2**20:>10.2f} {cell_p:>26} {cell_d:>26}")
     return "\n".join(lines)
