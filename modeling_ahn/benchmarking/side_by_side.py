@@ -153,15 +153,19 @@ def run(base: str, lengths: list[int], methods: list[str], window: int, sinks: i
     return result
 
 
+def _with_interval(row: dict, key: str) -> str:
+    if key not in row:
+        return "-"
+    lo, hi = row[key + "_ci95"]
+    return f"{row[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def table(result: dict) -> str:
     head = (f"{'method':<22} {'length':>8} {'prefill s':>10} {'tok/s':>9} {'decode ms':>10} {'cache MiB':>10} "
             f"{'overhead prefill [95% CI]':>26} {'overhead decode [95% CI]':>26}")
     lines = [head]
     for r in result["rows"]:
-        cell_p = (f"{r['prefill_overhead']:.3f} [{r['prefill_overhead_ci95'][0]:.3f}, {r['prefill_overhead_ci95'][1]:.3f}]"
-                  if "prefill_overhead" in r else "-")
-        cell_d = (f"{r['decode_overhead']:.3f} [{r['decode_overhead_ci95'][0]:.3f}, {r['decode_overhead_ci95'][1]:.3f}]"
-                  if "decode_overhead" in r else "-")
+        cell_p, cell_d = (_with_interval(r, "prefill_overhead"), _with_interval(r, "decode_overhead"))
         lines.append(f"{r['method']:<22} {r['length']:>8} {r['prefill_s']:>10.2f} {r['prefill_tok_s']:>9.0f} "
                      f"{r['decode_ms']:>10.1f} {r['cache_bytes'] / 2**20:>10.2f} {cell_p:>26} {cell_d:>26}")
     return "\n".join(lines)
