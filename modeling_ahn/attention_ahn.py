@@ -33,6 +33,7 @@ from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep
 from .configuration_ahn import recall_score_of
 from .recall_slots import (
     LayerPool,
+    SlotRotation,
     gather_candidates,
     novelty_scores,
     plan_slots,
@@ -44,6 +45,7 @@ from .recall_slots import (
     slots_after,
     slotted_attention,
     span_scores,
+    steady_slot_keys,
 )
 from .window_attention import (
     banded_window_attention,
@@ -107,6 +109,7 @@ class AhnLayerSpec:
         self.recall = None  # the recall slots' retention classifier (AhnModule.recall), if the adapter has one
         # recall_pool="mean": the pool the model's AHN layers share, and this layer's place among them (attach_ahn)
         self.layer_pool, self.pool_rank = LayerPool(), 0
+        self.slot_rotation = SlotRotation()  # a steady step's slot rotation, shared by the model's AHN layers
         self.inputs: LayerInputs | None = None  # set by the pre-hook, taken by the attention function
 
     @property
@@ -127,11 +130,13 @@ class AhnLayerSpec:
                              "num_recall_slots=0 for this base.")
         return distance, inv_freq
 
-    def recall_scores(self, layer, inputs, keys, values, rpos):
+    def recall_scores(self, layer, inputs, keys, values, rpos, steady=False):
         """The recall scores ``[B, q]`` of a step's new tokens (``keys``/``values`` ``[B, Hkv, q, D]`` as cached,
         ``rpos`` ``[B, q]``) by the score in force (``config.recall_score``), pooled over the AHN layers up to this one
         by ``config.recall_pool``, and the novelty score's delta-rule state after them (``None`` for the learned
-        score): ``(scores, novelty_state)``."""
+        score): ``(scores, novelty_state)``. ``steady``: a steady decoding step, whose new token is real and no sink
+        (nothing to mask)."""
+        masked = None if steady else rpos
         S = layer.num_sinks
         kind = recall_score_of(self.config.recall_score, self.config.recall_head)
         pool = self.config.recall_pool
@@ -148,9 +153,9 @@ class AhnLayerSpec:
                 "`ahn train-recall`, load an adapter that carries one (config recall_head=True), or use "
                 "recall_score='novelty'.")
         else:
-            raw, state = raw_scores(self.recall, inputs.hidden, rpos, S), None
+            raw, state = raw_scores(self.recall, inputs.hidden, masked, S), None
         if pool == "mean":
-            raw = self.layer_pool.mean(self.pool_rank, raw, rpos, S)
+            raw = self.layer_pool.mean(self.pool_rank, raw, masked, S)
         return raw, state
 
     @property
@@ -361,15 +366,18 @@ def _steady_step(spec, module, layer, query, key, value, inputs, scaling, dropou
         key[:, :, :S] = rotated_forward(layer.sink_keys, *rot).to(key.dtype)
     if G:  # the slots, seen `recall_distance` before this query
         distance, inv_freq = spec.recall_geometry(query.shape[-1])
-        key[:, :, S: S + G] = slot_keys_at(layer.step.slots[0], layer.step.slots[3], layer.step.start, distance,
-                                           inv_freq)
+        if distance:  # (0: the slot keys at their real positions, as cached)
+            slots = layer.step.slots
+            key[:, :, S: S + G] = steady_slot_keys(layer, slots[0], slots[3], layer.step.start, distance, inv_freq,
+                                                   spec.slot_rotation)
     attn_out, attn_weights = inner_attention(spec, module, query, key, value, None, scaling, dropout)
     memory, hidden = spec.memory, inputs.hidden
     # (a steady row has no pad and no sink among its new tokens)
     scores_new = novelty = None
     if G:
         step = layer.step
-        scores_new, novelty = spec.recall_scores(layer, inputs, step.new_keys, step.new_values, layer.num_real[:, None])
+        scores_new, novelty = spec.recall_scores(layer, inputs, step.new_keys, step.new_values, layer.num_real[:, None],
+                                                 steady=True)
     state = gates_new = None  # the memory off ("swa"): no write gates either
     if spec.mode == "ahn":
         gates_new = memory.write_gates(hidden)  # [B, 1, G, H]
@@ -622,7 +630,7 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
     """Install AHN on a base decoder (``Qwen2Model``/``LlamaModel``/...): ``memories`` maps layer index ->
     ``AhnModule``; layers without one stay at full attention. Registers each memory as
     ``decoder.layers[i].ahn`` so that its parameters are ``model.layers.{i}.ahn.fn.<param>``."""
-    pool, rank = LayerPool(), 0
+    pool, rank, rotation = LayerPool(), 0, SlotRotation()
     for i, layer in enumerate(decoder.layers):
         mem = memories.get(i)
         if mem is not None:
@@ -634,6 +642,7 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
         spec.recall = mem.recall_head if mem is not None else None
         if mem is not None:
             spec.layer_pool, spec.pool_rank, rank = pool, rank, rank + 1
+            spec.slot_rotation = rotation
         set_layer_spec(layer.self_attn, spec)
 
 

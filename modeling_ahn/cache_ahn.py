@@ -90,6 +90,9 @@ class SinkWindowLayer(CacheLayerMixin):
         self.window_scores = self.score_tail = None
         self.novelty_state = None  # [B, Hkv, D, D] float64: the novelty score's delta-rule memory of every token read
         self.scored_by = None  # (recall score, recall pool) this layer's slots were chosen by
+        # the steady step's memos, valid while the slot tensors are the same objects, unmodified (_steady_weakest,
+        # recall_slots.steady_slot_keys)
+        self._weakest_memo = self.free_slot_keys_memo = None
         self.cumulative_length = 0
         self.sink_keys = self.sink_values = self.sink_filled = None
         self.window_rpos = self.window_gates = None
@@ -221,18 +224,38 @@ class SinkWindowLayer(CacheLayerMixin):
         already sees them): ``(keys, values, scores, rpos)``, new tensors (the layer's own are kept until the step
         ends, so that a step turned into a chunk step plans from them)."""
         return self._slots_with(self.keys[:, :, 0:1], self.values[:, :, 0:1], self.steady_evicted_score(),
-                                self.window_rpos[:, 0])
+                                self.window_rpos[:, 0], weakest=self._steady_weakest(), unchanged_if_no_win=True)
 
-    def _slots_with(self, ev_keys, ev_values, ev_s, ev_r, eligible=None):
+    def _steady_weakest(self):
+        """The weakest slot ``(w [B, 1], its score, its position [B])``, recomputed only when the slots changed (most
+        steady steps admit nothing, and then the slot tensors are the same objects, unmodified)."""
+        from .recall_slots import weakest_slot
+
+        key = (self.slot_scores, self.slot_rpos, self.slot_scores._version, self.slot_rpos._version)
+        memo = self._weakest_memo
+        if memo is None or memo[0] is not key[0] or memo[1] is not key[1] or memo[2:4] != key[2:]:
+            w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
+            weakest = (w, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
+            memo = self._weakest_memo = (*key, weakest)
+        return memo[4]
+
+    def _slots_with(self, ev_keys, ev_values, ev_s, ev_r, eligible=None, weakest=None, unchanged_if_no_win=False):
         """``(keys, values, scores, rpos)`` of the slots once one leaving token per row (``ev_keys``/``ev_values``
         ``[B, Hkv, 1, D]``, span score ``ev_s`` and position ``ev_r`` ``[B]``; ``eligible`` ``[B]``: real and no
-        sink, ``None``: all) has taken the weakest slot if it beats it; new tensors, no host sync."""
+        sink, ``None``: all) has taken the weakest slot (``weakest``: ``_steady_weakest``'s, or computed here) if it
+        beats it; new tensors, no host sync. ``unchanged_if_no_win`` (the dynamic steady step): on a CPU, where a
+        host check costs nothing, the layer's own tensors when no row admits (most steps), instead of copies."""
         from .recall_slots import beats, weakest_slot  # (sibling; imported here to keep the cache light)
 
-        w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
-        win = beats(ev_s, ev_r, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
+        if weakest is None:
+            w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
+            weakest = (w, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
+        w, w_s, w_r = weakest
+        win = beats(ev_s, ev_r, w_s, w_r)
         if eligible is not None:
             win = win & eligible
+        if unchanged_if_no_win and win.device.type == "cpu" and not bool(win.any()):
+            return self.slot_keys, self.slot_values, self.slot_scores, self.slot_rpos
         hit = (torch.arange(self.num_recall_slots, device=w.device) == w) & win[:, None]  # [B, G]
         return (torch.where(hit[:, None, :, None], ev_keys, self.slot_keys),
                 torch.where(hit[:, None, :, None], ev_values, self.slot_values),

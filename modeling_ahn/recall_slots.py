@@ -60,15 +60,16 @@ def beats(s_a, r_a, s_b, r_b):
 
 def raw_scores(recall, hidden: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:
     """``[B, q]`` float32 raw retention scores of new tokens from the layer's pre-normed input ``hidden``
-    ``[B, q, hidden]``; ``-inf`` for pads and sinks (``rpos`` ``[B, q]``), which never take a slot. The classifier
-    runs in its own dtype (float32 beside a bf16 base, like the memory)."""
+    ``[B, q, hidden]``; ``-inf`` for pads and sinks (``rpos`` ``[B, q]``; ``None``: none), which never take a slot.
+    The classifier runs in its own dtype (float32 beside a bf16 base, like the memory)."""
     return rounded_scores(recall(hidden.to(recall.weight.dtype)).squeeze(-1), rpos, num_sinks)
 
 
-def rounded_scores(s: torch.Tensor, rpos: torch.Tensor, num_sinks: int) -> torch.Tensor:
-    """Raw scores ``[B, q]`` rounded to ``SCORE_BITS``, ``-inf`` for pads and sinks (``rpos < num_sinks``)."""
+def rounded_scores(s: torch.Tensor, rpos: torch.Tensor | None, num_sinks: int) -> torch.Tensor:
+    """Raw scores ``[B, q]`` rounded to ``SCORE_BITS``, ``-inf`` for pads and sinks (``rpos < num_sinks``; ``rpos``
+    ``None``: the caller knows every token is real and no sink, a steady decoding step's)."""
     s = torch.round(s.float() * 2.0**SCORE_BITS) / 2.0**SCORE_BITS
-    return s.masked_fill(rpos.to(s.device) < num_sinks, float("-inf"))
+    return s if rpos is None else s.masked_fill(rpos.to(s.device) < num_sinks, float("-inf"))
 
 
 class LayerPool:
@@ -330,6 +331,42 @@ def slot_keys_free(cand_k, cand_rpos, distance, inv_freq):
     return rotated_forward(cand_k, *_cos_sin(rope_angles(-cand_rpos.clamp_min(0), inv_freq)[:, None]))
 
 
+def rotation_matrix(position: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """``[D, D]`` float32 ``M`` with ``k @ M = R(position) k`` (RoPE's rotate-half layout, ``rotated_forward``'s
+    rotation as one product: ``[[diag(cos), diag(sin)], [-diag(sin), diag(cos)]]``)."""
+    ang = inv_freq.to(torch.float32) * float(position)
+    c, s = torch.diag(ang.cos()), torch.diag(ang.sin())
+    return torch.cat([torch.cat([c, s], dim=1), torch.cat([-s, c], dim=1)], dim=0)
+
+
+class SlotRotation:
+    """The rotation a steady decoding step moves every recall slot by (its free key, ``R(-j) k``, to ``p - distance``
+    for the query at ``p``): one ``[D, D]`` matrix per step, made once and shared by a model's AHN layers
+    (``attach_ahn`` gives them one), so that each layer moves its slots with one product."""
+
+    def __init__(self):
+        self._key = self._matrix = None
+
+    def matrix(self, position: int, inv_freq: torch.Tensor) -> torch.Tensor:
+        key = (position, inv_freq.data_ptr(), inv_freq.device, inv_freq._version, inv_freq.shape)
+        if key != self._key:
+            self._key, self._matrix = key, rotation_matrix(position, inv_freq)
+        return self._matrix
+
+
+def steady_slot_keys(layer, keys: torch.Tensor, rpos: torch.Tensor, position: int, distance: int, inv_freq,
+                     rotation: SlotRotation) -> torch.Tensor:
+    """The slot keys ``[B, Hkv, G, D]`` (float32) of a steady decoding step's query at ``position``, seen
+    ``distance`` before it: the slots' free keys (``slot_keys_free``, kept in ``layer.free_slot_keys_memo`` while
+    the slots are the same, unmodified tensors: most steps admit nothing) times the step's shared rotation. Equals
+    ``slot_keys_at`` up to rounding."""
+    key = (keys, rpos, keys._version, rpos._version, distance)
+    memo = layer.free_slot_keys_memo
+    if memo is None or memo[0] is not keys or memo[1] is not rpos or memo[2:5] != key[2:]:
+        memo = layer.free_slot_keys_memo = (*key, slot_keys_free(keys, rpos, distance, inv_freq))
+    return memo[5] @ rotation.matrix(position - distance, inv_freq)
+
+
 def _cos_sin(ang):
     return ang.cos(), ang.sin()
 
@@ -340,7 +377,7 @@ def weakest_slot(slot_scores, slot_rpos):
     return torch.where(low, slot_rpos, -2).argmax(1)
 
 
-__all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "LayerPool", "SlotPlan", "beats", "gather_candidates",
-           "novelty_scores",
-           "plan_slots", "raw_scores", "rope_angles", "rounded_scores", "slot_keys_at", "slot_keys_free",
-           "slot_visibility", "slots_after", "slotted_attention", "span_scores", "weakest_slot"]
+__all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "LayerPool", "SlotPlan", "SlotRotation", "beats",
+           "gather_candidates", "novelty_scores", "plan_slots", "raw_scores", "rope_angles", "rotation_matrix",
+           "rounded_scores", "slot_keys_at", "slot_keys_free", "slot_visibility", "slots_after", "slotted_attention",
+           "span_scores", "steady_slot_keys", "weakest_slot"]
