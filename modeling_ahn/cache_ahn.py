@@ -229,9 +229,9 @@ class SinkWindowLayer(CacheLayerMixin):
     def _steady_weakest(self):
         """The weakest slot ``(w [B, 1], its score, its position [B])``, recomputed only when the slots changed (most
         steady steps admit nothing, and then the slot tensors are the same objects, unmodified)."""
-        from .recall_slots import weakest_slot
+        from .recall_slots import version_of, weakest_slot
 
-        key = (self.slot_scores, self.slot_rpos, self.slot_scores._version, self.slot_rpos._version)
+        key = (self.slot_scores, self.slot_rpos, version_of(self.slot_scores), version_of(self.slot_rpos))
         memo = self._weakest_memo
         if memo is None or memo[0] is not key[0] or memo[1] is not key[1] or memo[2:4] != key[2:]:
             w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]

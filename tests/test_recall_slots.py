@@ -172,6 +172,21 @@ def test_a_steady_step_with_slots_costs_few_ops_per_layer():
     assert per_layer <= 45, per_layer
 
 
+def test_steady_decoding_with_slots_under_inference_mode():
+    """``torch.inference_mode`` (whose tensors keep no version counter, which the steady step's memos read where
+    there is one) decodes as ``torch.no_grad`` does. Found by ``ahn bench``: RuntimeError before the fix."""
+    model, ids = slotted_model(), _ids(50)
+
+    def decode(ctx):
+        with ctx():
+            cache = AhnCache(model.config)
+            out = [model(ids[:, :30], past_key_values=cache).logits[:, -1]]
+            out += [model(ids[:, t: t + 1], past_key_values=cache).logits[:, -1] for t in range(30, 50)]
+        return torch.stack([o.clone() for o in out])
+
+    assert torch.equal(decode(torch.inference_mode), decode(torch.no_grad))
+
+
 @pytest.mark.parametrize("score", ["learned", "novelty"])
 def test_left_padded_batch_with_slots_equals_each_row_alone(score):
     model = slotted_model(score=score)
