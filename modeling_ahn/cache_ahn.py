@@ -28,6 +28,10 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
+# Places after the window in a steady decoding buffer (SinkWindowLayer._steady_attend): the window moves back to the
+# buffer's front once every STEADY_SLACK steps (one copy of the window), instead of a copy of it every step.
+STEADY_SLACK = 64
+
 
 @dataclass
 class ChunkStep:
@@ -51,6 +55,7 @@ class SteadyStep:
     keys: torch.Tensor  # [B, Hkv, S (+ G) + W, D]: sinks, (recall slots,) window[1:], new
     values: torch.Tensor
     slots: tuple | None = None  # recall slots with window[0] admitted: (keys, values, scores, rpos)
+    evicted: tuple | None = None  # window[0]'s key and value [B, Hkv, D], saved before its place was reused
 
 
 @dataclass
@@ -93,6 +98,8 @@ class SinkWindowLayer(CacheLayerMixin):
         # the steady step's memos, valid while the slot tensors are the same objects, unmodified (_steady_weakest,
         # recall_slots.steady_slot_keys)
         self._weakest_memo = self.free_slot_keys_memo = None
+        # the steady decoding buffer (_steady_attend): (keys, values, p, window views); None until a steady step
+        self._steady = None
         self.cumulative_length = 0
         self.sink_keys = self.sink_values = self.sink_filled = None
         self.window_rpos = self.window_gates = None
@@ -153,12 +160,56 @@ class SinkWindowLayer(CacheLayerMixin):
         self.cumulative_length += key_states.shape[-2]
         if steady:
             slots = self._admit_evicted() if self.num_recall_slots else None
-            slots_k, slots_v = ([slots[0]], [slots[1]]) if slots else ([], [])
-            k = torch.cat([self.sink_keys, *slots_k, self.keys[:, :, 1:], key_states], dim=-2)
-            v = torch.cat([self.sink_values, *slots_v, self.values[:, :, 1:], value_states], dim=-2)
-            self.step = SteadyStep(start, key_states, value_states, k, v, slots)
+            k, v, evicted = self._steady_attend(key_states, value_states, slots)
+            self.step = SteadyStep(start, key_states, value_states, k, v, slots, evicted)
             return k, v
         return self._begin_chunk(start, key_states, value_states)
+
+    def _steady_attend(self, key_states, value_states, slots):
+        """``[sinks, (slots,) window[1:], new]`` of a steady step as one view of the steady buffer, with no copy of
+        the window: the buffer holds the window at ``[p, p + W)``; the step writes the sinks and slots into the
+        ``S + G`` places ending at ``p`` (window[0]'s, saved first: it leaves) and the new token at ``p + W``, and
+        the window moves to ``[p + 1, p + W + 1)`` (``_end_steady``). Copies per step: ``S + G + 1`` tokens instead
+        of ``S + G + W``; every ``STEADY_SLACK`` steps the window moves back to the front. Returns ``(keys, values,
+        (window[0]'s key, value))``."""
+        P, W = self.num_sinks + self.num_recall_slots, self.sliding_window
+        kb, vb, p = self._steady_buffer()
+        if p + W + 1 > kb.shape[2]:  # the buffer's end: the window back to the front (a copy: the ranges overlap)
+            front = max(P - 1, 0)
+            for buf in (kb, vb):
+                buf[:, :, front: front + W].copy_(buf[:, :, p: p + W].clone())
+            p = front
+        evicted = (kb[:, :, p].clone(), vb[:, :, p].clone())
+        parts = [(self.sink_keys, self.sink_values)] if self.num_sinks else []
+        if slots is not None:
+            parts.append((slots[0], slots[1]))
+        at = p + 1 - P
+        for k_part, v_part in parts:
+            n = k_part.shape[2]
+            kb[:, :, at: at + n].copy_(k_part)
+            vb[:, :, at: at + n].copy_(v_part)
+            at += n
+        kb[:, :, p + W: p + W + 1].copy_(key_states)
+        vb[:, :, p + W: p + W + 1].copy_(value_states)
+        self._steady = (kb, vb, p, self._steady[3])
+        return kb[:, :, p + 1 - P: p + W + 1], vb[:, :, p + 1 - P: p + W + 1], evicted
+
+    def _steady_buffer(self):
+        """``(keys, values, p)``: the steady buffer ``[B, Hkv, S + G + W + STEADY_SLACK, D]`` with the window at
+        ``[p, p + W)``; made (the window copied in) when the layer's window is not its view (the first steady step,
+        or after a chunk step, a beam reorder or a batch selection, which make new tensors)."""
+        st = self._steady
+        if st is not None and st[3][0] is self.keys and st[3][1] is self.values:
+            return st[0], st[1], st[2]
+        P, W = self.num_sinks + self.num_recall_slots, self.sliding_window
+        B, Hkv, _, D = self.keys.shape
+        kb = self.keys.new_empty(B, Hkv, P + W + STEADY_SLACK, D)
+        vb = self.values.new_empty(B, Hkv, P + W + STEADY_SLACK, self.values.shape[-1])
+        p = max(P - 1, 0)  # (the sinks and slots of the first step end at window[0]'s place)
+        kb[:, :, p: p + W].copy_(self.keys)
+        vb[:, :, p: p + W].copy_(self.values)
+        self._steady = (kb, vb, p, (None, None))
+        return kb, vb, p
 
     def _begin_chunk(self, start, key_states, value_states):
         all_k = torch.cat([self.keys, key_states], dim=-2)
@@ -180,10 +231,16 @@ class SinkWindowLayer(CacheLayerMixin):
         if not isinstance(step, SteadyStep):
             raise TypeError(f"as_chunk_step needs a SteadyStep, the layer is in {type(step).__name__}")
         self.step = None
+        if step.evicted is not None:  # window[0]'s place in the steady buffer was reused: put it back
+            self.keys[:, :, 0].copy_(step.evicted[0])
+            self.values[:, :, 0].copy_(step.evicted[1])
         return self._begin_chunk(step.start, step.new_keys, step.new_values)
 
     def evicted(self):
         """Keys, values ``[B, Hkv, D]`` and gates ``[B, G, H]`` of the token a steady step evicts (window[0])."""
+        saved = self.step.evicted if isinstance(self.step, SteadyStep) else None
+        if saved is not None:
+            return saved[0], saved[1], self.window_gates[:, 0]
         return self.keys[:, :, 0], self.values[:, :, 0], self.window_gates[:, 0]
 
     def end_step(self, rpos_new: torch.Tensor, gates_new: torch.Tensor | None, recurrent_state=None,
@@ -277,8 +334,14 @@ class SinkWindowLayer(CacheLayerMixin):
 
     def _end_steady(self, step: SteadyStep, gates_new):
         """The attended keys minus the sinks (and the slots) are the new window."""
-        S = self.num_sinks + self.num_recall_slots
-        self.keys, self.values = step.keys[:, :, S:], step.values[:, :, S:]
+        if step.evicted is not None:  # the window moves one place on in the steady buffer
+            kb, vb, p, _ = self._steady
+            W = self.sliding_window
+            self.keys, self.values = kb[:, :, p + 1: p + 1 + W], vb[:, :, p + 1: p + 1 + W]
+            self._steady = (kb, vb, p + 1, (self.keys, self.values))
+        else:
+            S = self.num_sinks + self.num_recall_slots
+            self.keys, self.values = step.keys[:, :, S:], step.values[:, :, S:]
         self.window_rpos = torch.cat([self.window_rpos[:, 1:], self.num_real[:, None]], dim=-1)
         self._keep_gates(None if gates_new is None else torch.cat([self.window_gates[:, 1:], gates_new], dim=1))
         self.num_real = self.num_real + 1
@@ -381,8 +444,12 @@ class SinkWindowLayer(CacheLayerMixin):
             )
 
     def state_bytes(self) -> int:
-        """Bytes held by this layer (all tensors)."""
-        return sum(getattr(self, n).nbytes for n in self._tensors() if getattr(self, n) is not None)
+        """Bytes held by this layer (all tensors; the whole steady buffer where the window is its view)."""
+        total = sum(getattr(self, n).nbytes for n in self._tensors() if getattr(self, n) is not None)
+        st = self._steady
+        if st is not None and st[3][0] is self.keys and st[3][1] is self.values:
+            total += st[0].nbytes + st[1].nbytes - self.keys.nbytes - self.values.nbytes
+        return total
 
 
 class StaticSinkWindowLayer(SinkWindowLayer):

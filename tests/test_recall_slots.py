@@ -172,6 +172,26 @@ def test_a_steady_step_with_slots_costs_few_ops_per_layer():
     assert per_layer <= 45, per_layer
 
 
+@pytest.mark.parametrize("slots,sinks", [(G, S), (0, S), (0, 0)])
+def test_long_steady_decoding_moves_through_its_buffer(slots, sinks):
+    """Steady steps write into a buffer that holds the window (no copy of it per step) and move it back to the
+    buffer's front every ``STEADY_SLACK`` + 1 steps: 300 one-token steps (four moves) give the whole forward's
+    logits, with slots, with sinks only and with neither; a chunk in between (a new tensor) starts a new buffer."""
+    from modeling_ahn.cache_ahn import STEADY_SLACK
+
+    model, ids = slotted_model(slots=slots, sinks=sinks), _ids(330)
+    assert 300 > 4 * (STEADY_SLACK + 1)
+    with torch.no_grad():
+        ref = model(ids).logits
+        cache = AhnCache(model.config)
+        out = [model(ids[:, :20], past_key_values=cache).logits]
+        out += [model(ids[:, t: t + 1], past_key_values=cache).logits for t in range(20, 320)]
+        out.append(model(ids[:, 320:], past_key_values=cache).logits)
+    assert (torch.cat(out, 1) - ref).abs().max() < 1e-4
+    layer = cache.layers[0]
+    assert layer.keys.shape[2] == W and layer.keys.is_contiguous()  # the chunk's own window, not a buffer view
+
+
 def test_steady_decoding_with_slots_under_inference_mode():
     """``torch.inference_mode`` (whose tensors keep no version counter, which the steady step's memos read where
     there is one) decodes as ``torch.no_grad`` does. Found by ``ahn bench``: RuntimeError before the fix."""
