@@ -28,9 +28,15 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
-# Places after the window in a steady decoding buffer (SinkWindowLayer._steady_attend): the window moves back to the
-# buffer's front once every STEADY_SLACK steps (one copy of the window), instead of a copy of it every step.
-STEADY_SLACK = 64
+# Places after the window in a steady decoding buffer (SinkWindowLayer._steady_attend), per token of the window: the
+# window moves back to the buffer's front once every W / STEADY_SLACK_DIVISOR + 1 steps (one copy of the window),
+# instead of a copy of it every step; the buffer holds W / 8 more places than the window (64 for W = 512).
+STEADY_SLACK_DIVISOR = 8
+
+
+def steady_slack(window: int) -> int:
+    """Places after the window in a steady decoding buffer (at least 4)."""
+    return max(4, window // STEADY_SLACK_DIVISOR)
 
 
 @dataclass
@@ -170,8 +176,8 @@ class SinkWindowLayer(CacheLayerMixin):
         the window: the buffer holds the window at ``[p, p + W)``; the step writes the sinks and slots into the
         ``S + G`` places ending at ``p`` (window[0]'s, saved first: it leaves) and the new token at ``p + W``, and
         the window moves to ``[p + 1, p + W + 1)`` (``_end_steady``). Copies per step: ``S + G + 1`` tokens instead
-        of ``S + G + W``; every ``STEADY_SLACK`` steps the window moves back to the front. Returns ``(keys, values,
-        (window[0]'s key, value))``."""
+        of ``S + G + W``; every ``steady_slack(W) + 1`` steps the window moves back to the front. Returns
+        ``(keys, values, (window[0]'s key, value))``."""
         P, W = self.num_sinks + self.num_recall_slots, self.sliding_window
         kb, vb, p = self._steady_buffer()
         if p + W + 1 > kb.shape[2]:  # the buffer's end: the window back to the front (a copy: the ranges overlap)
@@ -195,7 +201,7 @@ class SinkWindowLayer(CacheLayerMixin):
         return kb[:, :, p + 1 - P: p + W + 1], vb[:, :, p + 1 - P: p + W + 1], evicted
 
     def _steady_buffer(self):
-        """``(keys, values, p)``: the steady buffer ``[B, Hkv, S + G + W + STEADY_SLACK, D]`` with the window at
+        """``(keys, values, p)``: the steady buffer ``[B, Hkv, S + G + W + steady_slack(W), D]`` with the window at
         ``[p, p + W)``; made (the window copied in) when the layer's window is not its view (the first steady step,
         or after a chunk step, a beam reorder or a batch selection, which make new tensors)."""
         st = self._steady
@@ -203,8 +209,8 @@ class SinkWindowLayer(CacheLayerMixin):
             return st[0], st[1], st[2]
         P, W = self.num_sinks + self.num_recall_slots, self.sliding_window
         B, Hkv, _, D = self.keys.shape
-        kb = self.keys.new_empty(B, Hkv, P + W + STEADY_SLACK, D)
-        vb = self.values.new_empty(B, Hkv, P + W + STEADY_SLACK, self.values.shape[-1])
+        kb = self.keys.new_empty(B, Hkv, P + W + steady_slack(W), D)
+        vb = self.values.new_empty(B, Hkv, P + W + steady_slack(W), self.values.shape[-1])
         p = max(P - 1, 0)  # (the sinks and slots of the first step end at window[0]'s place)
         kb[:, :, p: p + W].copy_(self.keys)
         vb[:, :, p: p + W].copy_(self.values)

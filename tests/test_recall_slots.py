@@ -175,12 +175,12 @@ def test_a_steady_step_with_slots_costs_few_ops_per_layer():
 @pytest.mark.parametrize("slots,sinks", [(G, S), (0, S), (0, 0)])
 def test_long_steady_decoding_moves_through_its_buffer(slots, sinks):
     """Steady steps write into a buffer that holds the window (no copy of it per step) and move it back to the
-    buffer's front every ``STEADY_SLACK`` + 1 steps: 300 one-token steps (four moves) give the whole forward's
+    buffer's front every ``steady_slack(W)`` + 1 steps: 300 one-token steps (many moves) give the whole forward's
     logits, with slots, with sinks only and with neither; a chunk in between (a new tensor) starts a new buffer."""
-    from modeling_ahn.cache_ahn import STEADY_SLACK
+    from modeling_ahn.cache_ahn import steady_slack
 
     model, ids = slotted_model(slots=slots, sinks=sinks), _ids(330)
-    assert 300 > 4 * (STEADY_SLACK + 1)
+    assert 300 > 4 * (steady_slack(W) + 1)
     with torch.no_grad():
         ref = model(ids).logits
         cache = AhnCache(model.config)
