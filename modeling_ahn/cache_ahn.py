@@ -450,12 +450,11 @@ class SinkWindowLayer(CacheLayerMixin):
             )
 
     def state_bytes(self) -> int:
-        """Bytes held by this layer (all tensors; the whole steady buffer where the window is its view)."""
-        total = sum(getattr(self, n).nbytes for n in self._tensors() if getattr(self, n) is not None)
-        st = self._steady
-        if st is not None and st[3][0] is self.keys and st[3][1] is self.values:
-            total += st[0].nbytes + st[1].nbytes - self.keys.nbytes - self.values.nbytes
-        return total
+        """Bytes of this layer's contents: sink store, window, recall slots, gates, scores and states. While steady
+        steps run, the window lives in their buffer (``_steady_attend``), which holds ``S + G + steady_slack(W)``
+        key/value places more than the window (a copy of the sinks and slots beside it, and room to move on; the
+        concatenating step it replaced held ``S + G`` more): not counted here."""
+        return sum(getattr(self, n).nbytes for n in self._tensors() if getattr(self, n) is not None)
 
 
 class StaticSinkWindowLayer(SinkWindowLayer):
