@@ -29,11 +29,10 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
-from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep
+from .cache_ahn import ChunkStep, SinkWindowLayer, StaticStep, SteadyStep, TensorMemo
 from .configuration_ahn import recall_score_of
 from .recall_slots import (
     LayerPool,
-    SlotRotation,
     gather_candidates,
     novelty_scores,
     plan_slots,
@@ -109,7 +108,7 @@ class AhnLayerSpec:
         self.recall = None  # the recall slots' retention classifier (AhnModule.recall), if the adapter has one
         # recall_pool="mean": the pool the model's AHN layers share, and this layer's place among them (attach_ahn)
         self.layer_pool, self.pool_rank = LayerPool(), 0
-        self.slot_rotation = SlotRotation()  # a steady step's slot rotation, shared by the model's AHN layers
+        self.slot_rotation = TensorMemo()  # a steady step's slot rotation, shared by the model's AHN layers
         self.inputs: LayerInputs | None = None  # set by the pre-hook, taken by the attention function
 
     @property
@@ -630,7 +629,7 @@ def attach_ahn(decoder, config, memories, inner="sdpa"):
     """Install AHN on a base decoder (``Qwen2Model``/``LlamaModel``/...): ``memories`` maps layer index ->
     ``AhnModule``; layers without one stay at full attention. Registers each memory as
     ``decoder.layers[i].ahn`` so that its parameters are ``model.layers.{i}.ahn.fn.<param>``."""
-    pool, rank, rotation = LayerPool(), 0, SlotRotation()
+    pool, rank, rotation = LayerPool(), 0, TensorMemo()
     for i, layer in enumerate(decoder.layers):
         mem = memories.get(i)
         if mem is not None:

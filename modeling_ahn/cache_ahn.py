@@ -39,6 +39,30 @@ def steady_slack(window: int) -> int:
     return max(4, window // STEADY_SLACK_DIVISOR)
 
 
+def version_of(t: torch.Tensor):
+    """``t``'s in-place version counter, ``None`` for an inference tensor (made under ``torch.inference_mode``),
+    which keeps none (``TensorMemo`` then relies on identity alone: the dynamic cache never changes a slot tensor in
+    place)."""
+    return None if t.is_inference() else t._version
+
+
+class TensorMemo:
+    """A value made from tensors and other facts, kept while the tensors are the same objects, unmodified (their
+    version counters, ``version_of``), and the facts are equal: the steady decoding step's memos (the weakest slot,
+    the slots' free keys, the step's slot rotation), which most steps find valid."""
+
+    def __init__(self):
+        self._tensors, self._key, self._value = (), None, None
+
+    def get(self, tensors: tuple, facts: tuple, make):
+        """The value for ``tensors`` and ``facts``, ``make()`` when the kept one is not theirs."""
+        key = (tuple(version_of(t) for t in tensors), facts)
+        if (key != self._key or len(tensors) != len(self._tensors)
+                or any(a is not b for a, b in zip(tensors, self._tensors))):
+            self._tensors, self._key, self._value = tuple(tensors), key, make()
+        return self._value
+
+
 @dataclass
 class ChunkStep:
     """New tokens attended over ``[sink store, window, new]`` (several tokens, or one with padding)."""
@@ -101,9 +125,8 @@ class SinkWindowLayer(CacheLayerMixin):
         self.window_scores = self.score_tail = None
         self.novelty_state = None  # [B, Hkv, D, D] float64: the novelty score's delta-rule memory of every token read
         self.scored_by = None  # (recall score, recall pool) this layer's slots were chosen by
-        # the steady step's memos, valid while the slot tensors are the same objects, unmodified (_steady_weakest,
-        # recall_slots.steady_slot_keys)
-        self._weakest_memo = self.free_slot_keys_memo = None
+        # the steady step's memos of the slots (_steady_weakest, recall_slots.steady_slot_keys)
+        self._weakest_memo, self.free_slot_keys_memo = TensorMemo(), TensorMemo()
         # the steady decoding buffer (_steady_attend): (keys, values, p, window views); None until a steady step
         self._steady = None
         self.cumulative_length = 0
@@ -289,18 +312,17 @@ class SinkWindowLayer(CacheLayerMixin):
         return self._slots_with(self.keys[:, :, 0:1], self.values[:, :, 0:1], self.steady_evicted_score(),
                                 self.window_rpos[:, 0], weakest=self._steady_weakest(), unchanged_if_no_win=True)
 
-    def _steady_weakest(self):
-        """The weakest slot ``(w [B, 1], its score, its position [B])``, recomputed only when the slots changed (most
-        steady steps admit nothing, and then the slot tensors are the same objects, unmodified)."""
-        from .recall_slots import version_of, weakest_slot
+    def _weakest(self):
+        """The weakest slot: ``(w [B, 1], its score, its position [B])``."""
+        from .recall_slots import weakest_slot  # (sibling; imported here to keep the cache light)
 
-        key = (self.slot_scores, self.slot_rpos, version_of(self.slot_scores), version_of(self.slot_rpos))
-        memo = self._weakest_memo
-        if memo is None or memo[0] is not key[0] or memo[1] is not key[1] or memo[2:4] != key[2:]:
-            w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
-            weakest = (w, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
-            memo = self._weakest_memo = (*key, weakest)
-        return memo[4]
+        w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
+        return w, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0]
+
+    def _steady_weakest(self):
+        """``_weakest``, recomputed only when the slots changed (most steady steps admit nothing, and then the slot
+        tensors are the same objects, unmodified)."""
+        return self._weakest_memo.get((self.slot_scores, self.slot_rpos), (), self._weakest)
 
     def _slots_with(self, ev_keys, ev_values, ev_s, ev_r, eligible=None, weakest=None, unchanged_if_no_win=False):
         """``(keys, values, scores, rpos)`` of the slots once one leaving token per row (``ev_keys``/``ev_values``
@@ -308,12 +330,9 @@ class SinkWindowLayer(CacheLayerMixin):
         sink, ``None``: all) has taken the weakest slot (``weakest``: ``_steady_weakest``'s, or computed here) if it
         beats it; new tensors, no host sync. ``unchanged_if_no_win`` (the dynamic steady step): on a CPU, where a
         host check costs nothing, the layer's own tensors when no row admits (most steps), instead of copies."""
-        from .recall_slots import beats, weakest_slot  # (sibling; imported here to keep the cache light)
+        from .recall_slots import beats  # (sibling; imported here to keep the cache light)
 
-        if weakest is None:
-            w = weakest_slot(self.slot_scores, self.slot_rpos)[:, None]
-            weakest = (w, self.slot_scores.gather(1, w)[:, 0], self.slot_rpos.gather(1, w)[:, 0])
-        w, w_s, w_r = weakest
+        w, w_s, w_r = self._weakest() if weakest is None else weakest
         win = beats(ev_s, ev_r, w_s, w_r)
         if eligible is not None:
             win = win & eligible
@@ -720,5 +739,5 @@ class StaticAhnCache(AhnCache):
     _ahn_layer_class = StaticSinkWindowLayer
 
 
-__all__ = ["AhnCache", "ChunkStep", "EvictedToken", "SinkWindowLayer", "StaticAhnCache", "StaticSinkWindowLayer",
-           "StaticStep", "SteadyStep"]
+__all__ = ["STEADY_SLACK_DIVISOR", "AhnCache", "ChunkStep", "EvictedToken", "SinkWindowLayer", "StaticAhnCache",
+           "StaticSinkWindowLayer", "StaticStep", "SteadyStep", "TensorMemo", "steady_slack", "version_of"]

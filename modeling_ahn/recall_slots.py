@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import repeat_kv
 
+from .cache_ahn import TensorMemo
 from .memory_ahn import unrotate
 from .window_attention import clamp_angles, rotated_back, rotated_forward, window_mask
 
@@ -339,39 +340,17 @@ def rotation_matrix(position: int, inv_freq: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cat([c, s], dim=1), torch.cat([-s, c], dim=1)], dim=0)
 
 
-def version_of(t: torch.Tensor):
-    """``t``'s in-place version counter for the steady step's memos, ``None`` for an inference tensor (made under
-    ``torch.inference_mode``), which keeps none; the memos also check identity, and the dynamic cache never changes
-    a slot tensor in place."""
-    return None if t.is_inference() else t._version
-
-
-class SlotRotation:
-    """The rotation a steady decoding step moves every recall slot by (its free key, ``R(-j) k``, to ``p - distance``
-    for the query at ``p``): one ``[D, D]`` matrix per step, made once and shared by a model's AHN layers
-    (``attach_ahn`` gives them one), so that each layer moves its slots with one product."""
-
-    def __init__(self):
-        self._key = self._matrix = None
-
-    def matrix(self, position: int, inv_freq: torch.Tensor) -> torch.Tensor:
-        key = (position, version_of(inv_freq))
-        if self._key is None or self._key[0] is not inv_freq or self._key[1:] != key:
-            self._key, self._matrix = (inv_freq, *key), rotation_matrix(position, inv_freq)
-        return self._matrix
-
-
 def steady_slot_keys(layer, keys: torch.Tensor, rpos: torch.Tensor, position: int, distance: int, inv_freq,
-                     rotation: SlotRotation) -> torch.Tensor:
+                     rotation: TensorMemo) -> torch.Tensor:
     """The slot keys ``[B, Hkv, G, D]`` (float32) of a steady decoding step's query at ``position``, seen
     ``distance`` before it: the slots' free keys (``slot_keys_free``, kept in ``layer.free_slot_keys_memo`` while
-    the slots are the same, unmodified tensors: most steps admit nothing) times the step's shared rotation. Equals
-    ``slot_keys_at`` up to rounding."""
-    key = (keys, rpos, version_of(keys), version_of(rpos), distance)
-    memo = layer.free_slot_keys_memo
-    if memo is None or memo[0] is not keys or memo[1] is not rpos or memo[2:5] != key[2:]:
-        memo = layer.free_slot_keys_memo = (*key, slot_keys_free(keys, rpos, distance, inv_freq))
-    return memo[5] @ rotation.matrix(position - distance, inv_freq)
+    the slots are the same, unmodified tensors: most steps admit nothing) times the step's rotation to
+    ``position - distance`` (``rotation_matrix``, kept in ``rotation``, which a model's AHN layers share:
+    ``attach_ahn``). Equals ``slot_keys_at`` up to rounding."""
+    free = layer.free_slot_keys_memo.get((keys, rpos), (distance,),
+                                         lambda: slot_keys_free(keys, rpos, distance, inv_freq))
+    at = position - distance
+    return free @ rotation.get((inv_freq,), (at,), lambda: rotation_matrix(at, inv_freq))
 
 
 def _cos_sin(ang):
@@ -384,7 +363,7 @@ def weakest_slot(slot_scores, slot_rpos):
     return torch.where(low, slot_rpos, -2).argmax(1)
 
 
-__all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "LayerPool", "SlotPlan", "SlotRotation", "beats",
+__all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "LayerPool", "SlotPlan", "beats",
            "gather_candidates", "novelty_scores", "plan_slots", "raw_scores", "rope_angles", "rotation_matrix",
            "rounded_scores", "slot_keys_at", "slot_keys_free", "slot_visibility", "slots_after", "slotted_attention",
-           "span_scores", "steady_slot_keys", "version_of", "weakest_slot"]
+           "span_scores", "steady_slot_keys", "weakest_slot"]
