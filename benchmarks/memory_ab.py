@@ -10,7 +10,9 @@ the same sequences; ``span`` in an arm starts its GatedDeltaNet decays at ``--me
 (``ahn distill --memory-span``) instead of the release's, whose heads forget within a few tokens; ``contrast`` adds
 the content loss (``layer_local_contrast_losses``: the far-context swap below, on training pairs); ``short`` trains
 each step at a window drawn from ``--train-windows`` (default 32-256; SWAX, arXiv 2509.24552: short training windows
-make the recurrent part learn long-range content) and measures at ``--window`` as the others. ``--max-minutes``
+make the recurrent part learn long-range content) and measures at ``--window`` as the others; ``centre`` writes
+centred values (``value_centring``: each value minus ``v_mean``, which starts at the layer's mean value on the first
+four training sequences, ``training/centring.py``, and is trained with the rest). ``--max-minutes``
 bounds each arm's training time. Held-out
 measurements of that layer, on text never trained on (Austen segments, Paul Graham essays), each with a 95 %
 bootstrap interval over segments:
@@ -37,7 +39,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-OPTION_NAMES = {"q_proj": "use_q_proj", "k_proj": "use_k_proj", "position_free": "position_free"}
+OPTION_NAMES = {"q_proj": "use_q_proj", "k_proj": "use_k_proj", "position_free": "position_free",
+                "centre": "value_centring"}
 
 
 TRAINING_LEVERS = ("span", "contrast", "short")
@@ -258,7 +261,8 @@ def plot(report: dict, path: Path) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", action="append", required=True, help="comma-separated options: q_proj, k_proj, "
-                                                                   "position_free (or 'none'); repeatable")
+                                                                   "position_free, centre, span, contrast, short (or "
+                                                                   "'none'); repeatable")
     ap.add_argument("--base", default=None, help="base model dir (default: the fetched SmolLM2-135M-Instruct)")
     ap.add_argument("--data", default=None, help="training text (default: the `ahn corpora` training split)")
     ap.add_argument("--layer", type=int, default=7)
@@ -309,6 +313,10 @@ def main(argv=None):
             from modeling_ahn.training.distill import init_memory_span
 
             init_memory_span(model, *args.memory_span)
+        if options.get("value_centring"):  # v_mean from the layer's values on the first training sequences
+            from modeling_ahn.training.centring import init_value_means
+
+            init_value_means(model, [torch.tensor([s]) for s in seqs[:4]])
         result = train_arm(model, args.layer, seqs, args.steps, args.lr, args.window, args.sinks,
                            args.repeat_fraction, args.seed, data, args.every, arm,
                            args.contrast_weight if contrast else 0.0, args.train_windows if short else None,

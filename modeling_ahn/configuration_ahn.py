@@ -134,7 +134,9 @@ class AhnConfig(PreTrainedConfig):
         use_k_proj: beyond the official format: each memory writes a learned per-head projection of the key
             (``ahn.fn.k_proj.weight`` ``(H, D, D)``, before RoPE, identity-initialised).
         position_free: beyond the official format: the memory writes and reads keys and queries before RoPE.
-            Both are off by default (off = the official maths exactly). The official release's code cannot run
+        value_centring: beyond the official format: the memory writes each value minus a learned per-head mean
+            (``ahn.fn.v_mean`` ``(H, D)``), set to the layer's mean value before training.
+            All three are off by default (off = the official maths exactly). The official release's code cannot run
             them: an exported card says so; there is no export to the release's own format.
         num_recall_slots: beyond the official format: ``G`` evicted tokens per AHN layer kept exactly (keys and
             values), chosen by a learned retention score, attended in one softmax with sinks and window
@@ -170,6 +172,7 @@ class AhnConfig(PreTrainedConfig):
     use_q_proj: bool = False
     use_k_proj: bool = False
     position_free: bool = False
+    value_centring: bool = False
     num_recall_slots: int = 0
     recall_span: list[int] | tuple[int, int] = DEFAULT_RECALL_SPAN
     recall_distance: int | None = None

@@ -626,23 +626,31 @@ class AhnMemory(nn.Module):
     side of ``q_proj``, identity-initialised), and ``position_free``, a memory that writes and reads the keys and
     queries *before* RoPE (a linear memory cannot undo the rotation between a query and a key thousands of
     positions apart, which softmax attention averages away).
+    ``write_values(values)``: the values the memory writes; the cached values unless ``value_centring`` (beyond the
+    official format) is on: then ``values - v_mean``, a learned per-head mean ``v_mean`` ``(H, D)`` (zero-initialised;
+    ``training/centring.py`` sets it to the layer's mean value before training). A memory whose values share a mean
+    stores it with every write, and after the read-out's RMSNorm that shared direction, the same for every
+    document, can dominate what it returns; centred values leave the state to what differs between tokens.
     """
 
     ahn_type = ""
     num_gates = 1
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False,
-                 use_k_proj: bool = False, position_free: bool = False):
+                 use_k_proj: bool = False, position_free: bool = False, value_centring: bool = False):
         super().__init__()
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.q_proj = PerHeadLinear(num_heads, head_dim) if use_q_proj else None
         self.k_proj = PerHeadLinear(num_heads, head_dim) if use_k_proj else None
         self.position_free = bool(position_free)
+        self.v_mean = nn.Parameter(torch.zeros(num_heads, head_dim)) if value_centring else None
 
     def _reset_q_proj(self):
         for proj in (self.q_proj, self.k_proj):
             if proj is not None:
                 proj.weight.copy_(torch.eye(self.head_dim).expand_as(proj.weight))
+        if self.v_mean is not None:
+            self.v_mean.zero_()
 
     @property
     def needs_key_rotation(self) -> bool:
@@ -678,6 +686,15 @@ class AhnMemory(nn.Module):
             raw = self.k_proj(raw.repeat_interleave(rep, dim=1).transpose(1, 2)).transpose(1, 2)
         return (raw if self.position_free else rotate(raw, cos, sin)).to(keys.dtype)
 
+    def write_values(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` ``[B, Hkv, T, D]`` (as cached) -> the values the memory writes: ``values`` itself, or with
+        ``value_centring`` ``values - v_mean`` ``[B, H, T, D]`` in float32 (the grouped heads repeated to the memory's
+        ``H``, each query head centred by its own mean)."""
+        if self.v_mean is None:
+            return values
+        rep = self.num_heads // values.shape[1]
+        return _as(values, torch.float32).repeat_interleave(rep, dim=1) - _as(self.v_mean, torch.float32)[:, None]
+
     @property
     def official_name(self) -> str:
         return AHN_TYPES[self.ahn_type]
@@ -697,6 +714,9 @@ class AhnMemory(nn.Module):
             valid = torch.ones(query.shape[0], 1, dtype=torch.bool, device=query.device)
             return self(query, key[:, :, None], value[:, :, None], gates[:, None], valid, x_read, state)
         B, H, _, D = query.shape
+        if self.v_mean is not None:  # values centred per query head by ``write_values``
+            value = self.write_values(value[:, :, None])[:, :, 0]
+            key = key.repeat_interleave(H // key.shape[1], dim=1)
         Hkv = key.shape[1]
         if value.shape[1] < Hkv:  # keys projected per query head by ``write_keys``
             value = value.repeat_interleave(Hkv // value.shape[1], dim=1)
@@ -716,6 +736,7 @@ class AhnMemory(nn.Module):
     def _prepare(self, query, keys, values):
         """Query ``[B,H,T,D]`` and GQA keys/values ``[B,Hkv,T,D]`` -> the kernels' ``[B,T,·,D]`` views, the query and the
         keys l2-normalised in float32 (the keys before any repetition: the kernels share grouped heads)."""
+        values = self.write_values(values)
         return l2norm(query).transpose(1, 2), l2norm(keys).transpose(1, 2), values.transpose(1, 2)
 
 
@@ -863,7 +884,7 @@ MEMORY_CLASSES = {"gdn": GatedDeltaNet, "dn": DeltaNet, "mamba2": Mamba2}
 
 
 # The memory options beyond the official checkpoint format (off by default; see ``AhnMemory``).
-UNOFFICIAL_OPTIONS = ("use_k_proj", "position_free")
+UNOFFICIAL_OPTIONS = ("use_k_proj", "position_free", "value_centring")
 
 
 def memory_options(config) -> dict:
@@ -880,9 +901,10 @@ def unofficial_options(config) -> list[str]:
 
 
 def build_memory(ahn_type: str, hidden_size: int, num_heads: int, head_dim: int, use_q_proj: bool = False,
-                 use_k_proj: bool = False, position_free: bool = False) -> AhnMemory:
+                 use_k_proj: bool = False, position_free: bool = False, value_centring: bool = False) -> AhnMemory:
     return MEMORY_CLASSES[canonical_ahn_type(ahn_type)](hidden_size, num_heads, head_dim, use_q_proj,
-                                                        use_k_proj=use_k_proj, position_free=position_free)
+                                                        use_k_proj=use_k_proj, position_free=position_free,
+                                                        value_centring=value_centring)
 
 
 class AhnModule(nn.Module):

@@ -757,6 +757,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         use_q_proj: bool = False,
         use_k_proj: bool = False,
         position_free: bool = False,
+        value_centring: bool = False,
         **from_pretrained_kwargs,
     ) -> AhnForCausalLM:
         """A fresh AHN (``o_proj`` zero, so it equals sinks + sliding-window attention) over a frozen base.
@@ -764,7 +765,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         ``base_model_or_path``: a loaded causal LM (augmented in place) or a path/repo id loaded with
         ``AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)``. The AHN takes the base's
         dtype and device unless ``ahn_dtype`` is given. ``use_q_proj``: the official learned read-query projection;
-        ``use_k_proj``, ``position_free``: memory options beyond the official format (see ``AhnConfig``). The other
+        ``use_k_proj``, ``position_free``, ``value_centring``: memory options beyond the official format (see ``AhnConfig``). The other
         runtime settings (``num_recall_slots``, ``recall_score``, ``recall_span``, ``recall_distance``,
         ``recall_pool``) go to the config, as in ``from_pretrained``; the remaining kwargs to the base's loading.
         """
@@ -779,7 +780,7 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
             path = getattr(base.config, "_name_or_path", None) or None
         _check_base(base)
         kwargs = dict(ahn_type=ahn_type, full_attention_layers=full_attention_layers, use_q_proj=use_q_proj,
-                      use_k_proj=use_k_proj, position_free=position_free)
+                      use_k_proj=use_k_proj, position_free=position_free, value_centring=value_centring)
         if sliding_window is not None:
             kwargs["sliding_window"] = sliding_window
         if num_sinks is not None:

@@ -487,3 +487,25 @@ def test_content_weight_trains_the_content_loss_and_resumes_exactly(corpus, tmp_
         distill(distill_cfg(corpus, tmp_path / "bad", content_weight=1.0), progress=False)
     with pytest.raises(ValueError, match="content_weight must be >= 0"):
         distill(distill_cfg(corpus, tmp_path / "bad", objective="layer-local", content_weight=-1.0), progress=False)
+
+
+def test_value_centring_starts_from_the_mean_value_and_resumes_exactly(corpus, tmp_path):
+    """``--value-centring``: a fresh run sets every memory's ``v_mean`` from the first training sequences before its
+    first step (then trains it), and a time-budgeted run resumes to the same adapter (``v_mean`` included)."""
+    from modeling_ahn.training.centring import init_value_means
+    from modeling_ahn.training.distill import setup_run
+
+    run = setup_run(distill_cfg(corpus, tmp_path / "setup", value_centring=True), progress=False)
+    means = {i: m.fn.v_mean.detach().clone() for i, m in run.model.ahn_modules().items()}
+    assert all(v.abs().max() > 1e-3 for v in means.values())
+    again = init_value_means(run.model, [torch.tensor([s]) for s in run.sequences[:4]])
+    assert all(torch.equal(means[i], again[i]) for i in means)
+    short = dict(max_steps=6, save_every=1000, eval_every=1000, value_centring=True)
+    reference = distill(distill_cfg(corpus, tmp_path / "ref", **short), progress=False)
+    trained = load_file(str(Path(reference) / "model.safetensors"))
+    key = next(k for k in trained if k.endswith("ahn.fn.v_mean"))
+    assert not torch.equal(trained[key], means[int(key.split(".")[2])])  # trained from its start
+    while not (tmp_path / "run" / "adapter").exists():
+        distill(distill_cfg(corpus, tmp_path / "run", max_minutes=1e-6, **short), resume=(tmp_path / "run").exists(),
+                progress=False)
+    assert same_adapter(reference, tmp_path / "run" / "adapter")

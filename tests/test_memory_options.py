@@ -1,5 +1,6 @@
 """Memory options beyond the official format: ``use_k_proj`` (a learned per-head projection of the key the memory
-writes, before RoPE) and ``position_free`` (the memory writes and reads keys and queries before RoPE). Off by
+writes, before RoPE), ``position_free`` (the memory writes and reads keys and queries before RoPE) and
+``value_centring`` (the memory writes each value minus a learned per-head mean). Off by
 default; off is the official maths (every other test), on they must agree with an independent reference and give
 the same result on every execution path."""
 
@@ -17,16 +18,18 @@ from .reference import LayerRecorder, naive_ahn_layer, naive_memory
 
 W, S = 5, 2
 OPTIONS = [dict(use_q_proj=True), dict(use_k_proj=True), dict(position_free=True),
-           dict(use_q_proj=True, use_k_proj=True, position_free=True)]
+           dict(use_q_proj=True, use_k_proj=True, position_free=True), dict(value_centring=True),
+           dict(use_k_proj=True, value_centring=True)]
 
 
 
 
 def test_options_are_recorded_off_by_default_and_named_as_unofficial():
     cfg = AhnConfig()
-    assert memory_options(cfg) == {"use_q_proj": False, "use_k_proj": False, "position_free": False}
-    assert unofficial_options(AhnConfig(use_q_proj=True, use_k_proj=True, position_free=True)) == [
-        "use_k_proj", "position_free"]
+    assert memory_options(cfg) == {"use_q_proj": False, "use_k_proj": False, "position_free": False,
+                                   "value_centring": False}
+    assert unofficial_options(AhnConfig(use_q_proj=True, use_k_proj=True, position_free=True,
+                                        value_centring=True)) == ["use_k_proj", "position_free", "value_centring"]
 
 
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
@@ -39,6 +42,46 @@ def test_a_fresh_k_proj_writes_exactly_as_none(ahn_type):
     ids = random_ids(30)
     with torch.no_grad():
         assert (model(ids, use_cache=False).logits - ref(ids, use_cache=False).logits).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_a_zero_value_mean_writes_exactly_as_none(ahn_type):
+    ref = make_ahn("qwen2", ahn_type, W, S)
+    model = make_ahn("qwen2", ahn_type, W, S, value_centring=True)
+    assert set(model.ahn_state_dict()) - set(ref.ahn_state_dict()) == {
+        f"model.layers.{i}.ahn.fn.v_mean" for i in range(2)}
+    model.load_ahn_state_dict({**model.ahn_state_dict(), **ref.ahn_state_dict()})
+    with torch.no_grad():
+        for m in model.ahn_modules().values():
+            m.fn.v_mean.zero_()
+    ids = random_ids(30)
+    with torch.no_grad():
+        assert (model(ids, use_cache=False).logits - ref(ids, use_cache=False).logits).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_centred_memory_equals_the_reference_over_centred_values(ahn_type):
+    """The memory's share of the layer output, recomputed token by token from ``v_proj(x) - v_mean``."""
+    model = make_ahn("qwen2", ahn_type, W, S, value_centring=True)
+    ids = random_ids(24, batch=1)
+    with torch.no_grad(), LayerRecorder() as rec:
+        model(ids, use_cache=False)
+    for call in rec.calls:
+        attn, x = call["module"], call["hidden"][0]
+        fn = get_layer_spec(attn).memory
+        assert fn.v_mean.abs().max() > 0.05  # (random: a zero mean would hide a missing subtraction)
+        T, H = x.shape[0], fn.num_heads
+        q, k, v = (call[n][0].transpose(0, 1) for n in ("query", "key", "value"))  # [T, h, D]
+        rep = H // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1) - fn.v_mean
+        e = torch.arange(T) - W
+        idx = e.clamp(min=0)
+        mem = naive_memory(fn, ahn_type, q, k[idx], v[idx], (x[idx], x), e >= S)
+        attn_ref, _ = naive_ahn_layer(fn, ahn_type, call["query"][0], call["key"][0], call["value"][0], x, W, S,
+                                      call["scaling"])
+        plain = naive_memory(fn, ahn_type, q, k[idx], (v + fn.v_mean)[idx], (x[idx], x), e >= S)
+        got = call["out"][0].double() - attn_ref  # [T, H, D]: the memory's share of the layer output
+        assert (mem - plain).abs().max() > 1e-3 and (got - mem).abs().max() < 1e-4, ahn_type
 
 
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
@@ -134,3 +177,25 @@ def test_the_card_says_when_an_adapter_goes_beyond_the_official_format():
     assert "Beyond the official format" not in render_model_card(official, 1)
     card = render_model_card(beyond, 1)
     assert "Beyond the official format" in card and "`use_k_proj`, `position_free`" in card
+
+
+def test_value_means_start_at_the_mean_value_each_layer_writes():
+    """``training/centring.init_value_means``: each layer's ``v_mean`` becomes the mean over the tokens that left
+    the window (positions ``S .. T - W - 1`` of every sequence) of that layer's cached values, per KV head, repeated
+    to the query heads; a model without the option is refused."""
+    from modeling_ahn.training.centring import init_value_means
+
+    model = make_ahn("qwen2", "gdn", W, S, value_centring=True)
+    seqs = [random_ids(30, batch=1, seed=s) for s in range(3)]
+    with torch.no_grad(), LayerRecorder() as rec:
+        for ids in seqs:
+            model(ids, use_cache=False)
+    init_value_means(model, seqs)
+    for i, (m, layer) in enumerate(zip(model.ahn_modules().values(), range(2))):
+        values = torch.cat([c["value"][0, :, S: 30 - W] for c in rec.calls[layer::2]], dim=1)  # [Hkv, n, D]
+        expected = values.double().mean(1).repeat_interleave(m.fn.num_heads // values.shape[0], 0)
+        assert torch.allclose(m.fn.v_mean.double(), expected, atol=1e-6), i
+    with pytest.raises(ValueError, match="value_centring=True"):
+        init_value_means(make_ahn("qwen2", "gdn", W, S), seqs)
+    with pytest.raises(ValueError, match="no token left the window"):
+        init_value_means(model, [random_ids(W + S, batch=1)])

@@ -72,6 +72,8 @@ class AhnPeftConfig(PeftConfig):
                                                               "memory writes (beyond the official format)"})
     position_free: bool = field(default=False, metadata={"help": "the memory writes and reads keys and queries "
                                                                  "before RoPE (beyond the official format)"})
+    value_centring: bool = field(default=False, metadata={"help": "the memory writes each value minus a learned "
+                                                                  "per-head mean (beyond the official format)"})
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "attention modules to augment (default: every `self_attn`)"})
     exclude_modules: list[str] | str | None = field(default=None)

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..memory_ahn import unofficial_options
+from .centring import init_value_means
 from .data import with_repeat
 from .layer_local import layer_local_contrast_terms, layer_local_losses, normalised_contrast, record_teacher
 from .sequence_split import gradient_carrier, split_layer_local
@@ -46,6 +47,7 @@ PAPER_SINKS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 OBJECTIVES = ("end-to-end", "layer-local")
 LOSSES = ("kl", "ce", "kl+ce")
 LOG_NAME = "train_log.jsonl"
+VALUE_MEAN_SEQUENCES = 4  # training sequences whose values set a fresh value_centring run's v_mean
 CHECKPOINTS = "checkpoints"
 ADAPTER_DIR = "adapter"
 
@@ -86,6 +88,8 @@ class DistillConfig:
                                      "each memory writes (before RoPE)")
     position_free: bool = option(False, "beyond the official format: the memories write and read keys and "
                                         "queries before RoPE")
+    value_centring: bool = option(False, "beyond the official format: the memories write each value minus a "
+                                         "learned per-head mean, set to the layer's mean value before training")
     repeat_fraction: float = option(0.0, "share of training sequences in which a passage of 32-256 tokens recurs "
                                          "more than a window later (a synthetic retrieval signal; the rest of the "
                                          "sequence is the document's own text)")
@@ -584,7 +588,8 @@ def build_student_model(cfg: DistillConfig, eval_window: int, eval_sinks: int, d
     model = AhnForCausalLM.from_base(cfg.base, ahn_type=cfg.ahn_type, sliding_window=eval_window,
                                      num_sinks=eval_sinks, dtype=dtype, ahn_dtype=torch.float32,
                                      prefill_chunk_size=None, use_q_proj=cfg.use_q_proj,
-                                     use_k_proj=cfg.use_k_proj, position_free=cfg.position_free)
+                                     use_k_proj=cfg.use_k_proj, position_free=cfg.position_free,
+                                     value_centring=cfg.value_centring)
     if cfg.init_adapter and not resume:
         _load_init_adapter(model, cfg)
     if cfg.memory_span and not resume:
@@ -630,6 +635,10 @@ def setup_run(cfg: DistillConfig, resume: bool = False, overwrite: bool = False,
     eval_window, eval_sinks = eval_settings(cfg, held_out)
     # a sharded base is split from the CPU copy: no process ever holds the whole base on its accelerator
     model = build_student_model(cfg, eval_window, eval_sinks, "cpu" if plan else accelerator.device, resume)
+    if cfg.value_centring and not resume and not cfg.init_adapter:  # (a resumed run reads v_mean from its checkpoint)
+        device = next(model.parameters()).device
+        init_value_means(model, [torch.tensor([ids], device=device) for ids in sequences[:VALUE_MEAN_SEQUENCES]],
+                         accelerator.is_main_process and progress)
     student = DistillStudent(model, cfg.loss, cfg.kl_chunk_size, cfg.objective, cfg.content_weight, cfg.sequence_chunk)
     if plan is not None:  # sharded before the optimiser is made, so that it holds the parameters the step updates
         shard_student(student, model, plan, accelerator.device)
