@@ -424,8 +424,11 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
     A last block shorter than ``BAND_BLOCK`` runs on its own. Returns ``[B, q, H, D]``.
 
     ``extra``: more keys scored with the sinks, in the same softmax: ``(keys [B, Hkv, M, D], values [B, Hkv, M, D],
-    visible [B, q, M], angles [B, 1, q, D] or None)``: each query, rotated back by its ``angles``, scores the ``M``
-    keys it sees (the recall slots, recall_slots.py)."""
+    visible [B, q, M], angles [B, 1, q, D] or None, distance)``: each query, rotated back by its ``angles`` (those of
+    ``qpos - distance``), scores the ``M`` keys it sees (the recall slots, recall_slots.py). Where every query is
+    beyond the base's context, the sinks are scored with the same rotated queries, their keys moved once instead:
+    ``R(-(t - P + 1)) q = R(P - 1 - d) R(-(t - d)) q``, so ``q_sink . k = q_slot . R(d - P + 1) k`` (one rotation of
+    the block queries instead of two)."""
     B, H, L, D = query.shape
     Hkv, S = all_k.shape[1], sink_k.shape[2]
     rep = H // Hkv
@@ -434,6 +437,12 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
     inv_freq = spec.clamp_inv_freq(D) if S else None
     if inv_freq is not None and int(qpos.max()) >= spec.sink_position_limit:
         ang = sink_angles(spec, qpos, inv_freq, query.device)  # [B, 1, L, D]
+    shared_sinks = None  # the sink keys as the slots' rotated queries score them (see above)
+    if ang is not None and extra is not None and extra[3] is not None and \
+            int(qpos.min()) >= spec.sink_position_limit - 1:
+        shift = float(extra[4] - spec.sink_position_limit + 1) * inv_freq.to(device=query.device, dtype=torch.float32)
+        shift = torch.cat([shift, shift])
+        shared_sinks = rotated_forward(sink_k, shift.cos(), shift.sin())  # [B, Hkv, S, D] float32
     out = query.new_empty(B, L, H, D)
     b = min(BAND_BLOCK, L)
     full = L // b * b
@@ -450,24 +459,30 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
             o, lse = _CPU_FLASH(qr, win_k, win_v, attn_mask=band_bias(bb, W, rep, query.dtype, query.device),
                                 scale=scale)  # [nb, Hkv, rep * bb, D], [nb, Hkv, rep * bb]
             scores, vals = [], []
-            if S:
-                q_s = _block_queries(qr, None if ang is None else ang[r, 0, q0:q1], bb)
-                scores.append((q_s @ sink_k[r].float().transpose(-1, -2)) * scale)
-                vals.append(sink_v[r].float())
             if extra is not None:
                 x_k, x_v, seen = _block_extras(extra, r, q0, q1, nb, bb)  # [nb, Hkv, m, D] x 2, [nb, bb, m]
                 m = seen.shape[-1]
                 seen = seen.view(nb, 1, 1, bb, m).expand(nb, 1, rep, bb, m).reshape(nb, 1, rep * bb, m)
                 q_x = _block_queries(qr, None if extra[3] is None else extra[3][r, 0, q0:q1], bb)
-                scores.append(((q_x @ x_k.transpose(-1, -2)) * scale).masked_fill(~seen, float("-inf")))
+            if S:
+                if shared_sinks is not None:
+                    q_s, s_k = q_x, shared_sinks[r]
+                else:
+                    q_s, s_k = _block_queries(qr, None if ang is None else ang[r, 0, q0:q1], bb), sink_k[r].float()
+                scores.append((q_s @ s_k.transpose(-1, -2)) * scale)
+                vals.append(sink_v[r].float())
+            if extra is not None:
+                scores.append(((q_x @ x_k.transpose(-1, -2)) * scale).masked_fill_(~seen, float("-inf")))
                 if vals:  # the sinks' values, the same for every block
                     vals[0] = vals[0].expand(nb, Hkv, S, vals[0].shape[-1])
                 vals.append(x_v)
             if scores:
                 scores = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
                 lse_s = torch.logsumexp(scores, dim=-1)  # [nb, Hkv, rep * bb]; -inf where nothing is seen
-                o_s = torch.softmax(scores, dim=-1) @ (torch.cat(vals, dim=-2) if len(vals) > 1 else vals[0])
-                o_s = torch.nan_to_num(o_s) if extra is not None else o_s  # (a query that sees no extra key)
+                # the softmax from the log-normaliser already at hand (one pass over the scores, not two)
+                o_s = scores.sub_(lse_s[..., None]).exp_() @ (torch.cat(vals, dim=-2) if len(vals) > 1 else vals[0])
+                if extra is not None and not S:  # (a query that sees no key of this part: 0 / 0)
+                    o_s = torch.nan_to_num_(o_s)
                 w_w = torch.sigmoid(lse - lse_s)[..., None]  # e^lse_w / (e^lse_w + e^lse_s)
                 o = torch.lerp(o_s, o.float().reshape_as(o_s), w_w)
             o = o.reshape(nb, Hkv, rep, bb, D)
@@ -522,7 +537,7 @@ def fresh_window_attention(spec, module, query, keys, values, qpos, W, S, scalin
     L = query.shape[2]
     c0 = min(L, W + S - 1)  # 0 for W = 1 without sinks: every query sees itself only, all of them in the band
     if extra is not None:
-        extra = (extra[0], extra[1], extra[2][:, c0:], None if extra[3] is None else extra[3][:, :, c0:])
+        extra = (extra[0], extra[1], extra[2][:, c0:], None if extra[3] is None else extra[3][:, :, c0:], extra[4])
     if c0 == 0:
         return strided_band_attention(spec, query, keys, values, keys[:, :, :S], values[:, :, :S], qpos, 0, W, scaling,
                                       extra)

@@ -511,3 +511,35 @@ def test_slots_on_a_bf16_base_with_a_float32_classifier(score):
     assert whole.dtype == torch.bfloat16 and bool(whole.isfinite().all())
     assert (torch.cat(steps, 1).float() - whole.float()).abs().max() < 0.05
     assert torch.equal(static, dynamic)
+
+
+@pytest.mark.parametrize("ahn_type", ["gdn", "mamba2"])
+def test_slots_with_sinks_clamped_beyond_the_base_context_agree_on_every_path(ahn_type, paths):
+    """Queries past the base's context P score the sinks from P and the slots from the slot distance; a banded
+    prefill chunk wholly beyond P scores both with one rotation of its queries (the sink keys moved instead) and
+    gives the whole forward's logits, as the other chunkings and decoding do."""
+    from modeling_ahn.attention_ahn import AttentionPath
+
+    P = 16
+    model = slotted_model("llama", ahn_type, S)
+    model.config.base_config.max_position_embeddings = P
+    ids = _ids(60)
+    ref = _reference_logits(model, ids)
+    with torch.no_grad():
+        model.config.clamp_sink_positions = False
+        unclamped = model(ids, use_cache=False).logits
+        model.config.clamp_sink_positions = True
+    assert (ref - unclamped)[:, P:].abs().max() > 1e-3  # the clamp matters beyond P
+    with torch.no_grad():
+        for chunk in (7, 13, 20):
+            paths.clear()
+            model.config.prefill_chunk_size = chunk
+            out = model(ids, past_key_values=AhnCache(model.config)).logits
+            assert (out - ref).abs().max() < 1e-4, chunk
+            banded = [f for p, f in paths if p is AttentionPath.BANDED_PREFILL and f.rpos_new.min() >= P - 1]
+            assert banded, chunk  # (a chunk served by the banded kernel wholly beyond P)
+        model.config.prefill_chunk_size = None
+        cache = AhnCache(model.config)
+        logits = [model(ids[:, :30], past_key_values=cache).logits]
+        logits += [model(ids[:, t: t + 1], past_key_values=cache).logits for t in range(30, 60)]
+    assert (torch.cat(logits, 1) - ref).abs().max() < 1e-4
