@@ -32,43 +32,39 @@ def test_options_are_recorded_off_by_default_and_named_as_unofficial():
                                         value_centring=True)) == ["use_k_proj", "position_free", "value_centring"]
 
 
+@pytest.mark.parametrize("option,key", [("use_k_proj", "k_proj.weight"), ("value_centring", "v_mean")])
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
-def test_a_fresh_k_proj_writes_exactly_as_none(ahn_type):
+def test_a_fresh_option_writes_exactly_as_none(ahn_type, option, key):
+    """A fresh ``k_proj`` (the identity) and a fresh ``v_mean`` (zero) give the official maths: the model with the
+    option, its other weights the reference's, equals the reference."""
     ref = make_ahn("qwen2", ahn_type, W, S)
-    model = make_ahn("qwen2", ahn_type, W, S, use_k_proj=True)
+    model = make_ahn("qwen2", ahn_type, W, S, random_ahn=False, **{option: True})
     assert set(model.ahn_state_dict()) - set(ref.ahn_state_dict()) == {
-        f"model.layers.{i}.ahn.fn.k_proj.weight" for i in range(2)}
+        f"model.layers.{i}.ahn.fn.{key}" for i in range(2)}
     model.load_ahn_state_dict({**model.ahn_state_dict(), **ref.ahn_state_dict()})
     ids = random_ids(30)
     with torch.no_grad():
         assert (model(ids, use_cache=False).logits - ref(ids, use_cache=False).logits).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("ahn_type", AHN_TYPES)
-def test_a_zero_value_mean_writes_exactly_as_none(ahn_type):
-    ref = make_ahn("qwen2", ahn_type, W, S)
-    model = make_ahn("qwen2", ahn_type, W, S, value_centring=True)
-    assert set(model.ahn_state_dict()) - set(ref.ahn_state_dict()) == {
-        f"model.layers.{i}.ahn.fn.v_mean" for i in range(2)}
-    model.load_ahn_state_dict({**model.ahn_state_dict(), **ref.ahn_state_dict()})
-    with torch.no_grad():
-        for m in model.ahn_modules().values():
-            m.fn.v_mean.zero_()
-    ids = random_ids(30)
-    with torch.no_grad():
-        assert (model(ids, use_cache=False).logits - ref(ids, use_cache=False).logits).abs().max() < 1e-5
+def _layer_calls(model):
+    """``(call, x, memory, memory's share of the layer output [T, H, D])`` of every AHN layer on 24 random tokens
+    (the share: the layer's output minus the token-by-token reference of its sinks + window attention)."""
+    with torch.no_grad(), LayerRecorder() as rec:
+        model(random_ids(24, batch=1), use_cache=False)
+    out = []
+    for call in rec.calls:
+        x, fn = call["hidden"][0], get_layer_spec(call["module"]).memory
+        attn_ref, _ = naive_ahn_layer(fn, fn.ahn_type, call["query"][0], call["key"][0], call["value"][0], x, W, S,
+                                      call["scaling"])
+        out.append((call, x, fn, call["out"][0].double() - attn_ref))
+    return out
 
 
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 def test_centred_memory_equals_the_reference_over_centred_values(ahn_type):
     """The memory's share of the layer output, recomputed token by token from ``v_proj(x) - v_mean``."""
-    model = make_ahn("qwen2", ahn_type, W, S, value_centring=True)
-    ids = random_ids(24, batch=1)
-    with torch.no_grad(), LayerRecorder() as rec:
-        model(ids, use_cache=False)
-    for call in rec.calls:
-        attn, x = call["module"], call["hidden"][0]
-        fn = get_layer_spec(attn).memory
+    for call, x, fn, got in _layer_calls(make_ahn("qwen2", ahn_type, W, S, value_centring=True)):
         assert fn.v_mean.abs().max() > 0.05  # (random: a zero mean would hide a missing subtraction)
         T, H = x.shape[0], fn.num_heads
         q, k, v = (call[n][0].transpose(0, 1) for n in ("query", "key", "value"))  # [T, h, D]
@@ -77,10 +73,7 @@ def test_centred_memory_equals_the_reference_over_centred_values(ahn_type):
         e = torch.arange(T) - W
         idx = e.clamp(min=0)
         mem = naive_memory(fn, ahn_type, q, k[idx], v[idx], (x[idx], x), e >= S)
-        attn_ref, _ = naive_ahn_layer(fn, ahn_type, call["query"][0], call["key"][0], call["value"][0], x, W, S,
-                                      call["scaling"])
         plain = naive_memory(fn, ahn_type, q, k[idx], (v + fn.v_mean)[idx], (x[idx], x), e >= S)
-        got = call["out"][0].double() - attn_ref  # [T, H, D]: the memory's share of the layer output
         assert (mem - plain).abs().max() > 1e-3 and (got - mem).abs().max() < 1e-4, ahn_type
 
 
@@ -91,12 +84,8 @@ def test_position_free_memory_equals_the_reference_over_unrotated_projections(ar
     the base's own projections of the layer input, before RoPE, through the memory's learned projections."""
     model = random_projections(make_ahn(arch, ahn_type, W, S, use_q_proj=True, use_k_proj=True,
                                               position_free=True))
-    ids = random_ids(24, batch=1)
-    with torch.no_grad(), LayerRecorder() as rec:
-        model(ids, use_cache=False)
-    for call in rec.calls:
-        attn, x = call["module"], call["hidden"][0]
-        fn = get_layer_spec(attn).memory
+    for call, x, fn, got in _layer_calls(model):
+        attn = call["module"]
         T, H, D = x.shape[0], fn.num_heads, fn.head_dim
         rep = H // (attn.k_proj.out_features // D)
         q = torch.einsum("thd,hde->the", attn.q_proj(x).view(T, H, D), fn.q_proj.weight)
@@ -106,9 +95,6 @@ def test_position_free_memory_equals_the_reference_over_unrotated_projections(ar
         e = torch.arange(T) - W
         idx = e.clamp(min=0)
         mem = naive_memory(fn, ahn_type, q, k[idx], v[idx], (x[idx], x), e >= S)
-        attn_ref, _ = naive_ahn_layer(fn, ahn_type, call["query"][0], call["key"][0], call["value"][0], x, W, S,
-                                      call["scaling"])
-        got = call["out"][0].double() - attn_ref  # [T, H, D]: the memory's share of the layer output
         assert mem.abs().max() > 1e-2 and (got - mem).abs().max() < 1e-4, (arch, ahn_type)
 
 
