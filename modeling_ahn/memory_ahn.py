@@ -162,6 +162,8 @@ TORCH_CHUNK_SIZE = 32
 # Tokens per segment: the chunk-parallel work runs one segment at a time (state carried across), so that its
 # [B, H, chunks, C, ...] intermediates stay cache-sized instead of growing with T (see benchmarks/kernel_speed.py).
 TORCH_SEGMENT = 2048
+# Chunk states kept in float32 at a time by the bf16 chunk kernel (``_chunk_segment``), converted together.
+RING = 8
 
 
 def torch_chunk_rule(q, k, v, g, beta, initial_state=None, scale=1.0, delta=True, chunk_size=TORCH_CHUNK_SIZE,
@@ -316,20 +318,24 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
             s = states[-1] if cd_c is None else states[-1] * cd_c[i]
             states.append(torch.baddbmm(s, kend_c[i], u))
         S_prev, U, S = torch.stack(states[:-1]), torch.stack(us), states[-1]
-    elif low:  # the same recurrence in two float32 states used in turn, each S_{i-1} kept in ``md`` only
-        # (one small conversion per chunk instead of a float32 buffer of every chunk's state and its conversion:
-        # ~6-9 % of the memory's bf16 prefill on an AVX512-BF16 CPU, bit for bit the same result)
+    elif low:  # the same recurrence through a float32 ring of RING states, each S_{i-1} kept in ``md`` only
+        # (converted RING at a time, instead of a float32 buffer of every chunk's state converted at the end: ~6-9 %
+        # of the memory's bf16 prefill on an AVX512-BF16 CPU, bit for bit the same result)
         S_prev = S.new_empty(n, *S.shape, dtype=md)
-        Sp, (S0, S1) = S_prev.unbind(0), S.new_empty(2, *S.shape).unbind(0)
-        S0.copy_(S)
+        blocks, ring = S_prev.split(RING), S.new_empty(RING, *S.shape)
+        rc = ring.unbind(0)
+        rc[0].copy_(S)
         U = w_value if not delta else torch.empty_like(w_value)
         Uc = U.unbind(0)
         for i in range(n):
-            cur, nxt = (S0, S1) if i % 2 == 0 else (S1, S0)
-            Sp[i].copy_(cur)
-            _recurrence_step(cur, nxt, wv_c[i], wk_c[i] if delta else None, kend_c[i],
+            j = (i + 1) % RING
+            if j == 0:  # the ring holds S_{i-RING+1} .. S_i: into S_prev before its first place is reused
+                blocks[i // RING].copy_(ring)
+            _recurrence_step(rc[i % RING], rc[j], wv_c[i], wk_c[i] if delta else None, kend_c[i],
                              None if cd_c is None else cd_c[i], Uc[i])
-        S = (S0 if n % 2 == 0 else S1).clone()  # (not a view of the pair)
+        if n % RING:
+            blocks[-1].copy_(ring[: n % RING])
+        S = rc[n % RING].clone()  # (not a view of the ring)
     else:  # states and updates written into two buffers, in place
         # S_{i-1} of every chunk in one buffer (read by the outputs' batched product); the final state in a tensor of
         # its own, so that the cache keeping it does not keep the buffer alive
