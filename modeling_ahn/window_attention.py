@@ -478,9 +478,13 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
                 vals.append(x_v)
             if scores:
                 scores = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
-                lse_s = torch.logsumexp(scores, dim=-1)  # [nb, Hkv, rep * bb]; -inf where nothing is seen
-                # the softmax from the log-normaliser already at hand (one pass over the scores, not two)
-                o_s = scores.sub_(lse_s[..., None]).exp_() @ (torch.cat(vals, dim=-2) if len(vals) > 1 else vals[0])
+                # softmax and its log-normaliser in four passes over the scores (logsumexp alone took six), the
+                # normalisation applied to the output rows (D wide) instead of the weights (S + m wide)
+                top = scores.amax(-1, keepdim=True).clamp_(min=-1e30)  # (finite where nothing is seen)
+                weights = scores.sub_(top).exp_()
+                total = weights.sum(-1, keepdim=True)
+                o_s = (weights @ (torch.cat(vals, dim=-2) if len(vals) > 1 else vals[0])).div_(total)
+                lse_s = (top + total.log()).squeeze(-1)  # [nb, Hkv, rep * bb]; -inf where nothing is seen
                 if extra is not None and not S:  # (a query that sees no key of this part: 0 / 0)
                     o_s = torch.nan_to_num_(o_s)
                 w_w = torch.sigmoid(lse - lse_s)[..., None]  # e^lse_w / (e^lse_w + e^lse_s)
