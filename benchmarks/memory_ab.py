@@ -315,8 +315,9 @@ def main(argv=None):
             init_memory_span(model, *args.memory_span)
         if options.get("value_centring"):  # v_mean from the layer's values on the first training sequences
             from modeling_ahn.training.centring import init_value_means
+            from modeling_ahn.training.distill import VALUE_MEAN_SEQUENCES
 
-            init_value_means(model, [torch.tensor([s]) for s in seqs[:4]])
+            init_value_means(model, [torch.tensor([s]) for s in seqs[:VALUE_MEAN_SEQUENCES]])
         result = train_arm(model, args.layer, seqs, args.steps, args.lr, args.window, args.sinks,
                            args.repeat_fraction, args.seed, data, args.every, arm,
                            args.contrast_weight if contrast else 0.0, args.train_windows if short else None,

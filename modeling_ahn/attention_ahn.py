@@ -47,6 +47,7 @@ from .recall_slots import (
     steady_slot_keys,
 )
 from .window_attention import (
+    BandExtra,
     banded_window_attention,
     block_plans,
     blocked_window_attention,
@@ -470,7 +471,7 @@ def _slotted(spec, module, facts, plan, path, query, key, value, scaling, dropou
     if path in (AttentionPath.BANDED_PREFILL, AttentionPath.FRESH_PREFILL) and strided_band_available(
             step.keys, step.values, facts.dropout_active):
         ang = rope_angles(qpos - distance, inv_freq)[:, None] if distance else None
-        extra = (slot_keys_free(cand_k, cand_rpos, distance, inv_freq), cand_v, vis, ang, distance)
+        extra = BandExtra(slot_keys_free(cand_k, cand_rpos, distance, inv_freq), cand_v, vis, ang, distance)
         if path is AttentionPath.BANDED_PREFILL:
             return strided_band_attention(spec, query, step.keys, step.values, layer.sink_keys, layer.sink_values,
                                           qpos, step.num_old, facts.window, scaling, extra), None

@@ -318,36 +318,34 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
             s = states[-1] if cd_c is None else states[-1] * cd_c[i]
             states.append(torch.baddbmm(s, kend_c[i], u))
         S_prev, U, S = torch.stack(states[:-1]), torch.stack(us), states[-1]
-    elif low:  # the same recurrence through a float32 ring of RING states, each S_{i-1} kept in ``md`` only
-        # (converted RING at a time, instead of a float32 buffer of every chunk's state converted at the end: ~6-9 %
-        # of the memory's bf16 prefill on an AVX512-BF16 CPU, bit for bit the same result)
-        S_prev = S.new_empty(n, *S.shape, dtype=md)
-        blocks, ring = S_prev.split(RING), S.new_empty(RING, *S.shape)
-        rc = ring.unbind(0)
-        rc[0].copy_(S)
+    else:  # states and updates written in place; U_i into one buffer
         U = w_value if not delta else torch.empty_like(w_value)
         Uc = U.unbind(0)
-        for i in range(n):
-            j = (i + 1) % RING
-            if j == 0:  # the ring holds S_{i-RING+1} .. S_i: into S_prev before its first place is reused
-                blocks[i // RING].copy_(ring)
-            _recurrence_step(rc[i % RING], rc[j], wv_c[i], wk_c[i] if delta else None, kend_c[i],
-                             None if cd_c is None else cd_c[i], Uc[i])
-        if n % RING:
-            blocks[-1].copy_(ring[: n % RING])
-        S = rc[n % RING].clone()  # (not a view of the ring)
-    else:  # states and updates written into two buffers, in place
-        # S_{i-1} of every chunk in one buffer (read by the outputs' batched product); the final state in a tensor of
-        # its own, so that the cache keeping it does not keep the buffer alive
-        S_prev = S.new_empty(n, *S.shape)
-        Sc = (*S_prev.unbind(0), S.new_empty(S.shape))
-        Sc[0].copy_(S)
-        U = w_value if not delta else torch.empty_like(w_value)
-        Uc = U.unbind(0)
-        for i in range(n):
-            _recurrence_step(Sc[i], Sc[i + 1], wv_c[i], wk_c[i] if delta else None, kend_c[i],
-                             None if cd_c is None else cd_c[i], Uc[i])
-        S = Sc[n]
+        if low:  # through a float32 ring of RING states, each S_{i-1} kept in ``md`` only (converted RING at a
+            # time, instead of a float32 buffer of every chunk's state converted at the end: ~6-9 % of the memory's
+            # bf16 prefill on an AVX512-BF16 CPU, bit for bit the same result)
+            S_prev = S.new_empty(n, *S.shape, dtype=md)
+            blocks, ring = S_prev.split(RING), S.new_empty(RING, *S.shape)
+            rc = ring.unbind(0)
+            rc[0].copy_(S)
+            for i in range(n):
+                j = (i + 1) % RING
+                if j == 0:  # the ring holds S_{i-RING+1} .. S_i: into S_prev before its first place is reused
+                    blocks[i // RING].copy_(ring)
+                _recurrence_step(rc[i % RING], rc[j], wv_c[i], wk_c[i] if delta else None, kend_c[i],
+                                 None if cd_c is None else cd_c[i], Uc[i])
+            if n % RING:
+                blocks[-1].copy_(ring[: n % RING])
+            S = rc[n % RING].clone()  # (not a view of the ring)
+        else:  # S_{i-1} of every chunk in one buffer (read by the outputs' batched product); the final state in a
+            # tensor of its own, so that the cache keeping it does not keep the buffer alive
+            S_prev = S.new_empty(n, *S.shape)
+            Sc = (*S_prev.unbind(0), S.new_empty(S.shape))
+            Sc[0].copy_(S)
+            for i in range(n):
+                _recurrence_step(Sc[i], Sc[i + 1], wv_c[i], wk_c[i] if delta else None, kend_c[i],
+                                 None if cd_c is None else cd_c[i], Uc[i])
+            S = Sc[n]
     # O_i = (Q_i exp(c) scale) S_{i-1} + (Q_i K_i^T exp(c_i - c_j) scale)_{j<=i} U_i
     if scale != 1.0:
         qm = qm * scale

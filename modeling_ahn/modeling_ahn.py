@@ -765,9 +765,10 @@ class AhnForCausalLM(AhnPreTrainedModel, GenerationMixin):
         ``base_model_or_path``: a loaded causal LM (augmented in place) or a path/repo id loaded with
         ``AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)``. The AHN takes the base's
         dtype and device unless ``ahn_dtype`` is given. ``use_q_proj``: the official learned read-query projection;
-        ``use_k_proj``, ``position_free``, ``value_centring``: memory options beyond the official format (see ``AhnConfig``). The other
-        runtime settings (``num_recall_slots``, ``recall_score``, ``recall_span``, ``recall_distance``,
-        ``recall_pool``) go to the config, as in ``from_pretrained``; the remaining kwargs to the base's loading.
+        ``use_k_proj``, ``position_free``, ``value_centring``: memory options beyond the official format (see
+        ``AhnConfig``). The other runtime settings (``num_recall_slots``, ``recall_score``, ``recall_span``,
+        ``recall_distance``, ``recall_pool``) go to the config, as in ``from_pretrained``; the remaining kwargs to the
+        base's loading.
         """
         runtime = {k: from_pretrained_kwargs.pop(k) for k in RUNTIME_SETTINGS if k in from_pretrained_kwargs}
         if isinstance(base_model_or_path, (str, os.PathLike)):

@@ -23,6 +23,7 @@ Hub remote-code payload: flat, sibling imports only.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -415,6 +416,18 @@ def band_bias(b: int, W: int, rep: int, dtype, device):
     return _BIAS_MEMO.put(key, (), bias[None, None])
 
 
+class BandExtra(NamedTuple):
+    """More keys ``strided_band_attention`` scores with the sinks, in the same softmax (the recall slots,
+    recall_slots.py): each query, rotated back by its ``angles`` (those of ``qpos - distance``; ``None``: not
+    rotated), scores the keys it sees."""
+
+    keys: torch.Tensor  # [B, Hkv, M, D]
+    values: torch.Tensor  # [B, Hkv, M, D]
+    visible: torch.Tensor  # [B, q, M]
+    angles: torch.Tensor | None  # [B, 1, q, D]
+    distance: int
+
+
 def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_old, W, scaling, extra=None):
     """``banded_window_attention`` on CPU, without copying a key: each block of ``BAND_BLOCK`` queries reads its
     ``b + W - 1`` window keys as a strided view of the cache (``unfold``), the grouped query heads folded into the
@@ -423,10 +436,8 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
     ``o = (e^lse_w o_w + e^lse_s o_s) / (e^lse_w + e^lse_s)``, exactly softmax attention over sinks + window.
     A last block shorter than ``BAND_BLOCK`` runs on its own. Returns ``[B, q, H, D]``.
 
-    ``extra``: more keys scored with the sinks, in the same softmax: ``(keys [B, Hkv, M, D], values [B, Hkv, M, D],
-    visible [B, q, M], angles [B, 1, q, D] or None, distance)``: each query, rotated back by its ``angles`` (those of
-    ``qpos - distance``), scores the ``M`` keys it sees (the recall slots, recall_slots.py). Where every query is
-    beyond the base's context, the sinks are scored with the same rotated queries, their keys moved once instead:
+    ``extra``: a ``BandExtra``, more keys scored with the sinks in the same softmax. Where every query is beyond
+    the base's context, the sinks are scored with the same rotated queries, their keys moved once instead:
     ``R(-(t - P + 1)) q = R(P - 1 - d) R(-(t - d)) q``, so ``q_sink . k = q_slot . R(d - P + 1) k`` (one rotation of
     the block queries instead of two)."""
     B, H, L, D = query.shape
@@ -438,9 +449,9 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
     if inv_freq is not None and int(qpos.max()) >= spec.sink_position_limit:
         ang = sink_angles(spec, qpos, inv_freq, query.device)  # [B, 1, L, D]
     shared_sinks = None  # the sink keys as the slots' rotated queries score them (see above)
-    if ang is not None and extra is not None and extra[3] is not None and \
+    if ang is not None and extra is not None and extra.angles is not None and \
             int(qpos.min()) >= spec.sink_position_limit - 1:
-        shift = float(extra[4] - spec.sink_position_limit + 1) * inv_freq.to(device=query.device, dtype=torch.float32)
+        shift = float(extra.distance - spec.sink_position_limit + 1) * inv_freq.to(query.device, torch.float32)
         shift = torch.cat([shift, shift])
         shared_sinks = rotated_forward(sink_k, shift.cos(), shift.sin())  # [B, Hkv, S, D] float32
     out = query.new_empty(B, L, H, D)
@@ -463,7 +474,7 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
                 x_k, x_v, seen = _block_extras(extra, r, q0, q1, nb, bb)  # [nb, Hkv, m, D] x 2, [nb, bb, m]
                 m = seen.shape[-1]
                 seen = seen.view(nb, 1, 1, bb, m).expand(nb, 1, rep, bb, m).reshape(nb, 1, rep * bb, m)
-                q_x = _block_queries(qr, None if extra[3] is None else extra[3][r, 0, q0:q1], bb)
+                q_x = _block_queries(qr, None if extra.angles is None else extra.angles[r, 0, q0:q1], bb)
             if S:
                 if shared_sinks is not None:
                     q_s, s_k = q_x, shared_sinks[r]
@@ -509,7 +520,7 @@ def _block_extras(extra, r, q0, q1, nb, bb):
     float32, seen [nb, bb, m])`` with ``m`` the most any block sees. A chunk's recall-slot candidates are all the
     tokens that hold a slot at some query of it (hundreds in a chunk that fills the slots); a block of ``bb``
     queries sees at most ``G + bb`` of them, so scores and softmax stay that narrow."""
-    x_k, x_v, x_vis = extra[0][r], extra[1][r], extra[2][r, q0:q1]  # [Hkv, M, D] x 2, [q1 - q0, M]
+    x_k, x_v, x_vis = extra.keys[r], extra.values[r], extra.visible[r, q0:q1]  # [Hkv, M, D] x 2, [q1 - q0, M]
     M = x_k.shape[1]
     vis = x_vis.reshape(nb, bb, M)
     used = vis.any(1)  # [nb, M]
@@ -541,7 +552,8 @@ def fresh_window_attention(spec, module, query, keys, values, qpos, W, S, scalin
     L = query.shape[2]
     c0 = min(L, W + S - 1)  # 0 for W = 1 without sinks: every query sees itself only, all of them in the band
     if extra is not None:
-        extra = (extra[0], extra[1], extra[2][:, c0:], None if extra[3] is None else extra[3][:, :, c0:], extra[4])
+        extra = extra._replace(visible=extra.visible[:, c0:],
+                               angles=None if extra.angles is None else extra.angles[:, :, c0:])
     if c0 == 0:
         return strided_band_attention(spec, query, keys, values, keys[:, :, :S], values[:, :, :S], qpos, 0, W, scaling,
                                       extra)
