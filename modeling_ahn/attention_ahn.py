@@ -36,8 +36,8 @@ from .recall_slots import (
     gather_candidates,
     novelty_scores,
     plan_slots,
+    query_rotation,
     raw_scores,
-    rope_angles,
     slot_keys_at,
     slot_keys_free,
     slot_visibility,
@@ -470,8 +470,8 @@ def _slotted(spec, module, facts, plan, path, query, key, value, scaling, dropou
     qpos = facts.rpos_new.to(dev)
     if path in (AttentionPath.BANDED_PREFILL, AttentionPath.FRESH_PREFILL) and strided_band_available(
             step.keys, step.values, facts.dropout_active):
-        ang = rope_angles(qpos - distance, inv_freq)[:, None] if distance else None
-        extra = BandExtra(slot_keys_free(cand_k, cand_rpos, distance, inv_freq), cand_v, vis, ang, distance)
+        rotation = query_rotation(qpos, distance, inv_freq) if distance else None
+        extra = BandExtra(slot_keys_free(cand_k, cand_rpos, distance, inv_freq), cand_v, vis, rotation, distance)
         if path is AttentionPath.BANDED_PREFILL:
             return strided_band_attention(spec, query, step.keys, step.values, layer.sink_keys, layer.sink_values,
                                           qpos, step.num_old, facts.window, scaling, extra), None

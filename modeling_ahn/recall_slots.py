@@ -39,7 +39,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from .cache_ahn import TensorMemo
 from .memory_ahn import unrotate
-from .window_attention import clamp_angles, rotated_back, rotated_forward, window_mask
+from .window_attention import LastValueMemo, clamp_angles, rotated_back, rotated_forward, window_mask
 
 # Raw scores are rounded to multiples of 2^-SCORE_BITS: equal tokens (the same token id in layer 0, repeated text) get
 # scores that differ in the last bits between a whole sequence and chunks (a matrix product's rounding depends on the
@@ -268,6 +268,21 @@ def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor
     return torch.cat([ang, ang], dim=-1)
 
 
+_QUERY_ROTATION_MEMO = LastValueMemo()
+
+
+def query_rotation(qpos: torch.Tensor, distance: int, inv_freq: torch.Tensor):
+    """``(cos, sin)`` ``[B, 1, q, D]`` of the angles of ``qpos - distance`` (``qpos`` ``[B, q]``): the rotation by
+    which a chunk's queries score the slots (``R(-(p - distance)) q``); the same in every layer of a forward, so
+    built once for all of them."""
+    key = (distance, str(qpos.device))
+    hit = _QUERY_ROTATION_MEMO.get(key, (qpos, inv_freq))
+    if hit is not None:
+        return hit
+    ang = rope_angles(qpos - distance, inv_freq)[:, None]
+    return _QUERY_ROTATION_MEMO.put(key, (qpos, inv_freq), (ang.cos(), ang.sin()))
+
+
 def slot_keys_at(keys: torch.Tensor, rpos: torch.Tensor, query_pos, distance: int, inv_freq) -> torch.Tensor:
     """Slot keys ``[B, Hkv, M, D]`` (cached with RoPE at their real positions ``rpos`` ``[B, M]``) moved to
     ``query_pos - distance`` (``query_pos``: an int or ``[B, 1]``): rotated by ``query_pos - distance - rpos``
@@ -364,6 +379,6 @@ def weakest_slot(slot_scores, slot_rpos):
 
 
 __all__ = ["NOVELTY_BLOCK", "PLAN_BLOCK", "SCORE_BITS", "LayerPool", "SlotPlan", "beats",
-           "gather_candidates", "novelty_scores", "plan_slots", "raw_scores", "rope_angles", "rotation_matrix",
-           "rounded_scores", "slot_keys_at", "slot_keys_free", "slot_visibility", "slots_after", "slotted_attention",
-           "span_scores", "steady_slot_keys", "weakest_slot"]
+           "gather_candidates", "novelty_scores", "plan_slots", "query_rotation", "raw_scores", "rope_angles",
+           "rotation_matrix", "rounded_scores", "slot_keys_at", "slot_keys_free", "slot_visibility", "slots_after",
+           "slotted_attention", "span_scores", "steady_slot_keys", "weakest_slot"]

@@ -251,6 +251,19 @@ def sink_angles(spec, qpos, inv_freq, device):
     return torch.cat([ang, ang], dim=-1)
 
 
+_SINK_ROTATIONS_MEMO = LastValueMemo()
+
+
+def sink_rotations(spec, qpos, inv_freq, device):
+    """``(cos, sin)`` of ``sink_angles``, built once for all layers of a forward (the same ``qpos`` in each)."""
+    key = (spec.sink_position_limit, str(device))
+    hit = _SINK_ROTATIONS_MEMO.get(key, (qpos, inv_freq))
+    if hit is not None:
+        return hit
+    ang = sink_angles(spec, qpos, inv_freq, device)
+    return _SINK_ROTATIONS_MEMO.put(key, (qpos, inv_freq), (ang.cos(), ang.sin()))
+
+
 def rotated_forward(key, cos, sin):
     """``R(ang) k`` in float32, given ``cos``/``sin`` of the angles (RoPE's rotate-half layout)."""
     D = key.shape[-1]
@@ -418,13 +431,13 @@ def band_bias(b: int, W: int, rep: int, dtype, device):
 
 class BandExtra(NamedTuple):
     """More keys ``strided_band_attention`` scores with the sinks, in the same softmax (the recall slots,
-    recall_slots.py): each query, rotated back by its ``angles`` (those of ``qpos - distance``; ``None``: not
-    rotated), scores the keys it sees."""
+    recall_slots.py): each query, rotated back by its ``rotation`` (``(cos, sin)`` of the angles of
+    ``qpos - distance``; ``None``: not rotated), scores the keys it sees."""
 
     keys: torch.Tensor  # [B, Hkv, M, D]
     values: torch.Tensor  # [B, Hkv, M, D]
     visible: torch.Tensor  # [B, q, M]
-    angles: torch.Tensor | None  # [B, 1, q, D]
+    rotation: tuple[torch.Tensor, torch.Tensor] | None  # [B, 1, q, D] x 2
     distance: int
 
 
@@ -436,20 +449,21 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
     ``o = (e^lse_w o_w + e^lse_s o_s) / (e^lse_w + e^lse_s)``, exactly softmax attention over sinks + window.
     A last block shorter than ``BAND_BLOCK`` runs on its own. Returns ``[B, q, H, D]``.
 
-    ``extra``: a ``BandExtra``, more keys scored with the sinks in the same softmax. Where every query is beyond
-    the base's context, the sinks are scored with the same rotated queries, their keys moved once instead:
-    ``R(-(t - P + 1)) q = R(P - 1 - d) R(-(t - d)) q``, so ``q_sink . k = q_slot . R(d - P + 1) k`` (one rotation of
-    the block queries instead of two)."""
+    ``extra``: a ``BandExtra``, more keys in the same softmax, attended like the sinks (a part of their own, merged
+    the same way). Where every query is beyond the base's context, the sinks are scored with the extra keys'
+    rotated queries, their keys moved once instead: ``R(-(t - P + 1)) q = R(P - 1 - d) R(-(t - d)) q``, so
+    ``q_sink . k = q_slot . R(d - P + 1) k``, and sinks and extra keys are one part. Every part other than the window
+    is one call of the same CPU flash kernel, which returns its log-sum-exp."""
     B, H, L, D = query.shape
     Hkv, S = all_k.shape[1], sink_k.shape[2]
     rep = H // Hkv
     scale = scaling if scaling is not None else D**-0.5
-    ang = None
+    sink_rot = None  # (cos, sin) [B, 1, L, D] of the angles the queries rotate back by against the sinks
     inv_freq = spec.clamp_inv_freq(D) if S else None
     if inv_freq is not None and int(qpos.max()) >= spec.sink_position_limit:
-        ang = sink_angles(spec, qpos, inv_freq, query.device)  # [B, 1, L, D]
-    shared_sinks = None  # the sink keys as the slots' rotated queries score them (see above)
-    if ang is not None and extra is not None and extra.angles is not None and \
+        sink_rot = sink_rotations(spec, qpos, inv_freq, query.device)
+    shared_sinks = None  # the sink keys as the extra keys' rotated queries score them (see above)
+    if sink_rot is not None and extra is not None and extra.rotation is not None and \
             int(qpos.min()) >= spec.sink_position_limit - 1:
         shift = float(extra.distance - spec.sink_position_limit + 1) * inv_freq.to(query.device, torch.float32)
         shift = torch.cat([shift, shift])
@@ -469,68 +483,76 @@ def strided_band_attention(spec, query, all_k, all_v, sink_k, sink_v, qpos, n_ol
             win_v = all_v[r, :, k0:k1].unfold(1, bb + W - 1, bb).permute(1, 0, 3, 2)
             o, lse = _CPU_FLASH(qr, win_k, win_v, attn_mask=band_bias(bb, W, rep, query.dtype, query.device),
                                 scale=scale)  # [nb, Hkv, rep * bb, D], [nb, Hkv, rep * bb]
-            scores, vals = [], []
+            parts = []  # the other parts' (output, log-sum-exp), float32
+            if S and shared_sinks is None:
+                q_s = _block_queries(qr, None if sink_rot is None else [x[r, 0, q0:q1] for x in sink_rot], bb)
+                k_s, v_s = sink_k[r].float(), sink_v[r].float()
+                parts.append(_CPU_FLASH(q_s, k_s.expand(nb, *k_s.shape), v_s.expand(nb, *v_s.shape), scale=scale))
             if extra is not None:
-                x_k, x_v, seen = _block_extras(extra, r, q0, q1, nb, bb)  # [nb, Hkv, m, D] x 2, [nb, bb, m]
-                m = seen.shape[-1]
-                seen = seen.view(nb, 1, 1, bb, m).expand(nb, 1, rep, bb, m).reshape(nb, 1, rep * bb, m)
-                q_x = _block_queries(qr, None if extra.angles is None else extra.angles[r, 0, q0:q1], bb)
-            if S:
-                if shared_sinks is not None:
-                    q_s, s_k = q_x, shared_sinks[r]
-                else:
-                    q_s, s_k = _block_queries(qr, None if ang is None else ang[r, 0, q0:q1], bb), sink_k[r].float()
-                scores.append((q_s @ s_k.transpose(-1, -2)) * scale)
-                vals.append(sink_v[r].float())
-            if extra is not None:
-                scores.append(((q_x @ x_k.transpose(-1, -2)) * scale).masked_fill_(~seen, float("-inf")))
-                if vals:  # the sinks' values, the same for every block
-                    vals[0] = vals[0].expand(nb, Hkv, S, vals[0].shape[-1])
-                vals.append(x_v)
-            if scores:
-                scores = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
-                # softmax and its log-normaliser in four passes over the scores (logsumexp alone took six), the
-                # normalisation applied to the output rows (D wide) instead of the weights (S + m wide)
-                top = scores.amax(-1, keepdim=True).clamp_(min=-1e30)  # (finite where nothing is seen)
-                weights = scores.sub_(top).exp_()
-                total = weights.sum(-1, keepdim=True)
-                o_s = (weights @ (torch.cat(vals, dim=-2) if len(vals) > 1 else vals[0])).div_(total)
-                lse_s = (top + total.log()).squeeze(-1)  # [nb, Hkv, rep * bb]; -inf where nothing is seen
-                if extra is not None and not S:  # (a query that sees no key of this part: 0 / 0)
-                    o_s = torch.nan_to_num_(o_s)
-                w_w = torch.sigmoid(lse - lse_s)[..., None]  # e^lse_w / (e^lse_w + e^lse_s)
-                o = torch.lerp(o_s, o.float().reshape_as(o_s), w_w)
+                sinks = None if shared_sinks is None else (shared_sinks[r], sink_v[r])
+                x_k, x_v, bias, seen_any = _block_extras(extra, r, q0, q1, nb, bb, rep, sinks)
+                q_x = _block_queries(qr, None if extra.rotation is None else [x[r, 0, q0:q1] for x in extra.rotation],
+                                     bb)
+                o_x, lse_x = _CPU_FLASH(q_x, x_k, x_v, attn_mask=bias, scale=scale)
+                if seen_any is not None:  # a query that sees no key of this part: the kernel gives lse 0, o 0
+                    lse_x = lse_x.masked_fill(~seen_any, float("-inf"))
+                    o_x = torch.nan_to_num_(o_x)
+                parts.append((o_x, lse_x))
+            if parts:
+                o = o.float()
+                for o_p, lse_p in parts:
+                    o = torch.lerp(o_p, o, torch.sigmoid(lse - lse_p)[..., None])  # e^lse / (e^lse + e^lse_p)
+                    lse = torch.logaddexp(lse, lse_p)
             o = o.reshape(nb, Hkv, rep, bb, D)
             out[r, q0:q1].view(nb, bb, Hkv, rep, D).copy_(o.permute(0, 3, 1, 2, 4))
     return out
 
 
-def _block_queries(qr, angles, bb):
-    """``strided_band_attention``'s block queries ``qr`` ``[nb, Hkv, rep * bb, D]`` in float32, rotated back by
-    ``angles`` ``[nb * bb, D]`` (their queries' RoPE angles, in order) unless ``None``."""
-    if angles is None:
+def _block_queries(qr, rotation, bb):
+    """``strided_band_attention``'s block queries ``qr`` ``[nb, Hkv, rep * bb, D]`` in float32, rotated back by the
+    angles whose ``(cos, sin)`` ``rotation`` gives (``[nb * bb, D]`` each, their queries' in order) unless ``None``:
+    ``R(-a) q`` written half by half (``q1 cos + q2 sin``, ``q2 cos - q1 sin``), no rotated copy of ``q``."""
+    if rotation is None:
         return qr.float()
     nb, Hkv, rows, D = qr.shape
-    return rotated_back(qr.view(nb, Hkv, rows // bb, bb, D), angles.view(nb, 1, 1, bb, D)).view_as(qr)
+    h = D // 2
+    q = qr.view(nb, Hkv, rows // bb, bb, D)
+    cos, sin = (x.view(nb, 1, 1, bb, D)[..., :h] for x in rotation)
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    lo, hi = out[..., :h], out[..., h:]
+    torch.mul(q[..., :h], cos, out=lo).addcmul_(q[..., h:], sin)
+    torch.mul(q[..., h:], cos, out=hi).addcmul_(q[..., :h], sin, value=-1)
+    return out.view(nb, Hkv, rows, D)
 
 
-def _block_extras(extra, r, q0, q1, nb, bb):
+def _block_extras(extra, r, q0, q1, nb, bb, rep, sinks=None):
     """Row ``r``'s extra keys for the query blocks of ``strided_band_attention`` (``nb`` blocks of ``bb`` queries from
-    ``q0``), each block keeping only the keys some query of it sees, packed first: ``(keys, values [nb, Hkv, m, D]
-    float32, seen [nb, bb, m])`` with ``m`` the most any block sees. A chunk's recall-slot candidates are all the
-    tokens that hold a slot at some query of it (hundreds in a chunk that fills the slots); a block of ``bb``
-    queries sees at most ``G + bb`` of them, so scores and softmax stay that narrow."""
+    ``q0``), each block keeping only the keys some query of it sees, packed first, after the ``sinks`` (``(keys,
+    values)`` ``[Hkv, S, D]``, seen by every query) where given: ``(keys, values [nb, Hkv, S + m, D] float32, bias,
+    seen_any)`` with ``m`` the most any block sees; ``bias`` ``[nb, 1, rep * bb, S + m]`` additive mask (``None``:
+    every key seen), ``seen_any`` ``[nb, 1, rep * bb]`` whether a row sees a key (``None``: every row does, the sinks'
+    rows). A chunk's recall-slot candidates are all the tokens that hold a slot at some query of it (hundreds in a
+    chunk that fills the slots); a block of ``bb`` queries sees at most ``G + bb`` of them, so the part stays narrow."""
     x_k, x_v, x_vis = extra.keys[r], extra.values[r], extra.visible[r, q0:q1]  # [Hkv, M, D] x 2, [q1 - q0, M]
-    M = x_k.shape[1]
+    (Hkv, M, D), dev = x_k.shape, x_k.device
     vis = x_vis.reshape(nb, bb, M)
     used = vis.any(1)  # [nb, M]
     m = int(used.sum(1).max()) if M else 0
     idx = torch.sort(used.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :m]  # [nb, m]
-
-    def take(x):  # [Hkv, M, D] -> [nb, Hkv, m, D]
-        return x.float()[:, idx].permute(1, 0, 2, 3)
-
-    return take(x_k), take(x_v), vis.gather(2, idx[:, None, :].expand(nb, bb, m))
+    S = 0 if sinks is None else sinks[0].shape[1]
+    keys = torch.empty(nb, Hkv, S + m, D, device=dev)
+    values = torch.empty(nb, Hkv, S + m, x_v.shape[-1], device=dev)
+    if S:
+        keys[:, :, :S], values[:, :, :S] = sinks
+    keys[:, :, S:], values[:, :, S:] = x_k[:, idx].transpose(0, 1), x_v[:, idx].transpose(0, 1)
+    seen = vis.gather(2, idx[:, None, :].expand(nb, bb, m))  # [nb, bb, m]
+    if bool(seen.all()):
+        return keys, values, None, None
+    bias = torch.zeros(nb, 1, bb, S + m, device=dev)
+    bias[..., S:].masked_fill_(~seen[:, None], float("-inf"))
+    bias = bias.expand(nb, rep, bb, S + m).reshape(nb, 1, rep * bb, S + m)
+    seen_any = None if S else seen.any(-1)[:, None].expand(nb, rep, bb).reshape(nb, 1, rep * bb)
+    return keys, values, bias, seen_any
 
 
 def fresh_band_available(spec, keys, values, dropout_active: bool, W: int, S: int) -> bool:
@@ -553,7 +575,7 @@ def fresh_window_attention(spec, module, query, keys, values, qpos, W, S, scalin
     c0 = min(L, W + S - 1)  # 0 for W = 1 without sinks: every query sees itself only, all of them in the band
     if extra is not None:
         extra = extra._replace(visible=extra.visible[:, c0:],
-                               angles=None if extra.angles is None else extra.angles[:, :, c0:])
+                               rotation=None if extra.rotation is None else [x[:, :, c0:] for x in extra.rotation])
     if c0 == 0:
         return strided_band_attention(spec, query, keys, values, keys[:, :, :S], values[:, :, :S], qpos, 0, W, scaling,
                                       extra)
