@@ -93,6 +93,21 @@ def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     return x * torch.rsqrt(norm * norm + eps)
 
 
+def derived_from_parameters(module: nn.Module, params: tuple, make):
+    """``make()``: tensors made from a module's ``params`` (a stacked weight, ``-exp(A_log)``), kept on the module
+    while they cannot have changed: every parameter the same storage at the same version counter. A decoding step then
+    skips the ops that make them (three per layer and step for GDN's gates). Made afresh with gradients enabled (the
+    autograd graph needs them, and a kept inference tensor could not be saved for backward), under ``torch.compile``
+    (which traces the ops) and for inference-mode parameters (which keep no version counter)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(p.is_inference() for p in params):
+        return make()
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    memo = module.__dict__.get("_derived_memo")
+    if memo is None or memo[0] != key:
+        memo = module.__dict__["_derived_memo"] = (key, make())
+    return memo[1]
+
+
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """``x`` with ``softplus(x) = y`` (``y > 0``)."""
     return y + torch.log(-torch.expm1(-y))
@@ -825,11 +840,16 @@ class GatedDeltaNet(_DeltaRuleMemory):
 
     def write_gates(self, x):
         H = self.num_heads
-        f32 = torch.float32
-        ba = _as(F.linear(_as(x, self.b_proj.weight.dtype), torch.cat([self.b_proj.weight, self.a_proj.weight])), f32)
+        weight, neg_a = derived_from_parameters(self, (self.b_proj.weight, self.a_proj.weight, self.A_log),
+                                                self._gate_parameters)
+        ba = _as(F.linear(_as(x, weight.dtype), weight), torch.float32)
         beta = torch.sigmoid(ba[..., :H])  # b_proj and a_proj in one product
-        g = -_as(self.A_log, f32).exp() * F.softplus(ba[..., H:] + _as(self.dt_bias, f32))
+        g = neg_a * F.softplus(ba[..., H:] + _as(self.dt_bias, torch.float32))
         return torch.stack([beta, g], dim=-2)
+
+    def _gate_parameters(self):
+        """``(b_proj's and a_proj's weights stacked, -exp(A_log) float32)``."""
+        return torch.cat([self.b_proj.weight, self.a_proj.weight]), -_as(self.A_log, torch.float32).exp()
 
     def log_decay(self, gates):
         return gates[..., 1, :]

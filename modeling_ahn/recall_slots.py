@@ -63,13 +63,14 @@ def raw_scores(recall, hidden: torch.Tensor, rpos: torch.Tensor, num_sinks: int)
     """``[B, q]`` float32 raw retention scores of new tokens from the layer's pre-normed input ``hidden``
     ``[B, q, hidden]``; ``-inf`` for pads and sinks (``rpos`` ``[B, q]``; ``None``: none), which never take a slot.
     The classifier runs in its own dtype (float32 beside a bf16 base, like the memory)."""
-    return rounded_scores(recall(hidden.to(recall.weight.dtype)).squeeze(-1), rpos, num_sinks)
+    dtype = recall.weight.dtype
+    return rounded_scores(recall(hidden if hidden.dtype == dtype else hidden.to(dtype)).squeeze(-1), rpos, num_sinks)
 
 
 def rounded_scores(s: torch.Tensor, rpos: torch.Tensor | None, num_sinks: int) -> torch.Tensor:
     """Raw scores ``[B, q]`` rounded to ``SCORE_BITS``, ``-inf`` for pads and sinks (``rpos < num_sinks``; ``rpos``
     ``None``: the caller knows every token is real and no sink, a steady decoding step's)."""
-    s = torch.round(s.float() * 2.0**SCORE_BITS) / 2.0**SCORE_BITS
+    s = torch.round((s if s.dtype == torch.float32 else s.float()) * 2.0**SCORE_BITS) / 2.0**SCORE_BITS
     return s if rpos is None else s.masked_fill(rpos.to(s.device) < num_sinks, float("-inf"))
 
 

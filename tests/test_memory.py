@@ -396,3 +396,38 @@ print("ok")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+def test_gdn_gates_made_once_follow_every_change_of_their_parameters():
+    """GDN keeps its stacked gate weight and ``-exp(A_log)`` between decoding steps (``derived_from_parameters``);
+    an in-place change (an optimiser step, ``load_state_dict``), a new dtype, or a gradient must make them afresh."""
+    torch.manual_seed(0)
+    fn = build_memory("gdn", 24, 3, 8)
+    x = torch.randn(2, 5, 24)
+
+    def reference():
+        ba = x @ torch.cat([fn.b_proj.weight, fn.a_proj.weight]).T
+        g = -fn.A_log.float().exp() * F.softplus(ba[..., 3:] + fn.dt_bias)
+        return torch.stack([torch.sigmoid(ba[..., :3]), g], dim=-2)
+
+    with torch.inference_mode():
+        first = fn.write_gates(x)
+    assert torch.equal(first, reference())
+    with torch.no_grad():
+        fn.A_log.add_(0.5)
+        fn.a_proj.weight.mul_(-2)
+    with torch.inference_mode():
+        assert torch.equal(fn.write_gates(x), reference()) and not torch.allclose(fn.write_gates(x), first)
+    fn.load_state_dict({k: v * 1.5 if k.endswith("b_proj.weight") else v for k, v in fn.state_dict().items()})
+    with torch.no_grad():
+        assert torch.equal(fn.write_gates(x), reference())
+    fn.double()
+    x = x.double()
+    with torch.no_grad():
+        assert fn.write_gates(x).dtype == torch.float32 and torch.allclose(fn.write_gates(x), reference().float())
+    fn.float()
+    x = x.float()
+    with torch.no_grad():
+        fn.write_gates(x)  # kept, without a graph
+    fn.write_gates(x).sum().backward()  # a gradient: through the parameters, not the kept tensors
+    assert all(p.grad is not None for p in (fn.b_proj.weight, fn.a_proj.weight, fn.A_log))
