@@ -41,6 +41,7 @@ _LAZY = {
     "peft_adapter_path": "hub.peft_adapter",
     "export_ahn_repo": "hub.export",
     "lm_eval_include_path": "evaluation.harness",
+    "tune_cpu_allocator": "cli.allocator",
 }
 
 
@@ -80,6 +81,7 @@ __all__ = [
     "lm_eval_include_path",
     "peft_adapter_path",
     "set_memory_backend",
+    "tune_cpu_allocator",
     "write_ahn_repo",
     "__version__",
 ]

@@ -264,12 +264,12 @@ def _chunk_constants(C: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return _CHUNK_CONSTANTS[key]
 
 
-def _recurrence_step(S, out, w_value, w_key, kend, cdec, u):
-    """One chunk of ``_chunk_segment``'s state recurrence in place, float32: ``u = W_v - W_k S`` (written into
-    ``u``; the delta rule only, ``w_key`` ``None`` otherwise, ``u`` then already ``W_v``) and ``out = cdec * S + E u``
-    (``cdec`` ``None``: no decay)."""
+def _recurrence_step(S, out, w_key, kend, cdec, u):
+    """One chunk of ``_chunk_segment``'s state recurrence in place, float32: ``u``, which holds ``W_v``, becomes
+    ``U = W_v - W_k S`` (the delta rule only, ``w_key`` ``None`` otherwise: ``U = W_v``; in place, so that no copy
+    of ``W_v`` precedes the product) and ``out = cdec * S + E U`` (``cdec`` ``None``: no decay)."""
     if w_key is not None:
-        torch.baddbmm(w_value, w_key, S, alpha=-1, out=u)
+        u.baddbmm_(w_key, S, alpha=-1)
     if cdec is None:
         torch.baddbmm(S, kend, u, out=out)
     else:
@@ -321,20 +321,20 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
     cdec = None if egc is None else egc[..., -1:, :]  # [n, BH, 1, 1]: the chunk's decay
     # One unbind per tensor, not x[i] per chunk: fewer ops, and each indexing op's backward would materialise a zero
     # tensor of the full shape (O(n^2) in the number of chunks).
-    wv_c, kend_c = w_value.unbind(0), kend.unbind(0)
+    kend_c = kend.unbind(0)
     wk_c = w_key.unbind(0) if delta else None
     cd_c = None if cdec is None else cdec.unbind(0)
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, S, g))
     if grad:  # lists (out= has no backward)
-        states, us = [S], []
+        states, us, wv_c = [S], [], w_value.unbind(0)
         for i in range(n):
             u = wv_c[i] - torch.bmm(wk_c[i], states[-1]) if delta else wv_c[i]
             us.append(u)
             s = states[-1] if cd_c is None else states[-1] * cd_c[i]
             states.append(torch.baddbmm(s, kend_c[i], u))
         S_prev, U, S = torch.stack(states[:-1]), torch.stack(us), states[-1]
-    else:  # states and updates written in place; U_i into one buffer
-        U = w_value if not delta else torch.empty_like(w_value)
+    else:  # states and updates written in place; U_i over W_v (a fresh tensor, read nowhere else)
+        U = w_value
         Uc = U.unbind(0)
         if low:  # through a float32 ring of RING states, each S_{i-1} kept in ``md`` only (converted RING at a
             # time, instead of a float32 buffer of every chunk's state converted at the end: ~6-9 % of the memory's
@@ -347,7 +347,7 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
                 j = (i + 1) % RING
                 if j == 0:  # the ring holds S_{i-RING+1} .. S_i: into S_prev before its first place is reused
                     blocks[i // RING].copy_(ring)
-                _recurrence_step(rc[i % RING], rc[j], wv_c[i], wk_c[i] if delta else None, kend_c[i],
+                _recurrence_step(rc[i % RING], rc[j], wk_c[i] if delta else None, kend_c[i],
                                  None if cd_c is None else cd_c[i], Uc[i])
             if n % RING:
                 blocks[-1].copy_(ring[: n % RING])
@@ -358,7 +358,7 @@ def _chunk_segment(q, k, v, g, beta, S, scale, delta, md=torch.float32):
             Sc = (*S_prev.unbind(0), S.new_empty(S.shape))
             Sc[0].copy_(S)
             for i in range(n):
-                _recurrence_step(Sc[i], Sc[i + 1], wv_c[i], wk_c[i] if delta else None, kend_c[i],
+                _recurrence_step(Sc[i], Sc[i + 1], wk_c[i] if delta else None, kend_c[i],
                                  None if cd_c is None else cd_c[i], Uc[i])
             S = Sc[n]
     # O_i = (Q_i exp(c) scale) S_{i-1} + (Q_i K_i^T exp(c_i - c_j) scale)_{j<=i} U_i

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli.allocator import allocator_info
+
 METHODS = ("full", "swa_hf", "sinks_swa", "ahn_gdn", "ahn_dn", "ahn_mamba2", "full_static", "ahn_gdn_static",
            "ahn_gdn_slots64", "ahn_gdn_novelty64", "ahn_gdn_slots64_static")
 # "ahn_gdn_slots64": AHN-GDN with 64 recall slots (a random retention classifier: the cost, not the choice);
@@ -310,6 +312,7 @@ def machine_info(device_name: str) -> dict:
     cpuinfo = _cpuinfo()
     info["cpu"] = cpuinfo.get("model name") or platform.processor()
     info["cpu_features"] = cpu_features(cpuinfo)
+    info["allocator"] = allocator_info()
     if device_name.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

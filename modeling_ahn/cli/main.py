@@ -422,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # (the process's, when it starts: see allocator.py)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
