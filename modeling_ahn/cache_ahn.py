@@ -310,8 +310,7 @@ class SinkWindowLayer(CacheLayerMixin):
         already sees them): ``(keys, values, scores, rpos)``, new tensors (the layer's own are kept until the step
         ends, so that a step turned into a chunk step plans from them)."""
         return self._slots_with(self.keys[:, :, 0:1], self.values[:, :, 0:1], self.steady_evicted_score(),
-                                self.window_rpos[:, 0], weakest=self._steady_weakest(), unchanged_if_no_win=True,
-                                later=True)
+                                self.window_rpos[:, 0], weakest=self._steady_weakest(), unchanged_if_no_win=True)
 
     def _weakest(self):
         """The weakest slot: ``(w [B, 1], its score, its position [B])``."""
@@ -325,19 +324,16 @@ class SinkWindowLayer(CacheLayerMixin):
         tensors are the same objects, unmodified)."""
         return self._weakest_memo.get((self.slot_scores, self.slot_rpos), (), self._weakest)
 
-    def _slots_with(self, ev_keys, ev_values, ev_s, ev_r, eligible=None, weakest=None, unchanged_if_no_win=False,
-                    later=False):
+    def _slots_with(self, ev_keys, ev_values, ev_s, ev_r, eligible=None, weakest=None, unchanged_if_no_win=False):
         """``(keys, values, scores, rpos)`` of the slots once one leaving token per row (``ev_keys``/``ev_values``
         ``[B, Hkv, 1, D]``, span score ``ev_s`` and position ``ev_r`` ``[B]``; ``eligible`` ``[B]``: real and no
         sink, ``None``: all) has taken the weakest slot (``weakest``: ``_steady_weakest``'s, or computed here) if it
         beats it; new tensors, no host sync. ``unchanged_if_no_win`` (the dynamic steady step): on a CPU, where a
         host check costs nothing, the layer's own tensors when no row admits (most steps), instead of copies.
-        ``later``: the leaving token is later than every slot's (the steady step's window[0]), so it beats the weakest
-        iff its score is higher (ties go to the earlier token): one comparison instead of ``beats``' five."""
-        from .recall_slots import beats  # (sibling; imported here to keep the cache light)
-
-        w, w_s, w_r = self._weakest() if weakest is None else weakest
-        win = ev_s > w_s if later else beats(ev_s, ev_r, w_s, w_r)
+        The leaving token is window[0], later than every slot's token, so it beats the weakest slot iff its score is
+        higher (``beats``: ties go to the earlier token, the slot's): one comparison."""
+        w, w_s, _ = self._weakest() if weakest is None else weakest
+        win = ev_s > w_s
         if eligible is not None:
             win = win & eligible
         if unchanged_if_no_win and win.device.type == "cpu" and not bool(win if win.numel() == 1 else win.any()):

@@ -94,17 +94,20 @@ def l2norm(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
 
 
 def derived_from_parameters(module: nn.Module, params: tuple, make):
-    """``make()``: tensors made from a module's ``params`` (a stacked weight, ``-exp(A_log)``), kept on the module
-    while they cannot have changed: every parameter the same storage at the same version counter. A decoding step then
-    skips the ops that make them (three per layer and step for GDN's gates). Made afresh with gradients enabled (the
-    autograd graph needs them, and a kept inference tensor could not be saved for backward), under ``torch.compile``
-    (which traces the ops) and for inference-mode parameters (which keep no version counter)."""
+    """``make()``: tensors made from a module's ``params`` (a stacked weight, ``-exp(A_log)``), kept on the module (one
+    entry per ``make`` function) while they cannot have changed: every parameter the same storage at the same version
+    counter. A decoding step then skips the ops that make them (three per layer and step for GDN's gates). Made afresh
+    with gradients enabled (the autograd graph needs them, and a kept inference tensor could not be saved for
+    backward), under ``torch.compile`` (which traces the ops) and for inference-mode parameters (which keep no version
+    counter)."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(p.is_inference() for p in params):
         return make()
     key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    memo = module.__dict__.get("_derived_memo")
+    memos = module.__dict__.setdefault("_derived_memos", {})
+    maker = getattr(make, "__func__", make)  # (a bound method: its function, the same object on every call)
+    memo = memos.get(maker)
     if memo is None or memo[0] != key:
-        memo = module.__dict__["_derived_memo"] = (key, make())
+        memo = memos[maker] = (key, make())
     return memo[1]
 
 

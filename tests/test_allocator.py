@@ -43,9 +43,14 @@ print(repr((out, allocator_info())))
 """
 
 
+def _environment(**env):
+    """This process's environment without any allocator choice of the user's, plus ``env``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != OPT_OUT} | env
+
+
 def _run(dtype="float32", **env):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != OPT_OUT} | env
-    proc = subprocess.run([sys.executable, "-c", CODE, dtype], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", CODE, dtype], capture_output=True, text=True, cwd=ROOT,
+                          env=_environment(**env), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
 
@@ -71,7 +76,7 @@ def test_ahn_commands_tune_it_and_bench_records_it():
     code = ("from modeling_ahn.cli.main import main\nfrom modeling_ahn.benchmarking.bench import machine_info\n"
             "try:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass\n"
             "print(repr(machine_info('cpu')['allocator']))")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != OPT_OUT}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_environment(),
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ast.literal_eval(proc.stdout.strip().splitlines()[-1])["tuned"] == GLIBC, proc.stdout
